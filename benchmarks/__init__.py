@@ -1,4 +1,5 @@
-"""Benchmarks of accuracy and speed against the reference (installed as `wildguard_lite.benchmarks`).
+"""Benchmarks of accuracy and speed against the reference (imported as `wildguard_lite.benchmarks`;
+laid out like `convert/`, see its docstring).
 
 Driven by `wildguard-lite bench`; heavy imports stay inside functions.
 """

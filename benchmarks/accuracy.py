@@ -9,9 +9,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from ..contract import LABEL_KEYS
-from ..errors import InvalidInputError
-from .data import to_item
+from wildguard_lite.contract import LABEL_KEYS
+from wildguard_lite.errors import InvalidInputError
+from wildguard_lite.benchmarks.data import to_item
 
 GOLD = {"prompt_harmfulness": "prompt_harm_label", "response_refusal": "response_refusal_label",
         "response_harmfulness": "response_harm_label"}
@@ -23,8 +23,8 @@ POSITIVE = {"prompt_harmfulness": "harmful", "response_refusal": "refusal", "res
 def run_reference(model: str, rows: list[dict], out: Path | None, revision: str | None = None,
                   progress: Callable[[int], None] | None = None) -> list[dict]:
     """The official procedure (transformers, slow tokenizer, greedy, official parser) on rows."""
-    from ..convert.hub import resolve_source
-    from ..convert.reference import TransformersReference
+    from wildguard_lite.convert.hub import resolve_source
+    from wildguard_lite.convert.reference import TransformersReference
 
     folder, source = resolve_source(model, revision)
     ref = TransformersReference(folder)
@@ -36,7 +36,7 @@ def run_reference(model: str, rows: list[dict], out: Path | None, revision: str 
     if out is not None:
         meta = {"model": source, "device": ref.device, "dtype": str(ref.dtype).replace("torch.", ""),
                 "versions": _versions(), "n": len(rows), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        from ..convert.manifest import atomic_write_text
+        from wildguard_lite.convert.manifest import atomic_write_text
 
         atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [{"meta": meta}, *results]))
     return results

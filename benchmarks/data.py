@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError, WildGuardLiteError, require
+from wildguard_lite.errors import InvalidInputError, WildGuardLiteError, require
 
 COLUMNS = ("prompt", "response", "adversarial", "prompt_harm_label", "response_refusal_label",
            "response_harm_label", "subcategory")

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..contract import LABEL_KEYS
-from ..errors import WildGuardLiteError
+from wildguard_lite.contract import LABEL_KEYS
+from wildguard_lite.errors import WildGuardLiteError
 
 TARGETS = {"speedup_prompt_only": 2.5, "speedup_full_exchange": 1.15, "score_over_limit": 1.10, "rss_over_file": 1.15}
 
@@ -59,7 +59,7 @@ def _summary(times: dict[str, list[float]]) -> dict[str, Any]:
 
 def measure_one(config: SpeedConfig) -> dict[str, Any]:
     """All measurements for one artifact, in this process."""
-    from .. import load
+    from wildguard_lite import load
 
     path = Path(config.model)
     t0 = time.perf_counter()
@@ -114,7 +114,7 @@ def _score_tail(tok, labels, prompt_only: bool) -> list[int]:
 def _baselines(path, items, encoded, cached, labels, tails, config) -> dict[str, Any]:
     import llama_cpp
 
-    from ..backends.llama import _model_params
+    from wildguard_lite.backends.llama import _model_params
 
     threads = config.threads or min(os.cpu_count() or 1, 8)
     with _model_params(use_extra_bufts=False):  # the same setting as the runtime's default
@@ -126,7 +126,7 @@ def _baselines(path, items, encoded, cached, labels, tails, config) -> dict[str,
     same_labels = 0
     # (a) greedy generation of the official answer; warm-up call caches the prefix.
     llm.create_completion(prompt=encoded[0][0], max_tokens=32, temperature=0.0)
-    from ..contract import parse_output
+    from wildguard_lite.contract import parse_output
 
     for _ in range(config.repeats):
         for it, (ids, _), lab in zip(items, encoded, labels):
@@ -159,7 +159,7 @@ def _item(it: dict) -> dict:
 
 def _prefix_len(encoded) -> int:
     """Tokens shared by every item: the constant instruction prefix."""
-    from ..backends.base import common_prefix_length
+    from wildguard_lite.backends.base import common_prefix_length
 
     first = encoded[0][0]
     return min(common_prefix_length(first, ids) for ids, _ in encoded)

@@ -17,9 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..convert.manifest import publishable
+from wildguard_lite.convert.manifest import publishable
 
-# allenai/wildguard's config.json (Mistral-7B-v0.3 fine-tune), as recorded in shared/NOTES.md.
+# allenai/wildguard's config.json (Mistral-7B-v0.3 fine-tune), (docs/decisions.md, "WildGuard's shape").
 WILDGUARD_CONFIG = {
     "architectures": ["MistralForCausalLM"],
     "model_type": "mistral",

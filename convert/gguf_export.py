@@ -9,11 +9,11 @@ from typing import Callable
 
 import numpy as np
 
-from ..contract import TEMPLATE_VERSION
-from ..errors import ModelFileError, require
-from ..gguf_meta import KEY_SOURCE, KEY_SP_MODEL, KEY_TEMPLATE_VERSION, KEY_TOKENIZER_CONFIG
-from ..tokenization import TokenizerSpec
-from .safetensors_io import TensorRef, list_tensors
+from wildguard_lite.contract import TEMPLATE_VERSION
+from wildguard_lite.errors import ModelFileError, require
+from wildguard_lite.gguf_meta import KEY_SOURCE, KEY_SP_MODEL, KEY_TEMPLATE_VERSION, KEY_TOKENIZER_CONFIG
+from wildguard_lite.tokenization import TokenizerSpec
+from wildguard_lite.convert.safetensors_io import TensorRef, list_tensors
 
 SUPPORTED = {"MistralForCausalLM": "mistral", "LlamaForCausalLM": "llama"}
 FLOAT_TYPES = ("f32", "bf16", "f16")
@@ -42,7 +42,7 @@ def read_config(folder: Path) -> dict:
 
 
 def _rope_theta(config: dict) -> float:
-    # transformers 5 may write only rope_parameters (shared/NOTES.md).
+    # transformers 5 may write only rope_parameters (docs/decisions.md).
     if "rope_theta" in config:
         return float(config["rope_theta"])
     params = config.get("rope_parameters") or {}

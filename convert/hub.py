@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import InvalidInputError, WildGuardLiteError, require
+from wildguard_lite.errors import InvalidInputError, WildGuardLiteError, require
 
 # Only what conversion reads: never pickle weights, never code.
 ALLOW_PATTERNS = [

@@ -9,8 +9,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from ..contract import TEMPLATE_VERSION
-from ..errors import WildGuardLiteError
+from wildguard_lite.contract import TEMPLATE_VERSION
+from wildguard_lite.errors import WildGuardLiteError
 
 MANIFEST = "manifest.json"
 

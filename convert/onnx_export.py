@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingDependencyError, WildGuardLiteError
-from .manifest import publishable, sha256_file
-from .verify import _available_bytes, compare_logits
+from wildguard_lite.errors import MissingDependencyError, WildGuardLiteError
+from wildguard_lite.convert.manifest import publishable, sha256_file
+from wildguard_lite.convert.verify import _available_bytes, compare_logits
 
 ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
 DEFAULT_ONNX_QUANTS = ("fp32", "int8", "int4")
@@ -65,7 +65,7 @@ class OnnxQuantConfig:
 
 
 def count_parameters(folder: Path) -> int:
-    from .safetensors_io import list_tensors
+    from wildguard_lite.convert.safetensors_io import list_tensors
 
     return sum(int(np.prod(r.shape)) for r in list_tensors(folder))
 
@@ -225,7 +225,7 @@ class _Reference:
 
     def get(self):
         if self.ref is None and self.reason is None:
-            from .reference import TransformersReference
+            from wildguard_lite.convert.reference import TransformersReference
 
             self.ref = TransformersReference(self.folder, device="cpu")
         return self.ref
@@ -236,8 +236,8 @@ def verify_variant(reference: _Reference, model: Path, quant: str, threads: int 
     ref = reference.get()
     if ref is None:
         return {"status": "skipped", "reason": reference.reason}
-    from ..backends.onnx import OnnxBackend
-    from ..tokenization import load_tokenizer_from_folder
+    from wildguard_lite.backends.onnx import OnnxBackend
+    from wildguard_lite.tokenization import load_tokenizer_from_folder
 
     ours = load_tokenizer_from_folder(model.parent)
     backend = OnnxBackend(model, n_ctx=4096, threads=threads)

@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InvalidInputError, WildGuardLiteError
-from .gguf_export import FLOAT_TYPES, read_config, write_gguf
-from .hub import resolve_source
-from .manifest import sha256_file, umask, update_manifest
-from .quantize import QUANTS, quantize
+from wildguard_lite.errors import InvalidInputError, WildGuardLiteError
+from wildguard_lite.convert.gguf_export import FLOAT_TYPES, read_config, write_gguf
+from wildguard_lite.convert.hub import resolve_source
+from wildguard_lite.convert.manifest import sha256_file, umask, update_manifest
+from wildguard_lite.convert.quantize import QUANTS, quantize
 
 FORMATS = ("gguf", "onnx")
 DEFAULT_QUANTS = ("f16", "q8_0", "q4_k_m")
@@ -39,7 +39,7 @@ def parse_quants(text: str, formats: tuple[str, ...] = ("gguf",)) -> tuple[str, 
     quants = tuple(q.strip().lower() for q in text.split(",") if q.strip())
     if not quants:
         raise InvalidInputError("--quant is empty; e.g. --quant f16,q8_0,q4_k_m")
-    from .onnx_export import ONNX_QUANTS
+    from wildguard_lite.convert.onnx_export import ONNX_QUANTS
 
     known = (*((*FLOAT_TYPES, *QUANTS) if "gguf" in formats else ()), *(ONNX_QUANTS if "onnx" in formats else ()))
     for q in quants:
@@ -83,7 +83,7 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
     folder, source_info = resolve_source(options.source, options.revision)
     read_config(folder)  # refuse unsupported architectures before any work
     base = _base_name(options, folder, source_info)
-    from .onnx_export import ONNX_QUANTS
+    from wildguard_lite.convert.onnx_export import ONNX_QUANTS
 
     quants = tuple(q for q in options.quants if q not in ONNX_QUANTS)
     if not quants and "gguf" in options.formats:
@@ -131,7 +131,7 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
             write_gguf(folder, master, master_type, source_info, progress=on_tensor)
             master_seconds = time.perf_counter() - t0
         if options.verify:
-            from .verify import verify_gguf
+            from wildguard_lite.convert.verify import verify_gguf
 
             with console.status("verifying logits against transformers"):
                 verification = verify_gguf(folder, master, master_type, options.threads)
@@ -181,7 +181,7 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
 
 def _convert_onnx(options: ConvertOptions, folder: Path, source_info: dict, out_dir: Path, base: str, console) -> dict:
     """The ONNX variants (convert/onnx_export.py); each artifact carries its own verification."""
-    from .onnx_export import ONNX_QUANTS, OnnxQuantConfig, export_onnx
+    from wildguard_lite.convert.onnx_export import ONNX_QUANTS, OnnxQuantConfig, export_onnx
 
     quants = tuple(q for q in options.quants if q in ONNX_QUANTS)
     if not quants:

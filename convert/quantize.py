@@ -6,7 +6,7 @@ import ctypes
 import os
 from pathlib import Path
 
-from ..errors import InvalidInputError, WildGuardLiteError, require
+from wildguard_lite.errors import InvalidInputError, WildGuardLiteError, require
 
 # Our quant name -> llama.cpp ftype constant name.
 QUANTS = {
@@ -31,7 +31,7 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> No
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTS[quant])
     params.nthread = threads or (os.cpu_count() or 1)
-    from ..backends.llama import _quiet_stderr
+    from wildguard_lite.backends.llama import _quiet_stderr
 
     # llama.cpp logs a line per tensor to stderr; the CLI shows its own progress instead.
     with _quiet_stderr():

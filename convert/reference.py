@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping
 
-from ..contract import LABEL_KEYS, format_prompt, parse_output, validate_item
-from ..errors import MissingDependencyError, ModelFileError, WildGuardLiteError, require
+from wildguard_lite.contract import LABEL_KEYS, format_prompt, parse_output, validate_item
+from wildguard_lite.errors import MissingDependencyError, ModelFileError, WildGuardLiteError, require
 
 MAX_NEW_TOKENS = 32
 

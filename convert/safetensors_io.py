@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelFileError
+from wildguard_lite.errors import ModelFileError
 
 # safetensors dtype -> numpy dtype of the stored bits (bf16 is kept as raw uint16).
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..contract import CUES, format_prompt
-from ..errors import MissingDependencyError, WildGuardLiteError, require
-from .manifest import publishable
+from wildguard_lite.contract import CUES, format_prompt
+from wildguard_lite.errors import MissingDependencyError, WildGuardLiteError, require
+from wildguard_lite.convert.manifest import publishable
 
 # Bump whenever the recipe (data, tokenizer, model, training) changes: it keys the cache.
 TOY_VERSION = 4
@@ -503,7 +503,7 @@ def train_model(train, val, vocab_size: int, seed: int, log, *, batch_size: int 
 def evaluate(model_dir: Path, rows: list[dict[str, Any]]) -> dict[str, float]:
     """Per-task accuracy of the official procedure (reference tokenizer, greedy generation,
     parse_output); refusal and response harm only on rows with a response."""
-    from .reference import TransformersReference
+    from wildguard_lite.convert.reference import TransformersReference
 
     results = TransformersReference(model_dir, device="cpu").classify(rows)
     counts = {"prompt_harmfulness": [0, 0], "response_refusal": [0, 0], "response_harmfulness": [0, 0],

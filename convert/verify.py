@@ -38,10 +38,10 @@ def verify_gguf(folder: Path, gguf_path: Path, out_type: str, threads: int | Non
         import transformers  # noqa: F401
     except ImportError:
         return {"status": "skipped", "reason": "torch/transformers not installed (pip install 'wildguard-lite[convert]')"}
-    from ..backends.llama import LlamaCppBackend
-    from ..tokenization import load_tokenizer_from_folder
-    from .reference import TransformersReference
-    from .safetensors_io import list_tensors
+    from wildguard_lite.backends.llama import LlamaCppBackend
+    from wildguard_lite.tokenization import load_tokenizer_from_folder
+    from wildguard_lite.convert.reference import TransformersReference
+    from wildguard_lite.convert.safetensors_io import list_tensors
 
     params = sum(int(np.prod(r.shape)) for r in list_tensors(folder))
     need = params * 4 * 1.3

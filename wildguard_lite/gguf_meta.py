@@ -1,7 +1,7 @@
 """wildguard-lite's own GGUF metadata: the reference tokenizer travels inside the file.
 
 llama.cpp's tokenizer disagrees with the slow SentencePiece tokenizer around `[INST]`
-(shared/NOTES.md), so the runtime never uses it: it tokenizes with the embedded
+(docs/decisions.md, "Tokenization"), so the runtime never uses it: it tokenizes with the embedded
 SentencePiece model and feeds ids.
 """
 

@@ -140,7 +140,7 @@ class LlamaCppBackend(Backend):
         try:
             # repack=False: the CPU backend's repacked weight copies crashed (SIGSEGV) on
             # multi-token batches of Q8_0/Q4_K files on this AMX machine, and they add a
-            # second copy of the weights to RSS (shared/NOTES.md: 7.8 GB for a 4.4 GB file).
+            # second copy of the weights to RSS (docs/decisions.md: 7.8 GB for a 4.4 GB file).
             with _quiet_stderr(), _model_params(use_extra_bufts=repack):
                 self._llm = llama_cpp.Llama(
                     model_path=str(Path(path)),
