@@ -24,10 +24,12 @@ with warnings.catch_warnings():  # starlette's TestClient warns about httpx on s
     from fastapi.testclient import TestClient
 
 import wildguard_lite
+from server_fakes import build_tokenizer
 from wildguard_lite.backends.base import Backend
 from wildguard_lite.gguf_meta import read_gguf_info
 from wildguard_lite.runtime import Classifier
 from wildguard_lite.server import ServeSettings, create_app
+from wildguard_lite.server.moderation import OPENAI_CATEGORIES
 from wildguard_lite.tokenization import WildGuardTokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -40,7 +42,13 @@ def model_path(toy_gguf) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(model_path) -> WildGuardTokenizer:
+def tokenizer(tmp_path_factory) -> WildGuardTokenizer:
+    """For the fake backends: the toy's tokenizer recipe, no trained toy needed."""
+    return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def toy_tokenizer(model_path) -> WildGuardTokenizer:
     return WildGuardTokenizer(read_gguf_info(model_path).tokenizer)
 
 
@@ -109,8 +117,10 @@ def test_moderations_maps_labels_to_categories(tokenizer, body, answers, expecte
     assert data["id"].startswith("modr-") and len(data["results"]) == len(expected)
     for result, (flagged, categories) in zip(data["results"], expected):
         assert result["flagged"] is flagged
-        assert result["categories"] == categories
-        assert set(result["category_scores"]) == set(categories)
+        assert {name: result["categories"][name] for name in categories} == categories
+        assert result["categories"]["parsing_error"] is False
+        # The default --openai-categories all: every OpenAI category follows `flagged`.
+        assert {result["categories"][name] for name in OPENAI_CATEGORIES} == {flagged}
         for name, on in categories.items():
             assert (result["category_scores"][name] > 0.5) == on
         assert set(result["wildguard"]) == {"prompt_harmfulness", "response_refusal", "response_harmfulness",
@@ -325,7 +335,8 @@ def test_over_context_on_the_toy_is_413(model_path):
     assert reply.json()["error"]["limit"] == 256 and "item 1" in reply.json()["error"]["message"]
 
 
-def test_two_phase_prefix_cache_evaluates_only_the_response(model_path, tokenizer):
+def test_two_phase_prefix_cache_evaluates_only_the_response(model_path, toy_tokenizer):
+    tokenizer = toy_tokenizer
     from wildguard_lite.backends.llama import LlamaCppBackend, PrefixStateCache
 
     cache = PrefixStateCache(max_bytes=64 << 20)
@@ -353,7 +364,8 @@ def test_two_phase_prefix_cache_evaluates_only_the_response(model_path, tokenize
         backend.close()
 
 
-def test_prefix_cache_stays_under_its_memory_cap(model_path, tokenizer):
+def test_prefix_cache_stays_under_its_memory_cap(model_path, toy_tokenizer):
+    tokenizer = toy_tokenizer
     from wildguard_lite.backends.llama import LlamaCppBackend, PrefixStateCache
 
     probe = PrefixStateCache(max_bytes=1 << 30)

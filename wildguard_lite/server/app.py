@@ -9,6 +9,7 @@ import asyncio
 import hmac
 import json
 import logging
+import sys
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any
@@ -65,7 +66,10 @@ async def read_json(request, settings: ServeSettings) -> Any:
     except RecursionError:
         raise APIError(400, "request body nests arrays/objects too deeply; send a flat JSON object",
                        "invalid_json") from None
-    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+    except ValueError as exc:
+        if "digits" in str(exc):  # Python converts integers of at most sys.get_int_max_str_digits()
+            raise APIError(400, f"request body holds an integer of more than {sys.get_int_max_str_digits()} "
+                                "digits; send long numbers as strings", "invalid_json") from None
         raise APIError(400, f"request body is not usable JSON: {exc}", "invalid_json") from None
 
 

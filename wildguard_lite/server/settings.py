@@ -126,6 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser, required: tuple[str, ...] = (
             kwargs["type"] = meta["type"]
         if meta["choices"] is not None:
             kwargs["choices"] = meta["choices"]
+        else:
+            kwargs["metavar"] = meta["flag"].lstrip("-").upper().replace("-", "_")
         if f.name in required:
             kwargs["required"] = True
         else:
