@@ -1,0 +1,222 @@
+"""The real moderation clients against `serve` (offline): the OpenAI Python SDK's strict
+schema, openai-guardrails' moderation check, and LiteLLM's proxy (a child process with a
+mock upstream) with our server as its `openai_moderation` and `generic_guardrail_api`
+guardrail.
+
+The server runs in-process on MarkerBackend, so "harmful" and "benign" are decided by the
+test; the last test runs the toy GGUF and checks each client's decision equals the native
+/v1/classify verdict for the same text.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai", reason="client tests need the 'clients' extra")
+
+from server_fakes import HARMFUL, REFUSE, UNREADABLE, build_tokenizer, marker_app, running
+from wildguard_lite.server import ServeSettings, create_app
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+KEY = "test-key-" + "k" * 24
+# mock model -> its one reply
+MOCK_REPLIES = {
+    "mock-benign": "Water boils at 100 C at sea level.",
+    "mock-harmful": f"Sure, here is how: {HARMFUL}",
+    "mock-refusal": f"{REFUSE} I would rather not answer that.",
+}
+MASTER_KEY = "sk-" + "m" * 40  # the proxy refuses to start without one
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def server_url(tokenizer):
+    with running(marker_app(tokenizer, api_key=KEY)) as url:
+        yield url
+
+
+def sdk(url: str):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+
+
+# -- OpenAI Python SDK --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "input_, flagged",
+    [
+        (f"how to {HARMFUL}", [True]),  # a string
+        (["hello", f"{HARMFUL} now"], [False, True]),  # a list of strings: one result each
+        ([{"type": "text", "text": "tell me"}, {"type": "text", "text": HARMFUL}], [True]),  # text parts: one input
+        (f"{UNREADABLE} hi", [True]),  # an unreadable verdict is flagged, never passed
+    ],
+)
+def test_openai_sdk_strict_schema(server_url, input_, flagged):
+    from openai.types import ModerationCreateResponse
+
+    raw = sdk(server_url).moderations.with_raw_response.create(model="omni-moderation-latest", input=input_)
+    # The SDK's own model, strictly: every OpenAI key present, with OpenAI's types.
+    strict = ModerationCreateResponse.model_validate(raw.http_response.json(), strict=True)
+    assert [r.flagged for r in strict.results] == flagged
+    for result, on in zip(strict.results, flagged):
+        # Typed fields are real booleans and floats (the default --openai-categories all).
+        assert result.categories.illicit is on and result.categories.hate is on
+        assert result.categories.self_harm is on and result.category_scores.violence_graphic >= 0.0
+        assert result.category_applied_input_types.sexual == ["text"]
+    parsed = raw.parse()  # and the SDK's normal path
+    assert [r.flagged for r in parsed.results] == flagged
+
+
+def test_openai_sdk_sees_image_parts_refused(server_url):
+    with pytest.raises(openai.UnprocessableEntityError, match="image input is not supported"):
+        sdk(server_url).moderations.create(input=[{"type": "image_url", "image_url": {"url": "data:,"}}])
+
+
+# -- openai-guardrails --------------------------------------------------------------------------
+def guardrails_check(url: str, text: str, categories: list[str]) -> bool:
+    """openai-guardrails' Moderation check on `text`, its client pointed at our server."""
+    pytest.importorskip("guardrails", reason="needs the 'clients' extra (openai-guardrails)")
+    from guardrails import check_plain_text
+
+    @dataclass
+    class Ctx:
+        guardrail_llm: openai.AsyncOpenAI
+
+    async def check():
+        ctx = Ctx(openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0))
+        bundle = {"version": 1, "guardrails": [{"name": "Moderation", "config": {"categories": categories}}]}
+        results = await check_plain_text(text, bundle, ctx=ctx, suppress_tripwire=True)
+        await ctx.guardrail_llm.close()
+        return results[0].tripwire_triggered
+
+    return asyncio.run(check())
+
+
+@pytest.mark.parametrize("text, categories, tripped", [
+    (f"{HARMFUL} please", ["hate", "violence"], True),  # any OpenAI category it checks trips
+    (f"{HARMFUL} please", ["illicit"], True),  # another choice of categories
+    ("hello there", ["hate", "violence", "illicit"], False),  # benign passes
+])
+def test_openai_guardrails_moderation_trips(server_url, text, categories, tripped):
+    assert guardrails_check(server_url, text, categories) is tripped
+
+
+# -- LiteLLM proxy ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def litellm_config(url: str) -> dict:
+    """Our guardrails on a mock upstream (each request picks its guardrails by name)."""
+    def guardrail(name, kind, mode, base):
+        return {"guardrail_name": name, "litellm_params": {"guardrail": kind, "mode": mode, "api_base": base,
+                                                           "api_key": KEY, "default_on": False}}
+
+    return {
+        "general_settings": {"master_key": MASTER_KEY},
+        # Mock upstreams: `mock_response` in litellm_params answers without any network (the
+        # proxy ignores a client's own mock_response unless its key allows it).
+        "model_list": [{"model_name": name, "litellm_params": {
+            "model": "openai/mock", "api_key": "sk-unused", "mock_response": reply}}
+            for name, reply in MOCK_REPLIES.items()],
+        "guardrails": [
+            guardrail("wg-moderation", "openai_moderation", "pre_call", f"{url}/v1"),
+            guardrail("wg-generic", "generic_guardrail_api", ["pre_call", "post_call"], url),
+            guardrail("wg-generic-post", "generic_guardrail_api", "post_call", url),
+        ],
+    }
+
+
+@contextlib.contextmanager
+def litellm_proxy(url: str, tmp: Path):
+    """LiteLLM's proxy as a child process on a free loopback port; yields its base URL."""
+    exe = Path(sys.executable).parent / "litellm"
+    if not exe.exists():
+        pytest.skip("LiteLLM's proxy is not installed (the 'clients' extra)")
+    config = tmp / "litellm.json"  # YAML is a superset of JSON
+    config.write_text(json.dumps(litellm_config(url)))
+    port = free_port()
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
+           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    log = open(tmp / "litellm.log", "w")
+    proc = subprocess.Popen([str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp / "litellm.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "LiteLLM's proxy did not start in 180 s"
+            try:
+                if httpx.get(f"{base}/health/liveliness", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def proxy(server_url, tmp_path_factory):
+    with litellm_proxy(server_url, tmp_path_factory.mktemp("litellm")) as base:
+        yield base
+
+
+def chat(proxy: str, guardrail: str, prompt: str, model: str = "mock-benign"):
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "guardrails": [guardrail]}
+    return httpx.post(f"{proxy}/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {MASTER_KEY}"})
+
+
+@pytest.mark.parametrize("guardrail", ["wg-moderation", "wg-generic"])
+def test_litellm_pre_call_blocks_harmful_and_passes_benign(proxy, guardrail):
+    blocked = chat(proxy, guardrail, f"tell me {HARMFUL}")
+    passed = chat(proxy, guardrail, "what is the capital of France?")
+    assert blocked.status_code == 400, blocked.text
+    assert passed.status_code == 200, passed.text
+    assert passed.json()["choices"][0]["message"]["content"] == MOCK_REPLIES["mock-benign"]
+
+
+@pytest.mark.parametrize(
+    "guardrail, prompt, model, status, reason",
+    [
+        # the reply judged with its prompt (remembered from the pre_call check of the same call)
+        ("wg-generic", "a chemistry question", "mock-harmful", 400, "harmful response"),
+        ("wg-generic", "a chemistry question", "mock-benign", 200, None),
+        # a refusal is not harmful: it passes
+        ("wg-generic", "hello", "mock-refusal", 200, None),
+        # post_call alone: LiteLLM sends the reply without its prompt; it is judged alone
+        ("wg-generic-post", "a chemistry question", "mock-harmful", 400, "judged without its prompt"),
+    ],
+)
+def test_litellm_generic_guardrail_post_call(proxy, guardrail, prompt, model, status, reason):
+    reply = chat(proxy, guardrail, prompt, model)
+    assert reply.status_code == status, reply.text
+    if reason:
+        assert reason in reply.text
+    else:
+        assert reply.json()["choices"][0]["message"]["content"] == MOCK_REPLIES[model]
