@@ -220,3 +220,22 @@ def test_litellm_generic_guardrail_post_call(proxy, guardrail, prompt, model, st
         assert reason in reply.text
     else:
         assert reply.json()["choices"][0]["message"]["content"] == MOCK_REPLIES[model]
+
+
+# -- on the toy GGUF: each client's decision is our native verdict -------------------------------
+@pytest.mark.slow
+def test_clients_decide_as_the_native_verdict_on_the_toy(toy_gguf, heldout, tmp_path):
+    """Whatever the toy judges, a client blocks exactly what /v1/classify calls harmful."""
+    prompts = [row["prompt"] for row in heldout[:8]]
+    app = create_app(ServeSettings(model=toy_gguf["q8_0"], threads=1, api_key=KEY))
+    with running(app, timeout=120) as url, litellm_proxy(url, tmp_path) as proxy_url:
+        native = httpx.post(f"{url}/v1/classify", json={"items": [{"prompt": p} for p in prompts]},
+                            headers={"Authorization": f"Bearer {KEY}"}, timeout=120).json()["results"]
+        harmful = [r["prompt_harmfulness"] == "harmful" for r in native]
+        assert not any(r["is_parsing_error"] for r in native)
+        flagged = [r.flagged for r in sdk(url).moderations.create(input=prompts).results]
+        tripped = [guardrails_check(url, p, ["illicit"]) for p in prompts]
+        blocked = {g: [chat(proxy_url, g, p).status_code == 400 for p in prompts]
+                   for g in ("wg-moderation", "wg-generic")}
+    assert flagged == harmful and tripped == harmful
+    assert blocked["wg-moderation"] == harmful and blocked["wg-generic"] == harmful
