@@ -9,14 +9,7 @@ test; the last test runs the toy GGUF and checks each client's decision equals t
 """
 
 import asyncio
-import contextlib
-import json
-import os
-import socket
-import subprocess
 import sys
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +17,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
-openai = pytest.importorskip("openai", reason="client tests need the 'clients' extra")
+openai = pytest.importorskip("openai", reason="client tests need the 'test-clients' extra")
 
 from server_fakes import HARMFUL, REFUSE, UNREADABLE, build_tokenizer, marker_app, running
+from wildguard_lite.benchmarks.loadtest import GUARDRAIL_NAMES, litellm_chat, litellm_config, litellm_proxy
 from wildguard_lite.server import ServeSettings, create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -37,7 +31,6 @@ MOCK_REPLIES = {
     "mock-harmful": f"Sure, here is how: {HARMFUL}",
     "mock-refusal": f"{REFUSE} I would rather not answer that.",
 }
-MASTER_KEY = "sk-" + "m" * 40  # the proxy refuses to start without one
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +82,7 @@ def test_openai_sdk_sees_image_parts_refused(server_url):
 # -- openai-guardrails --------------------------------------------------------------------------
 def guardrails_check(url: str, text: str, categories: list[str]) -> bool:
     """openai-guardrails' Moderation check on `text`, its client pointed at our server."""
-    pytest.importorskip("guardrails", reason="needs the 'clients' extra (openai-guardrails)")
+    pytest.importorskip("guardrails", reason="needs the 'test-clients' extra (openai-guardrails)")
     from guardrails import check_plain_text
 
     @dataclass
@@ -116,83 +109,19 @@ def test_openai_guardrails_moderation_trips(server_url, text, categories, trippe
 
 
 # -- LiteLLM proxy ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def litellm_config(url: str) -> dict:
-    """Our guardrails on a mock upstream (each request picks its guardrails by name)."""
-    def guardrail(name, kind, mode, base):
-        return {"guardrail_name": name, "litellm_params": {"guardrail": kind, "mode": mode, "api_base": base,
-                                                           "api_key": KEY, "default_on": False}}
-
-    return {
-        "general_settings": {"master_key": MASTER_KEY},
-        # Mock upstreams: `mock_response` in litellm_params answers without any network (the
-        # proxy ignores a client's own mock_response unless its key allows it).
-        "model_list": [{"model_name": name, "litellm_params": {
-            "model": "openai/mock", "api_key": "sk-unused", "mock_response": reply}}
-            for name, reply in MOCK_REPLIES.items()],
-        "guardrails": [
-            guardrail("wg-moderation", "openai_moderation", "pre_call", f"{url}/v1"),
-            guardrail("wg-generic", "generic_guardrail_api", ["pre_call", "post_call"], url),
-            guardrail("wg-generic-post", "generic_guardrail_api", "post_call", url),
-        ],
-    }
-
-
-@contextlib.contextmanager
-def litellm_proxy(url: str, tmp: Path):
-    """LiteLLM's proxy as a child process on a free loopback port; yields its base URL."""
-    exe = Path(sys.executable).parent / "litellm"
-    if not exe.exists():
-        pytest.skip("LiteLLM's proxy is not installed (the 'clients' extra)")
-    config = tmp / "litellm.json"  # YAML is a superset of JSON
-    config.write_text(json.dumps(litellm_config(url)))
-    port = free_port()
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
-           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    log = open(tmp / "litellm.log", "w")
-    proc = subprocess.Popen([str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp / "litellm.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "LiteLLM's proxy did not start in 180 s"
-            try:
-                if httpx.get(f"{base}/health/liveliness", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def proxy(server_url, tmp_path_factory):
-    with litellm_proxy(server_url, tmp_path_factory.mktemp("litellm")) as base:
+    if not (Path(sys.executable).parent / "litellm").exists():
+        pytest.skip("LiteLLM's proxy is not installed (the 'test-clients' extra)")
+    with litellm_proxy(litellm_config(server_url, KEY, MOCK_REPLIES), tmp_path_factory.mktemp("litellm")) as base:
         yield base
 
 
 def chat(proxy: str, guardrail: str, prompt: str, model: str = "mock-benign"):
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "guardrails": [guardrail]}
-    return httpx.post(f"{proxy}/chat/completions", json=body, timeout=60,
-                      headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    return litellm_chat(proxy, model, prompt, [GUARDRAIL_NAMES[guardrail]])
 
 
-@pytest.mark.parametrize("guardrail", ["wg-moderation", "wg-generic"])
+@pytest.mark.parametrize("guardrail", ["moderation", "generic"])
 def test_litellm_pre_call_blocks_harmful_and_passes_benign(proxy, guardrail):
     blocked = chat(proxy, guardrail, f"tell me {HARMFUL}")
     passed = chat(proxy, guardrail, "what is the capital of France?")
@@ -205,12 +134,12 @@ def test_litellm_pre_call_blocks_harmful_and_passes_benign(proxy, guardrail):
     "guardrail, prompt, model, status, reason",
     [
         # the reply judged with its prompt (remembered from the pre_call check of the same call)
-        ("wg-generic", "a chemistry question", "mock-harmful", 400, "harmful response"),
-        ("wg-generic", "a chemistry question", "mock-benign", 200, None),
+        ("generic", "a chemistry question", "mock-harmful", 400, "harmful response"),
+        ("generic", "a chemistry question", "mock-benign", 200, None),
         # a refusal is not harmful: it passes
-        ("wg-generic", "hello", "mock-refusal", 200, None),
+        ("generic", "hello", "mock-refusal", 200, None),
         # post_call alone: LiteLLM sends the reply without its prompt; it is judged alone
-        ("wg-generic-post", "a chemistry question", "mock-harmful", 400, "judged without its prompt"),
+        ("generic_post", "a chemistry question", "mock-harmful", 400, "judged without its prompt"),
     ],
 )
 def test_litellm_generic_guardrail_post_call(proxy, guardrail, prompt, model, status, reason):
@@ -228,14 +157,14 @@ def test_clients_decide_as_the_native_verdict_on_the_toy(toy_gguf, heldout, tmp_
     """Whatever the toy judges, a client blocks exactly what /v1/classify calls harmful."""
     prompts = [row["prompt"] for row in heldout[:8]]
     app = create_app(ServeSettings(model=toy_gguf["q8_0"], threads=1, api_key=KEY))
-    with running(app, timeout=120) as url, litellm_proxy(url, tmp_path) as proxy_url:
+    with running(app, timeout=120) as url, \
+            litellm_proxy(litellm_config(url, KEY, MOCK_REPLIES), tmp_path) as proxy_url:
         native = httpx.post(f"{url}/v1/classify", json={"items": [{"prompt": p} for p in prompts]},
                             headers={"Authorization": f"Bearer {KEY}"}, timeout=120).json()["results"]
         harmful = [r["prompt_harmfulness"] == "harmful" for r in native]
         assert not any(r["is_parsing_error"] for r in native)
         flagged = [r.flagged for r in sdk(url).moderations.create(input=prompts).results]
         tripped = [guardrails_check(url, p, ["illicit"]) for p in prompts]
-        blocked = {g: [chat(proxy_url, g, p).status_code == 400 for p in prompts]
-                   for g in ("wg-moderation", "wg-generic")}
+        blocked = {g: [chat(proxy_url, g, p).status_code == 400 for p in prompts] for g in ("moderation", "generic")}
     assert flagged == harmful and tripped == harmful
-    assert blocked["wg-moderation"] == harmful and blocked["wg-generic"] == harmful
+    assert blocked["moderation"] == harmful and blocked["generic"] == harmful

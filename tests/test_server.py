@@ -5,7 +5,6 @@ answers (and can be held at a gate to fill the queue deterministically); the res
 the toy GGUF.
 """
 
-import json
 import subprocess
 import sys
 import threading
