@@ -388,12 +388,16 @@ def test_prefix_cache_stays_under_its_memory_cap(model_path, toy_tokenizer):
         (["--model", "{model}", "--workers", "0"], "--workers must be at least 1"),  # no workers
         (["--model", "{model}", "--api-key-file", "{empty}"], "the file is empty"),  # empty key file
         (["--model", "{model}", "--max-queue", "-1"], "--max-queue must be 0 or more"),  # negative queue
+        (["--model", "{model}", "--threads", "50000"], "--threads must be 1-1024"),  # would abort llama.cpp
+        (["--model", "{model}", "--body-timeout", "0"], "--body-timeout must be positive"),  # no time to send
     ],
 )
-def test_serve_cli_refuses_bad_options_in_one_line(model_path, tmp_path, args, message):
+def test_serve_cli_refuses_bad_options_in_one_line(tmp_path, args, message):
     empty = tmp_path / "key"
     empty.write_text("\n")
-    argv = [a.format(model=model_path, empty=empty) for a in args]
+    model = tmp_path / "model.gguf"  # the options are checked before the model is opened
+    model.write_bytes(b"GGUF")
+    argv = [a.format(model=model, empty=empty) for a in args]
     proc = subprocess.run([sys.executable, "-m", "wildguard_lite.cli.serve", *argv],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
