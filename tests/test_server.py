@@ -292,6 +292,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(tokenizer):
 
 
 # -- on the toy GGUF ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_concurrent_requests_on_the_toy_match_sequential_results(toy_gguf, heldout):
     items = [{"prompt": r["prompt"], **({"response": r["response"]} if r.get("response") else {})}
              for r in heldout[:24]]
@@ -326,6 +327,7 @@ def test_concurrent_requests_on_the_toy_match_sequential_results(toy_gguf, heldo
                 assert got[key] == want[key], key
 
 
+@pytest.mark.slow
 def test_over_context_on_the_toy_is_413(model_path):
     app = create_app(ServeSettings(model=model_path, n_ctx=256))
     with TestClient(app) as client:
@@ -334,6 +336,7 @@ def test_over_context_on_the_toy_is_413(model_path):
     assert reply.json()["error"]["limit"] == 256 and "item 1" in reply.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_two_phase_prefix_cache_evaluates_only_the_response(model_path, toy_tokenizer):
     tokenizer = toy_tokenizer
     from wildguard_lite.backends.llama import LlamaCppBackend, PrefixStateCache
@@ -363,6 +366,7 @@ def test_two_phase_prefix_cache_evaluates_only_the_response(model_path, toy_toke
         backend.close()
 
 
+@pytest.mark.slow
 def test_prefix_cache_stays_under_its_memory_cap(model_path, toy_tokenizer):
     tokenizer = toy_tokenizer
     from wildguard_lite.backends.llama import LlamaCppBackend, PrefixStateCache
@@ -405,6 +409,7 @@ def test_serve_cli_refuses_bad_options_in_one_line(tmp_path, args, message):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_serves_on_loopback_by_default(model_path, tmp_path):
     import httpx
 
