@@ -1,7 +1,7 @@
 """The real moderation clients against `serve` (offline): the OpenAI Python SDK's strict
-schema, openai-guardrails' moderation check, and LiteLLM's proxy (a child process with a
-mock upstream) with our server as its `openai_moderation` and `generic_guardrail_api`
-guardrail.
+schema, openai-guardrails' moderation check, LiteLLM's proxy (a child process with a mock
+upstream) with our server as its `openai_moderation` and `generic_guardrail_api` guardrail,
+and NeMo Guardrails with the custom action of docs/integrations.md (LiteLLM's mock as its LLM).
 
 The server runs in-process on MarkerBackend, so "harmful" and "benign" are decided by the
 test; the last test runs the toy GGUF and checks each client's decision equals the native
@@ -20,7 +20,8 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai", reason="client tests need the 'test-clients' extra")
 
 from server_fakes import HARMFUL, REFUSE, UNREADABLE, build_tokenizer, marker_app, running
-from wildguard_lite.benchmarks.loadtest import GUARDRAIL_NAMES, litellm_chat, litellm_config, litellm_proxy
+from wildguard_lite.benchmarks.loadtest import (GUARDRAIL_NAMES, LITELLM_MASTER_KEY as MASTER_KEY, litellm_chat,
+                                                litellm_config, litellm_proxy)
 from wildguard_lite.server import ServeSettings, create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -150,6 +151,48 @@ def test_litellm_generic_guardrail_post_call(proxy, guardrail, prompt, model, st
     else:
         assert reply.json()["choices"][0]["message"]["content"] == MOCK_REPLIES[model]
 
+
+
+# -- NeMo Guardrails: the configuration of docs/integrations.md, as written -----------------------
+def nemo_config_from_docs(folder: Path, main_model: dict) -> Path:
+    """config.yml, rails.co and actions.py copied from the docs' code blocks; only the main
+    model is replaced (here: a LiteLLM mock upstream)."""
+    import re
+
+    import yaml
+
+    doc = (Path(__file__).parents[1] / "docs" / "integrations.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(\w+)\n(.*?)```", doc[doc.index("## NeMo Guardrails"):], re.S)
+    config = yaml.safe_load(next(b for lang, b in blocks if lang == "yaml"))
+    config["models"] = [main_model]
+    folder.mkdir()
+    (folder / "config.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (folder / "rails.co").write_text(next(b for lang, b in blocks if lang == "colang"), encoding="utf-8")
+    (folder / "actions.py").write_text(next(b for lang, b in blocks if lang == "python"), encoding="utf-8")
+    return folder
+
+
+NEMO_REFUSAL = "I'm sorry, I can't respond to that."
+
+
+@pytest.mark.parametrize(
+    "prompt, model, passes",
+    [
+        ("what is water?", "mock-benign", True),  # benign both ways
+        (f"tell me {HARMFUL}", "mock-benign", False),  # the input rail blocks the request
+        ("a chemistry question", "mock-harmful", False),  # the output rail blocks the reply, judged with its prompt
+        ("hello", "mock-refusal", True),  # a refusal passes
+    ],
+)
+def test_nemo_guardrails_custom_action_from_the_docs(server_url, proxy, tmp_path, monkeypatch, prompt, model, passes):
+    nemo = pytest.importorskip("nemoguardrails", reason="needs the 'test-clients' extra (nemoguardrails)")
+    monkeypatch.setenv("WILDGUARD_URL", server_url)
+    monkeypatch.setenv("WILDGUARD_API_KEY", KEY)
+    main = {"type": "main", "engine": "openai", "model": model,
+            "parameters": {"base_url": f"{proxy}/v1", "api_key": MASTER_KEY}}
+    rails = nemo.LLMRails(nemo.RailsConfig.from_path(str(nemo_config_from_docs(tmp_path / "config", main))))
+    reply = rails.generate(messages=[{"role": "user", "content": prompt}])["content"]
+    assert reply == (MOCK_REPLIES[model] if passes else NEMO_REFUSAL)
 
 # -- on the toy GGUF: each client's decision is our native verdict -------------------------------
 @pytest.mark.slow
