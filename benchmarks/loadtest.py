@@ -343,12 +343,14 @@ def litellm_proxy(config: dict[str, Any], workdir: Path, timeout: float = 240.0)
                 proc.wait()
 
 
-def litellm_chat(proxy: str, model: str, prompt: str, guardrails: list[str]):
+def litellm_chat(proxy: str, model: str, prompt: str, guardrails: list[str], http=None):
+    """A chat completion through the proxy with the named guardrails (`http`: an httpx.Client
+    to reuse its connection)."""
     import httpx
 
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "guardrails": guardrails}
-    return httpx.post(f"{proxy}/chat/completions", json=body, timeout=120,
-                      headers={"Authorization": f"Bearer {LITELLM_MASTER_KEY}"})
+    return (http or httpx).post(f"{proxy}/chat/completions", json=body, timeout=120,
+                                headers={"Authorization": f"Bearer {LITELLM_MASTER_KEY}"})
 
 
 def cmd_clients(args) -> dict[str, Any]:
@@ -380,10 +382,13 @@ def cmd_clients(args) -> dict[str, Any]:
             out["ms_median"][f"{name}/{label}"] = round(statistics.median(times) * 1000, 1)
             out["decisions"][f"{name}/{label}"] = decision
 
+    # Each client is made once and reused, as an application would (connections kept alive).
+    http = httpx.Client(timeout=120)
+    loop = asyncio.new_event_loop()
     try:
         auth = {"Authorization": f"Bearer {key}"}
-        timed("http /v1/moderations", lambda p: httpx.post(f"{server.url}/v1/moderations", json={"input": p},
-                                                           headers=auth, timeout=60).json()["results"][0]["flagged"])
+        timed("http /v1/moderations", lambda p: http.post(f"{server.url}/v1/moderations", json={"input": p},
+                                                          headers=auth).json()["results"][0]["flagged"])
         sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
         timed(f"openai-python {openai.__version__}", lambda p: sdk.moderations.create(input=p).results[0].flagged)
         try:
@@ -397,23 +402,26 @@ def cmd_clients(args) -> dict[str, Any]:
 
             bundle = {"version": 1, "guardrails": [{"name": "Moderation", "config": {"categories": ["illicit"]}}]}
 
+            ctx = Ctx(openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0))
+
             async def check(prompt: str) -> bool:
-                ctx = Ctx(openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0))
                 results = await check_plain_text(prompt, bundle, ctx=ctx, suppress_tripwire=True)
-                await ctx.guardrail_llm.close()
                 return results[0].tripwire_triggered
 
-            timed(f"openai-guardrails {version('openai-guardrails')}", lambda p: asyncio.run(check(p)))
+            timed(f"openai-guardrails {version('openai-guardrails')}", lambda p: loop.run_until_complete(check(p)))
         if args.litellm:
             replies = {"mock-benign": RESPONSES[2]}
             with litellm_proxy(litellm_config(server.url, key, replies), workdir) as proxy:
                 name = f"litellm {version('litellm')}"
-                timed(f"{name} no guardrail", lambda p: litellm_chat(proxy, "mock-benign", p, []).status_code)
+                timed(f"{name} no guardrail", lambda p: litellm_chat(proxy, "mock-benign", p, [], http).status_code)
                 for label, guard in (("openai_moderation pre_call", GUARDRAIL_NAMES["moderation"]),
                                      ("generic pre+post_call", GUARDRAIL_NAMES["generic"])):
-                    timed(f"{name} {label}", lambda p, g=guard: litellm_chat(proxy, "mock-benign", p, [g]).status_code)
+                    timed(f"{name} {label}", lambda p, g=guard: litellm_chat(proxy, "mock-benign", p, [g], http).status_code)
     finally:
+        http.close()
+        loop.close()
         server.stop()
+    out["load_average_1min"] = os.getloadavg()[0]
     return out
 
 
