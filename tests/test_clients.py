@@ -197,15 +197,16 @@ def test_nemo_guardrails_custom_action_from_the_docs(server_url, proxy, tmp_path
 # -- on the toy GGUF: each client's decision is our native verdict -------------------------------
 @pytest.mark.slow
 def test_clients_decide_as_the_native_verdict_on_the_toy(toy_gguf, heldout, tmp_path):
-    """Whatever the toy judges, a client blocks exactly what /v1/classify calls harmful."""
+    """Whatever the toy judges, a client blocks exactly what /v1/classify calls harmful (or
+    cannot read)."""
     prompts = [row["prompt"] for row in heldout[:8]]
     app = create_app(ServeSettings(model=toy_gguf["q8_0"], threads=1, api_key=KEY))
     with running(app, timeout=120) as url, \
             litellm_proxy(litellm_config(url, KEY, MOCK_REPLIES), tmp_path) as proxy_url:
         native = httpx.post(f"{url}/v1/classify", json={"items": [{"prompt": p} for p in prompts]},
                             headers={"Authorization": f"Bearer {KEY}"}, timeout=120).json()["results"]
-        harmful = [r["prompt_harmfulness"] == "harmful" for r in native]
-        assert not any(r["is_parsing_error"] for r in native)
+        # Blocked: harmful, or unreadable (fail closed).
+        harmful = [r["prompt_harmfulness"] == "harmful" or r["is_parsing_error"] for r in native]
         flagged = [r.flagged for r in sdk(url).moderations.create(input=prompts).results]
         tripped = [guardrails_check(url, p, ["illicit"]) for p in prompts]
         blocked = {g: [chat(proxy_url, g, p).status_code == 400 for p in prompts] for g in ("moderation", "generic")}
