@@ -3,6 +3,7 @@
     python -m benchmarks.loadtest load --model toy-q8_0.gguf --workers 2 --clients 8 --seconds 60
     python -m benchmarks.loadtest two-phase --model toy-q8_0.gguf
     python -m benchmarks.loadtest batching --model toy-q8_0.gguf
+    python -m benchmarks.loadtest clients --model toy-q8_0.gguf --litellm
 
 - `load`: starts the server (a child process on loopback; or `--url` for a running one),
   runs N concurrent asyncio clients for T seconds (each waits for its answer before sending
@@ -10,6 +11,8 @@
   status-code counts and the server's RSS before and after.
 - `two-phase`: the guardrail pattern (prompt, other traffic, then prompt + response): time and
   tokens evaluated in the second phase with and without the prefix cache.
+- `clients`: one call through each real client (OpenAI SDK, openai-guardrails, LiteLLM's proxy
+  with our guardrails; `pip install 'wildguard-lite[test-clients]'`), timed, with its decision.
 - `batching`: whether one llama.cpp batch holding several sequences beats evaluating them one
   after another, for the shapes score mode produces (a whole exchange; a few answer/cue tokens).
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -175,9 +179,8 @@ def cmd_two_phase(args) -> dict[str, Any]:
     long_prompts = [p + " " + " ".join(rng.choice(PROMPTS) for _ in range(args.prompt_repeat)) for p in PROMPTS]
     out: dict[str, Any] = {"model": str(args.model), "prompts": len(long_prompts)}
     for label, cache_mb in (("without_cache", 0), ("with_cache", 256)):
-        clf = wildguard_lite.load(args.model, threads=args.threads or None, n_ctx=4096)
-        if cache_mb:
-            clf.backend.prefix_cache = PrefixStateCache(int(cache_mb * 2**20))
+        clf = wildguard_lite.load(args.model, threads=args.threads or None,
+                                  prefix_cache=PrefixStateCache(int(cache_mb * 2**20)) if cache_mb else None)
         clf.classify([{"prompt": "warm up"}])
         times, tokens = [], []
         for prompt in long_prompts:
@@ -266,6 +269,161 @@ def cmd_batching(args) -> dict[str, Any]:
     del ctypes
     return results
 
+# -- the real clients: LiteLLM's proxy and one timed call through each client ------------------
+LITELLM_MASTER_KEY = "sk-" + "m" * 40  # the proxy refuses to start without one (local use only)
+GUARDRAIL_NAMES = {"moderation": "wg-moderation", "generic": "wg-generic", "generic_post": "wg-generic-post"}
+
+
+def litellm_config(url: str, api_key: str, replies: dict[str, str]) -> dict[str, Any]:
+    """A LiteLLM proxy config: one mock upstream per reply (`mock_response` in litellm_params:
+    no network) and our guardrails, each off by default and picked per request by name:
+    `openai_moderation` in pre_call, `generic_guardrail_api` in pre+post_call and post_call alone."""
+    def guardrail(name: str, kind: str, mode, base: str) -> dict[str, Any]:
+        return {"guardrail_name": name, "litellm_params": {"guardrail": kind, "mode": mode, "api_base": base,
+                                                           "api_key": api_key, "default_on": False}}
+
+    return {
+        "general_settings": {"master_key": LITELLM_MASTER_KEY},
+        "model_list": [{"model_name": name, "litellm_params": {"model": "openai/mock", "api_key": "sk-unused",
+                                                               "mock_response": reply}}
+                       for name, reply in replies.items()],
+        "guardrails": [
+            guardrail(GUARDRAIL_NAMES["moderation"], "openai_moderation", "pre_call", f"{url}/v1"),
+            guardrail(GUARDRAIL_NAMES["generic"], "generic_guardrail_api", ["pre_call", "post_call"], url),
+            guardrail(GUARDRAIL_NAMES["generic_post"], "generic_guardrail_api", "post_call", url),
+        ],
+    }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def litellm_proxy(config: dict[str, Any], workdir: Path, timeout: float = 240.0):
+    """LiteLLM's proxy (the `litellm` command beside this Python) as a child process on a free
+    loopback port, offline; yields its base URL and stops it on exit."""
+    import httpx
+
+    exe = Path(sys.executable).parent / "litellm"
+    if not exe.exists():
+        raise FileNotFoundError(f"{exe}: LiteLLM's proxy is not installed (pip install 'wildguard-lite[test-clients]')")
+    path = workdir / "litellm.json"  # YAML is a superset of JSON
+    path.write_text(json.dumps(config), encoding="utf-8")
+    port = free_port()
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
+           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    log_path = workdir / "litellm.log"
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen([str(exe), "--config", str(path), "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"LiteLLM's proxy did not start; its log ends:\n{log_path.read_text()[-3000:]}")
+                try:
+                    if httpx.get(f"{base}/health/liveliness", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.5)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def litellm_chat(proxy: str, model: str, prompt: str, guardrails: list[str], http=None):
+    """A chat completion through the proxy with the named guardrails (`http`: an httpx.Client
+    to reuse its connection)."""
+    import httpx
+
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "guardrails": guardrails}
+    return (http or httpx).post(f"{proxy}/chat/completions", json=body, timeout=120,
+                                headers={"Authorization": f"Bearer {LITELLM_MASTER_KEY}"})
+
+
+def cmd_clients(args) -> dict[str, Any]:
+    """One call through each client against a server on `--model`, timed: the median of
+    `--repeats` calls after one warm-up, for a benign and a harmful prompt."""
+    import tempfile
+    from dataclasses import dataclass
+    from importlib.metadata import version
+
+    import httpx
+    import openai
+
+    key = "bench-key-" + "k" * 22
+    workdir = Path(tempfile.mkdtemp(prefix="wildguard-clients-"))
+    (workdir / "key").write_text(key + "\n", encoding="utf-8")
+    server = ServerProcess(["--model", str(args.model), "--api-key-file", str(workdir / "key"),
+                            *(["--threads", str(args.threads)] if args.threads else [])])
+    prompts = {"benign": PROMPTS[0], "harmful": PROMPTS[3]}
+    out: dict[str, Any] = {"model": str(args.model), "repeats": args.repeats, "ms_median": {}, "decisions": {}}
+
+    def timed(name: str, call) -> None:
+        for label, prompt in prompts.items():
+            call(prompt)  # warm-up
+            times, decision = [], None
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                decision = call(prompt)
+                times.append(time.perf_counter() - start)
+            out["ms_median"][f"{name}/{label}"] = round(statistics.median(times) * 1000, 1)
+            out["decisions"][f"{name}/{label}"] = decision
+
+    # Each client is made once and reused, as an application would (connections kept alive).
+    http = httpx.Client(timeout=120)
+    loop = asyncio.new_event_loop()
+    try:
+        auth = {"Authorization": f"Bearer {key}"}
+        timed("http /v1/moderations", lambda p: http.post(f"{server.url}/v1/moderations", json={"input": p},
+                                                          headers=auth).json()["results"][0]["flagged"])
+        sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+        timed(f"openai-python {openai.__version__}", lambda p: sdk.moderations.create(input=p).results[0].flagged)
+        try:
+            from guardrails import check_plain_text
+        except ImportError:
+            check_plain_text = None
+        if check_plain_text is not None:
+            @dataclass
+            class Ctx:
+                guardrail_llm: Any
+
+            bundle = {"version": 1, "guardrails": [{"name": "Moderation", "config": {"categories": ["illicit"]}}]}
+
+            ctx = Ctx(openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0))
+
+            async def check(prompt: str) -> bool:
+                results = await check_plain_text(prompt, bundle, ctx=ctx, suppress_tripwire=True)
+                return results[0].tripwire_triggered
+
+            timed(f"openai-guardrails {version('openai-guardrails')}", lambda p: loop.run_until_complete(check(p)))
+        if args.litellm:
+            replies = {"mock-benign": RESPONSES[2]}
+            with litellm_proxy(litellm_config(server.url, key, replies), workdir) as proxy:
+                name = f"litellm {version('litellm')}"
+                timed(f"{name} no guardrail", lambda p: litellm_chat(proxy, "mock-benign", p, [], http).status_code)
+                for label, guard in (("openai_moderation pre_call", GUARDRAIL_NAMES["moderation"]),
+                                     ("generic pre+post_call", GUARDRAIL_NAMES["generic"])):
+                    timed(f"{name} {label}", lambda p, g=guard: litellm_chat(proxy, "mock-benign", p, [g], http).status_code)
+    finally:
+        http.close()
+        loop.close()
+        server.stop()
+    out["load_average_1min"] = os.getloadavg()[0]
+    return out
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.loadtest", description=__doc__,
@@ -287,6 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--repeats", type=int, default=20)
         q.add_argument("--sequences", type=int, default=4)
         q.add_argument("--prompt-repeat", type=int, default=6, help="two-phase: how long the prompts are")
+    clients = sub.add_parser("clients", help="one call through each real client (OpenAI SDK, openai-guardrails, "
+                                             "LiteLLM's proxy), timed")
+    clients.add_argument("--model", type=Path, required=True)
+    clients.add_argument("--threads", type=int)
+    clients.add_argument("--repeats", type=int, default=10)
+    clients.add_argument("--litellm", action="store_true", help="also start LiteLLM's proxy (about a minute)")
     for q in sub.choices.values():
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--json-out", type=Path)
@@ -296,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error("give --model (start a server) or --url (use a running one)")
         args.clients = args.clients or 4 * args.workers
         result = cmd_load(args)
+    elif args.command == "clients":
+        result = cmd_clients(args)
     elif args.command == "two-phase":
         result = cmd_two_phase(args)
     else:

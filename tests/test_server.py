@@ -5,7 +5,6 @@ answers (and can be held at a gate to fill the queue deterministically); the res
 the toy GGUF.
 """
 
-import json
 import subprocess
 import sys
 import threading
@@ -24,10 +23,12 @@ with warnings.catch_warnings():  # starlette's TestClient warns about httpx on s
     from fastapi.testclient import TestClient
 
 import wildguard_lite
+from server_fakes import build_tokenizer
 from wildguard_lite.backends.base import Backend
 from wildguard_lite.gguf_meta import read_gguf_info
 from wildguard_lite.runtime import Classifier
 from wildguard_lite.server import ServeSettings, create_app
+from wildguard_lite.server.moderation import OPENAI_CATEGORIES
 from wildguard_lite.tokenization import WildGuardTokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -40,7 +41,13 @@ def model_path(toy_gguf) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(model_path) -> WildGuardTokenizer:
+def tokenizer(tmp_path_factory) -> WildGuardTokenizer:
+    """For the fake backends: the toy's tokenizer recipe, no trained toy needed."""
+    return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def toy_tokenizer(model_path) -> WildGuardTokenizer:
     return WildGuardTokenizer(read_gguf_info(model_path).tokenizer)
 
 
@@ -109,8 +116,10 @@ def test_moderations_maps_labels_to_categories(tokenizer, body, answers, expecte
     assert data["id"].startswith("modr-") and len(data["results"]) == len(expected)
     for result, (flagged, categories) in zip(data["results"], expected):
         assert result["flagged"] is flagged
-        assert result["categories"] == categories
-        assert set(result["category_scores"]) == set(categories)
+        assert {name: result["categories"][name] for name in categories} == categories
+        assert result["categories"]["parsing_error"] is False
+        # The default --openai-categories all: every OpenAI category follows `flagged`.
+        assert {result["categories"][name] for name in OPENAI_CATEGORIES} == {flagged}
         for name, on in categories.items():
             assert (result["category_scores"][name] > 0.5) == on
         assert set(result["wildguard"]) == {"prompt_harmfulness", "response_refusal", "response_harmfulness",
@@ -283,6 +292,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(tokenizer):
 
 
 # -- on the toy GGUF ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_concurrent_requests_on_the_toy_match_sequential_results(toy_gguf, heldout):
     items = [{"prompt": r["prompt"], **({"response": r["response"]} if r.get("response") else {})}
              for r in heldout[:24]]
@@ -317,6 +327,7 @@ def test_concurrent_requests_on_the_toy_match_sequential_results(toy_gguf, heldo
                 assert got[key] == want[key], key
 
 
+@pytest.mark.slow
 def test_over_context_on_the_toy_is_413(model_path):
     app = create_app(ServeSettings(model=model_path, n_ctx=256))
     with TestClient(app) as client:
@@ -325,7 +336,9 @@ def test_over_context_on_the_toy_is_413(model_path):
     assert reply.json()["error"]["limit"] == 256 and "item 1" in reply.json()["error"]["message"]
 
 
-def test_two_phase_prefix_cache_evaluates_only_the_response(model_path, tokenizer):
+@pytest.mark.slow
+def test_two_phase_prefix_cache_evaluates_only_the_response(model_path, toy_tokenizer):
+    tokenizer = toy_tokenizer
     from wildguard_lite.backends.llama import LlamaCppBackend, PrefixStateCache
 
     cache = PrefixStateCache(max_bytes=64 << 20)
@@ -353,7 +366,9 @@ def test_two_phase_prefix_cache_evaluates_only_the_response(model_path, tokenize
         backend.close()
 
 
-def test_prefix_cache_stays_under_its_memory_cap(model_path, tokenizer):
+@pytest.mark.slow
+def test_prefix_cache_stays_under_its_memory_cap(model_path, toy_tokenizer):
+    tokenizer = toy_tokenizer
     from wildguard_lite.backends.llama import LlamaCppBackend, PrefixStateCache
 
     probe = PrefixStateCache(max_bytes=1 << 30)
@@ -377,12 +392,16 @@ def test_prefix_cache_stays_under_its_memory_cap(model_path, tokenizer):
         (["--model", "{model}", "--workers", "0"], "--workers must be at least 1"),  # no workers
         (["--model", "{model}", "--api-key-file", "{empty}"], "the file is empty"),  # empty key file
         (["--model", "{model}", "--max-queue", "-1"], "--max-queue must be 0 or more"),  # negative queue
+        (["--model", "{model}", "--threads", "50000"], "--threads must be 1-1024"),  # would abort llama.cpp
+        (["--model", "{model}", "--body-timeout", "0"], "--body-timeout must be positive"),  # no time to send
     ],
 )
-def test_serve_cli_refuses_bad_options_in_one_line(model_path, tmp_path, args, message):
+def test_serve_cli_refuses_bad_options_in_one_line(tmp_path, args, message):
     empty = tmp_path / "key"
     empty.write_text("\n")
-    argv = [a.format(model=model_path, empty=empty) for a in args]
+    model = tmp_path / "model.gguf"  # the options are checked before the model is opened
+    model.write_bytes(b"GGUF")
+    argv = [a.format(model=model, empty=empty) for a in args]
     proc = subprocess.run([sys.executable, "-m", "wildguard_lite.cli.serve", *argv],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
@@ -390,6 +409,7 @@ def test_serve_cli_refuses_bad_options_in_one_line(model_path, tmp_path, args, m
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_serves_on_loopback_by_default(model_path, tmp_path):
     import httpx
 

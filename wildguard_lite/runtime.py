@@ -191,6 +191,7 @@ def load(
     mode: str = "score",
     threads: int | None = None,
     n_ctx: int = 4096,
+    prefix_cache: Any = None,
     **options: Any,
 ) -> Classifier:
     """Load a converted WildGuard model.
@@ -201,6 +202,8 @@ def load(
         mode (`str`): "score" (default) or "generate".
         threads (`int`, *optional*): CPU threads; default: all cores, at most 8.
         n_ctx (`int`): context length in tokens (input plus answer); longer input is refused.
+        prefix_cache (`PrefixStateCache`, *optional*): a KV-state cache shared by several
+            classifiers (llama.cpp only: the ONNX backend keeps its last sequence only).
         **options: more `RuntimeConfig` fields (`max_new_tokens`, `flash_attn`, `use_mmap`,
             `repack`).
 
@@ -225,7 +228,8 @@ def load(
     from .backends.llama import LlamaCppBackend
 
     backend = LlamaCppBackend(path, n_ctx=config.n_ctx, threads=config.threads,
-                              flash_attn=config.flash_attn, use_mmap=config.use_mmap, repack=config.repack)
+                              flash_attn=config.flash_attn, use_mmap=config.use_mmap, repack=config.repack,
+                              prefix_cache=prefix_cache)
     if backend.n_vocab != tokenizer.vocab_size:
         backend.close()
         raise ModelFileError(f"{path}: model vocabulary ({backend.n_vocab}) does not match its tokenizer ({tokenizer.vocab_size})")

@@ -26,6 +26,9 @@ class Backend(ABC):
 
     n_ctx: int
     n_vocab: int
+    # Tokens evaluated so far (prefix reuse makes it less than the tokens asked for); engines
+    # that count them update it, for benchmarks and the server's metrics.
+    tokens_evaluated: int = 0
 
     @abstractmethod
     def next_logits(self, ids: Sequence[int]) -> np.ndarray:

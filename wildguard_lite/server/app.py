@@ -1,0 +1,286 @@
+"""The FastAPI app and `serve()`.
+
+Models load in the app's lifespan, one per worker (the only loading path); shutdown lets the
+requests in flight finish before the workers stop.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations at run time.
+import asyncio
+import hmac
+import json
+import logging
+import sys
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ..errors import InputTooLongError, InvalidInputError, WildGuardLiteError, require
+from .errors import APIError, check_count, validated_item
+from .guardrail import GUARDRAIL_PATH, PromptMemory, guardrail_reply, parse_guardrail
+from .metrics import CLIENT_CLOSED, ENDPOINTS, Metrics, MetricsMiddleware
+from .moderation import parse_moderation, to_moderation
+from .pool import ClassifierFactory, WorkerPool, default_factory, make_prefix_cache
+from .settings import ServeSettings
+
+log = logging.getLogger("wildguard_lite.server")
+
+
+async def read_json(request, settings: ServeSettings) -> Any:
+    """The body as JSON: at most `max_body_bytes`, within `body_timeout_s`, refused clearly
+    when it is not UTF-8 JSON, nests too deeply or holds an integer too long to convert."""
+    from starlette.requests import ClientDisconnect
+
+    limit = settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body is {declared} bytes; the limit is {limit} "
+                            "(split the input into several requests)", "request_too_large")
+
+    async def collect() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, f"request body exceeds the limit of {limit} bytes "
+                                    "(split the input into several requests)", "request_too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        raw = await asyncio.wait_for(collect(), settings.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {settings.body_timeout_s:g} s; send it "
+                            "whole (or start serve with a larger --body-timeout)", "request_timeout",
+                       headers={"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise APIError(CLIENT_CLOSED, "the client closed the connection while sending", "client_closed") from None
+    if not raw.strip():
+        raise APIError(400, "request body is empty; send a JSON object", "invalid_json")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise APIError(400, "request body is not UTF-8 text; send UTF-8 JSON", "invalid_json") from None
+    except json.JSONDecodeError as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                       "invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "request body nests arrays/objects too deeply; send a flat JSON object",
+                       "invalid_json") from None
+    except ValueError as exc:
+        if "digits" in str(exc):  # Python converts integers of at most sys.get_int_max_str_digits()
+            raise APIError(400, f"request body holds an integer of more than {sys.get_int_max_str_digits()} "
+                                "digits; send long numbers as strings", "invalid_json") from None
+        raise APIError(400, f"request body is not usable JSON: {exc}", "invalid_json") from None
+
+
+def parse_classify(body: Any, settings: ServeSettings) -> list[dict[str, Any]]:
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+        got = type(body.get("items")).__name__ if isinstance(body, dict) and "items" in body else "no 'items'"
+        raise APIError(422, "request body must be {\"items\": [{\"prompt\": ..., \"response\": ...}, ...]}, "
+                            f"got {got if isinstance(body, dict) else type(body).__name__}", param="items")
+    check_count(len(body["items"]), "items", settings)
+    return [validated_item(item, f"items[{i}]") for i, item in enumerate(body["items"])]
+
+
+class StartupErrors:
+    """Pure ASGI: a user error while loading the models (a bad model file) is reported as its
+    one-line message instead of a traceback, and kept for `serve()` to raise."""
+
+    def __init__(self, app, state: dict):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "lifespan":
+            return await self.app(scope, receive, send)
+
+        async def send_clean(message):
+            error = self.state.get("startup_error")
+            if message["type"] == "lifespan.startup.failed" and error is not None:
+                message = {**message, "message": f"could not start: {error}"}
+            await send(message)
+
+        return await self.app(scope, receive, send_clean)
+
+
+def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | None = None, prefix_cache=None):
+    """The ASGI app. Models load when the app starts (lifespan), one per worker.
+
+    `classifier_factory(worker_index, threads)` makes each worker's Classifier (default: load
+    `settings.model`, every worker sharing one prefix cache, made here unless `prefix_cache`
+    is given).
+    """
+    fastapi = require("fastapi", "serve")
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    metrics = Metrics()
+    memory = PromptMemory()
+    state: dict[str, Any] = {"pool": None, "startup_error": None}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        cache = prefix_cache
+        if classifier_factory is None and cache is None:
+            cache = make_prefix_cache(settings)
+        factory = classifier_factory or default_factory(settings, cache)
+        threads = settings.threads_per_worker
+        # Loading is blocking work: keep the loop free (and load workers one after another,
+        # so peak memory during load stays that of one model file being opened).
+        classifiers = []
+        try:
+            for i in range(settings.workers):
+                classifiers.append(await asyncio.to_thread(factory, i, threads))
+        except BaseException as exc:
+            for clf in classifiers:
+                clf.close()
+            if isinstance(exc, WildGuardLiteError):
+                state["startup_error"] = exc
+            raise
+        state["pool"] = WorkerPool(classifiers, settings.max_queue, cache)
+        log.info("wildguard-lite serve: %d worker(s) x %d thread(s), queue %d, model %s",
+                 settings.workers, threads, settings.max_queue, settings.model_name)
+        try:
+            yield
+        finally:
+            pool, state["pool"] = state["pool"], None
+            await asyncio.to_thread(pool.close)
+
+    app = fastapi.FastAPI(title="wildguard-lite", lifespan=lifespan, docs_url=None, redoc_url=None,
+                          openapi_url=None)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(StartupErrors, state=state)
+
+    def error_response(exc: APIError):
+        metrics.error(exc.kind)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request, exc: APIError):
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request, exc):
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        message = {404: f"no endpoint {request.url.path}; see {', '.join(ENDPOINTS)}",
+                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return error_response(APIError(exc.status_code, message, kind))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request, exc):
+        log.exception("internal error on %s", request.url.path)
+        return error_response(APIError(500, "internal server error (logged on the server)", "server_error"))
+
+    def authorize(request) -> None:
+        """`Authorization: Bearer <key>` (OpenAI clients) or `x-api-key: <key>` (LiteLLM's
+        generic guardrail sends its api_key so)."""
+        if settings.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        bearer = token.strip() if scheme.lower() == "bearer" else ""
+        expected = settings.api_key.encode()
+        if not any(hmac.compare_digest(candidate.encode(), expected)
+                   for candidate in (bearer, request.headers.get("x-api-key", "").strip())):
+            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+                           "authentication_error", headers={"WWW-Authenticate": "Bearer"})
+
+    async def until_disconnect(request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def run_items(request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        pool: WorkerPool | None = state["pool"]
+        if pool is None:
+            raise APIError(503, "the server is starting or shutting down; retry shortly", "unavailable",
+                           headers={"Retry-After": "1"})
+        job = pool.try_submit(items)
+        if job is None:
+            seconds = pool.retry_after()
+            raise APIError(429, f"all {pool.size} worker(s) busy and the queue ({settings.max_queue}) is full; "
+                                f"retry after {seconds} s", "rate_limit_exceeded",
+                           headers={"Retry-After": str(seconds)})
+        # A client that leaves while its request waits frees its place in the queue.
+        watcher = asyncio.ensure_future(until_disconnect(request))
+        try:
+            done, _ = await asyncio.wait({job.future, watcher}, timeout=settings.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if job.future in done:
+            try:
+                return job.future.result()
+            except InputTooLongError as exc:
+                raise APIError(413, str(exc), "input_too_long", n_tokens=exc.n_tokens, limit=exc.limit) from None
+            except InvalidInputError as exc:
+                raise APIError(422, str(exc)) from None
+        job.abandoned = True
+        job.future.cancel()
+        if watcher in done:
+            raise APIError(CLIENT_CLOSED, "the client closed the connection before the answer", "client_closed")
+        raise APIError(504, f"classification did not finish within {settings.request_timeout_s:g} s "
+                            "(queue wait included); retry later, send fewer or shorter items, or start "
+                            "serve with a larger --timeout", "timeout")
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request):
+        authorize(request)
+        items = parse_moderation(await read_json(request, settings), settings)
+        results = await run_items(request, items)
+        return {"id": f"modr-{uuid.uuid4().hex}", "model": settings.model_name,
+                "results": [to_moderation(r, settings.openai_categories) for r in results]}
+
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        authorize(request)
+        items = parse_classify(await read_json(request, settings), settings)
+        return {"model": settings.model_name, "results": await run_items(request, items)}
+
+    @app.post(GUARDRAIL_PATH)
+    async def litellm_guardrail(request: Request):
+        authorize(request)
+        input_type, items, paired = parse_guardrail(await read_json(request, settings), settings, memory)
+        results = await run_items(request, items) if items else []
+        return guardrail_reply(input_type, results, paired)
+
+    @app.get("/health")
+    async def health():
+        pool: WorkerPool | None = state["pool"]
+        if pool is None:
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return {"status": "ok", "model": settings.model_name, "workers": pool.size,
+                "queue_depth": pool.queued, "in_flight": pool.running}
+
+    @app.get("/metrics")
+    async def prometheus(request: Request):
+        authorize(request)
+        return PlainTextResponse(metrics.render(state["pool"]), media_type="text/plain; version=0.0.4")
+
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.runtime = state
+    return app
+
+
+def serve(settings: ServeSettings) -> None:
+    """Run the app with uvicorn until SIGINT/SIGTERM; requests in flight are finished first.
+    A model that cannot load is raised as its one-line error."""
+    uvicorn = require("uvicorn", "serve")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="info",
+        # Let a request admitted just before SIGTERM finish, however long it queued.
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        limit_concurrency=None, server_header=False, access_log=False,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind
+        server.started = False
+    error = app.state.runtime["startup_error"]
+    if error is not None:
+        raise error
+    if not server.started:
+        raise InvalidInputError(f"could not listen on {settings.host}:{settings.port} (in use, or not an address "
+                                "of this machine; see the log above); pick another --host/--port")

@@ -1,0 +1,129 @@
+"""The worker pool: N threads, each owning one Classifier (its own llama.cpp context;
+llama.cpp releases the GIL while it computes), one FIFO, and a bounded admission count."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..runtime import Classifier
+from .settings import ServeSettings
+
+ClassifierFactory = Callable[[int, int], Classifier]  # (worker index, threads) -> Classifier
+
+
+@dataclass
+class Job:
+    items: list[dict[str, Any]]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    abandoned: bool = False  # the request timed out or its client left: skip it if still queued
+
+
+class WorkerPool:
+    """N model workers behind one FIFO; admits at most `size + max_queue` requests at a time."""
+
+    def __init__(self, classifiers: list[Classifier], max_queue: int, prefix_cache=None):
+        self.classifiers = classifiers
+        self.size = len(classifiers)
+        self.capacity = self.size + max_queue
+        self.prefix_cache = prefix_cache
+        self.queued = 0
+        self.running = 0
+        self.items_done = 0
+        self.parsing_errors = 0
+        self._job_seconds = 1.0  # moving average, for Retry-After
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._threads = [threading.Thread(target=self._work, args=(clf,), name=f"wildguard-worker-{i}", daemon=True)
+                         for i, clf in enumerate(classifiers)]
+        for thread in self._threads:
+            thread.start()
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free: the backlog's expected work per worker."""
+        with self._lock:
+            backlog = self.queued + self.running
+        return max(1, min(60, math.ceil(self._job_seconds * backlog / self.size)))
+
+    def try_submit(self, items: list[dict[str, Any]]) -> Job | None:
+        """Queue a request, or None when the pool and queue are full (the caller answers 429)."""
+        with self._lock:
+            if self.queued + self.running >= self.capacity:
+                return None
+            self.queued += 1
+        loop = asyncio.get_running_loop()
+        job = Job(items, loop.create_future(), loop)
+        self._jobs.put(job)
+        return job
+
+    def tokens_evaluated(self) -> int:
+        return sum(c.backend.tokens_evaluated for c in self.classifiers)
+
+    def _work(self, clf: Classifier) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:  # shutdown sentinel, queued after every admitted job
+                return
+            with self._lock:
+                self.queued -= 1
+                if job.abandoned:
+                    continue
+                self.running += 1
+            start = time.perf_counter()
+            try:
+                outcome: tuple[bool, Any] = (True, clf.classify(job.items))
+            except BaseException as exc:  # handed to the request; the worker lives on
+                outcome = (False, exc)
+            seconds = time.perf_counter() - start
+            with self._lock:
+                self.running -= 1
+                if outcome[0]:
+                    self.items_done += len(job.items)
+                    self.parsing_errors += sum(bool(r.get("is_parsing_error")) for r in outcome[1])
+                self._job_seconds = 0.8 * self._job_seconds + 0.2 * seconds
+            job.loop.call_soon_threadsafe(settle, job.future, outcome)
+
+    def close(self) -> None:
+        """Finish every admitted job, then stop the workers and free the models."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+        for clf in self.classifiers:
+            clf.close()
+
+
+def settle(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:
+    if future.done():  # timed out or cancelled meanwhile
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def make_prefix_cache(settings: ServeSettings):
+    """The LRU of KV states shared by the workers, or None when disabled."""
+    if settings.prefix_cache_mb <= 0:
+        return None
+    from ..backends.llama import PrefixStateCache
+
+    return PrefixStateCache(int(settings.prefix_cache_mb * (1 << 20)))
+
+
+def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
+    """Load `settings.model` once per worker, every worker sharing one prefix cache."""
+    def make(index: int, threads: int) -> Classifier:
+        from ..runtime import load
+
+        return load(settings.model, mode=settings.mode, threads=threads, n_ctx=settings.n_ctx,
+                    prefix_cache=prefix_cache)
+
+    return make

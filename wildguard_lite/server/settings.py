@@ -1,0 +1,145 @@
+"""`ServeSettings`: every option of `serve`, declared once.
+
+Each field carries its default and its help; `add_arguments` derives the argparse flags from
+the fields and `from_args` builds the settings back, so a new option is one field here. The
+model-loading defaults (`n_ctx`, `mode`) are read from `RuntimeConfig`, their one place.
+No web framework is imported here: `wildguard-lite serve --help` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import InvalidInputError
+from ..runtime import MODES, RuntimeConfig
+
+# How a harmful verdict shows in OpenAI's category names (see docs/serving.md).
+OPENAI_CATEGORY_MODES = ("all", "illicit", "none")
+_RUNTIME_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RuntimeConfig)}
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def read_api_key(path: str | os.PathLike) -> str:
+    """The key in a file (first line, stripped), so it never appears in the process list."""
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise InvalidInputError(f"--api-key-file {path}: cannot read it ({reason})") from None
+    if not key or not key[0].strip():
+        raise InvalidInputError(f"--api-key-file {path}: the file is empty; put the key on its first line")
+    return key[0].strip()
+
+
+def option(default: Any, flag: str, help: str, *, type: Callable | None = None, choices: tuple | None = None,
+           convert: Callable | None = None, show_default: bool = True, **kwargs) -> Any:
+    """A settings field with its command-line flag. `convert` maps the parsed flag value to the
+    field value (e.g. a key file to the key); `type` parses the flag's text."""
+    meta = {"flag": flag, "help": help, "type": type, "choices": choices, "convert": convert,
+            "show_default": show_default}
+    return field(default=default, metadata=meta, **kwargs)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything `serve` needs; `threads` is per worker (default: the cores divided among them)."""
+
+    model: Path | None = option(None, "--model", "a .gguf file made by 'wildguard-lite convert' (or an ONNX "
+                                "variant it made)", type=Path, show_default=False)
+    host: str = option("127.0.0.1", "--host", "address to bind (0.0.0.0 for all)")
+    port: int = option(8000, "--port", "port (0: any free port)", type=int)
+    workers: int = option(1, "--workers", "model workers, each its own llama.cpp context and memory", type=int)
+    threads: int | None = option(None, "--threads", "CPU threads per worker (default: the cores divided "
+                                 "among workers)", type=int, show_default=False)
+    max_queue: int = option(16, "--max-queue", "requests waiting beyond the busy workers before answering 429",
+                            type=int)
+    request_timeout_s: float = option(60.0, "--timeout", "seconds a request may queue and run before 504",
+                                      type=float)
+    body_timeout_s: float = option(30.0, "--body-timeout", "seconds a client may take to send its request "
+                                   "body before 408", type=float)
+    max_body_bytes: int = option(1 << 20, "--max-body-bytes", "request body limit in bytes, 413 beyond", type=int)
+    max_items: int = option(64, "--max-items", "items per request, 413 beyond", type=int)
+    n_ctx: int = option(_RUNTIME_DEFAULTS["n_ctx"], "--n-ctx", "context length in tokens; longer input gets 413",
+                        type=int)
+    mode: str = option(_RUNTIME_DEFAULTS["mode"], "--mode", "see 'classify --help'", choices=MODES)
+    prefix_cache_mb: float = option(256.0, "--prefix-cache-mb", "memory cap of the shared KV prefix cache "
+                                    "for two-phase checks; 0 turns it off", type=float)
+    openai_categories: str = option(
+        "all", "--openai-categories",
+        "how a harmful verdict shows in /v1/moderations' OpenAI category names: 'all' sets every OpenAI "
+        "category (category-based clients block whatever categories they check), 'illicit' only "
+        "'illicit', 'none' leaves them false (only 'flagged' and the WildGuard keys carry it)",
+        choices=OPENAI_CATEGORY_MODES)
+    api_key: str | None = option(None, "--api-key-file", "require 'Authorization: Bearer <key>' (or "
+                                 "'x-api-key: <key>') with the key on this file's first line", type=Path,
+                                 convert=read_api_key, show_default=False, repr=False)
+
+    def __post_init__(self):
+        checks = [
+            (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
+            (self.max_queue >= 0, f"--max-queue must be 0 or more, got {self.max_queue}"),
+            (self.threads is None or 1 <= self.threads <= 1024,
+             f"--threads must be 1-1024 (about the cores of this machine: {available_cores()}), got {self.threads}"),
+            (0 <= self.port <= 65535, f"--port must be 0-65535 (0: any free port), got {self.port}"),
+            (self.request_timeout_s > 0, f"--timeout must be positive, got {self.request_timeout_s}"),
+            (self.body_timeout_s > 0, f"--body-timeout must be positive, got {self.body_timeout_s}"),
+            (self.max_body_bytes >= 1024, f"--max-body-bytes must be at least 1024, got {self.max_body_bytes}"),
+            (self.max_items >= 1, f"--max-items must be at least 1, got {self.max_items}"),
+            (self.prefix_cache_mb >= 0, f"--prefix-cache-mb must be 0 or more, got {self.prefix_cache_mb}"),
+            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got '{self.mode}'"),
+            (self.openai_categories in OPENAI_CATEGORY_MODES,
+             f"--openai-categories must be one of {', '.join(OPENAI_CATEGORY_MODES)}, got '{self.openai_categories}'"),
+            (self.api_key is None or len(self.api_key) >= 16,
+             "the API key must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidInputError(message)
+
+    @property
+    def threads_per_worker(self) -> int:
+        return self.threads or max(1, available_cores() // self.workers)
+
+    @property
+    def model_name(self) -> str:
+        return self.model.stem if self.model is not None else "wildguard"
+
+
+def add_arguments(parser: argparse.ArgumentParser, required: tuple[str, ...] = ("model",)) -> None:
+    """One flag per settings field, with the field's default and help."""
+    for f in dataclasses.fields(ServeSettings):
+        meta = f.metadata
+        help_ = meta["help"] + (f" (default {f.default})" if meta["show_default"] else "")
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help_}
+        if meta["type"] is not None:
+            kwargs["type"] = meta["type"]
+        if meta["choices"] is not None:
+            kwargs["choices"] = meta["choices"]
+        else:
+            kwargs["metavar"] = meta["flag"].lstrip("-").upper().replace("-", "_")
+        if f.name in required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = None if meta["convert"] else f.default
+        parser.add_argument(meta["flag"], **kwargs)
+
+
+def from_args(args: argparse.Namespace) -> ServeSettings:
+    """The settings from parsed flags (converting those that say how, e.g. the key file)."""
+    values = {}
+    for f in dataclasses.fields(ServeSettings):
+        value = getattr(args, f.name)
+        convert = f.metadata["convert"]
+        values[f.name] = convert(value) if convert is not None and value is not None else value
+    return ServeSettings(**values)
