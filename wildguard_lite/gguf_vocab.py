@@ -19,6 +19,9 @@ from .tokenization import AddedToken, TokenizerSpec
 # transformers' LlamaTokenizer reads a missing `legacy` as True, and no public copy of WildGuard's
 # tokenizer_config.json settled its value (docs/decisions.md, "legacy for third-party GGUFs").
 LEGACY_DEFAULT = True
+# Mistral's tokenizer_config.json files carry "add_prefix_space": null, which LlamaTokenizer reads as
+# false; it matters only when legacy is false.
+ADD_PREFIX_SPACE = False
 # WildGuard's template needs these as control tokens (Mistral v0.3 has them as ids 3 and 4).
 TEMPLATE_CONTROL_TOKENS = ("[INST]", "[/INST]")
 # GGUF token types == SentencePiece piece types: 1 normal, 2 unknown, 3 control, 4 user-defined,
@@ -111,6 +114,7 @@ def spec_from_gguf_vocab(reader, where: str, legacy: bool = LEGACY_DEFAULT) -> T
         sp_model=sp_model,
         legacy=legacy,
         add_bos=bool(_value(reader, "tokenizer.ggml.add_bos_token", True)),
+        add_prefix_space=ADD_PREFIX_SPACE,
         unk_token=tokens[ids["unknown"]],
         # As transformers lists a SentencePiece model's control pieces among its added tokens.
         added_tokens=tuple(AddedToken(t, i) for i, (t, k) in enumerate(zip(tokens, types)) if k == CONTROL),

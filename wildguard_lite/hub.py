@@ -45,17 +45,22 @@ def hub_error(exc: Exception, repo: str, revision: str | None, what: str = "") -
     from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
                                        LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
 
+    from huggingface_hub import constants
+
     where = f"{repo}@{revision or 'main'}" + (f" ({what})" if what else "")
+    if isinstance(exc, LocalEntryNotFoundError) and isinstance(exc.__cause__, HfHubHTTPError):
+        exc = exc.__cause__  # hf_hub_download wraps the hub's answer when nothing is cached
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(exc, GatedRepoError):
         return WildGuardLiteError(
             f"{where}: the repository is gated. Accept its conditions on {model_page(repo)} (logged in with your "
             f"account), then {LOGIN_HINT} with a token of that account")
     if isinstance(exc, LocalEntryNotFoundError):
+        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
+               f"the hub could not be reached: {type(exc.__cause__).__name__ if exc.__cause__ else 'no network'}")
         return WildGuardLiteError(
-            f"{where}: not in the local Hugging Face cache and the hub cannot be asked (offline: HF_HUB_OFFLINE is "
-            "set, or no network); download it once on a connected machine (wildguard-lite pull / hf download), "
-            "or unset HF_HUB_OFFLINE")
+            f"{where}: not in the local Hugging Face cache, and {why}; download it once on a connected machine "
+            "(wildguard-lite pull / hf download), or unset HF_HUB_OFFLINE")
     if isinstance(exc, RepositoryNotFoundError):
         return WildGuardLiteError(
             f"{where}: repository not found, or private and this request is not authorised (HTTP {status or '401'}). "
