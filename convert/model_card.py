@@ -153,8 +153,8 @@ def push_to_hub(out_dir: Path, repo_id: str, token: str | None = None, accuracy_
     api = hf.HfApi(token=token, endpoint=endpoint)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.create_commit(repo_id, operations=operations,
-                                 commit_message=f"wildguard-lite: {', '.join(a['quant'] for a in manifest['artifacts'])}")
+        quants = ", ".join(a["quant"] for a in manifest["artifacts"])
+        info = api.create_commit(repo_id, operations=operations, commit_message=f"wildguard-lite: {quants}")
     except Exception as exc:
         raise hub_error(exc, repo_id, None, "upload") from None
     return info.commit_url

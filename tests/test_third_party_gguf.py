@@ -101,7 +101,8 @@ def test_ids_and_verdicts_equal_our_gguf(toy_gguf, third_party, heldout):
     ("toy_dir", True),  # the checkpoint's tokenizer_config.json says legacy=true
     ("toy_dir_nonlegacy", False),  # ... and legacy=false: the option must match it
 ])
-def test_rebuilt_tokenizer_matches_the_folder_in_both_legacy_modes(request, third_party, heldout, legacy_fixture, legacy):
+def test_rebuilt_tokenizer_matches_the_folder_in_both_legacy_modes(request, third_party, heldout, legacy_fixture,
+                                                                  legacy):
     folder = request.getfixturevalue(legacy_fixture)
     reference = WildGuardTokenizer(TokenizerSpec.from_hf_folder(folder))
     rebuilt = WildGuardTokenizer(spec_from_gguf_vocab(gguf.GGUFReader(third_party), "test", legacy=legacy))

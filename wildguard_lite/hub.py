@@ -98,7 +98,8 @@ def choose_artifact(manifest: dict, quant: str, where: str) -> dict:
     found = [a for a in artifacts if isinstance(a, dict) and a.get("quant") == quant.lower()]
     gguf = [a for a in found if a.get("format", "gguf") == "gguf"]
     if not gguf:
-        have = sorted({str(a.get("quant")) for a in artifacts if isinstance(a, dict) and a.get("format", "gguf") == "gguf"})
+        have = sorted({str(a.get("quant")) for a in artifacts
+                       if isinstance(a, dict) and a.get("format", "gguf") == "gguf"})
         extra = " (only as ONNX, which pull does not fetch)" if found else ""
         raise InvalidInputError(f"{where}: no GGUF artifact with quant '{quant}'{extra}; "
                                 f"available: {', '.join(have) or 'none'}")
