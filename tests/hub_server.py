@@ -38,6 +38,12 @@ class HubServer:
             def do_GET(self):
                 self._answer(body=True)
 
+            def do_POST(self):
+                # Uploads (create_repo, commits) are not served: answered as a token without write access.
+                server.requests.append(f"POST {self.path}")
+                server.auth.append(self.headers.get("Authorization"))
+                self._fail(403, "", "You don't have the rights to create a model under this namespace")
+
             def _fail(self, status: int, code: str, message: str = "", commit: str | None = None):
                 self.send_response(status)
                 if code:

@@ -20,7 +20,7 @@ from hub_server import FakeRepo, HubServer  # noqa: E402
 from wildguard_lite.benchmarks.data import to_item  # noqa: E402
 from wildguard_lite.errors import InvalidInputError, ModelFileError, WildGuardLiteError  # noqa: E402
 from wildguard_lite.hub import pull, sha256_of  # noqa: E402
-from wildguard_lite.convert.model_card import render_card, upload_plan  # noqa: E402
+from wildguard_lite.convert.model_card import push_to_hub, render_card, upload_plan  # noqa: E402
 
 REPO = "acme/wildguard-toy-gguf"
 COMMIT = "c0ffee" * 6 + "c0ff"
@@ -225,3 +225,13 @@ def test_upload_plan_is_artifacts_and_manifest(toy_gguf, tmp_path):
     assert sorted(plan) == sorted([a["file"] for a in toy_gguf["manifest"]["artifacts"]] + ["manifest.json"])
     with pytest.raises(ModelFileError, match="missing"):
         upload_plan(tmp_path, toy_gguf["manifest"])
+
+
+def test_push_without_write_access_says_so(toy_gguf):
+    # The upload itself is not served by the local server; this checks the call reaches the hub
+    # with the token and that a refusal is explained.
+    with HubServer({}) as hub:
+        with pytest.raises(WildGuardLiteError, match=r"refused the upload \(HTTP 403\).*write access"):
+            push_to_hub(toy_gguf["dir"], REPO, token="hf_writer", endpoint=hub.url)
+    assert any(r.startswith("POST /api/repos/create") for r in hub.requests)
+    assert hub.auth == ["Bearer hf_writer"] * len(hub.auth)
