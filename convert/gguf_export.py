@@ -13,7 +13,8 @@ from wildguard_lite.contract import TEMPLATE_VERSION
 from wildguard_lite.errors import ModelFileError, require
 from wildguard_lite.gguf_meta import KEY_SOURCE, KEY_SP_MODEL, KEY_TEMPLATE_VERSION, KEY_TOKENIZER_CONFIG
 from wildguard_lite.tokenization import TokenizerSpec
-from wildguard_lite.convert.safetensors_io import TensorRef, list_tensors
+from wildguard_lite.convert.pickle_io import checkpoint_tensors
+from wildguard_lite.convert.safetensors_io import TensorRef
 
 SUPPORTED = {"MistralForCausalLM": "mistral", "LlamaForCausalLM": "llama"}
 FLOAT_TYPES = ("f32", "bf16", "f16")
@@ -100,7 +101,7 @@ def write_gguf(
     config = read_config(folder)
     spec = TokenizerSpec.from_hf_folder(folder)
     sp, pieces, scores, types = _vocab(spec, config["vocab_size"])
-    refs = list_tensors(folder)
+    refs = checkpoint_tensors(folder)  # safetensors preferred, else pickle via weights_only
 
     n_layer = config["num_hidden_layers"]
     n_head = config["num_attention_heads"]

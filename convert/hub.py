@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
-from wildguard_lite.errors import InvalidInputError, WildGuardLiteError, require
+from wildguard_lite.errors import InvalidInputError, require
 
-# Only what conversion reads: never pickle weights, never code.
-ALLOW_PATTERNS = [
-    "*.safetensors",
-    "*.safetensors.index.json",
+# Only what conversion reads: never code. Pickle weights only when a revision has no safetensors.
+COMMON_PATTERNS = [
     "config.json",
     "generation_config.json",
     "tokenizer.model",
     "tokenizer_config.json",
     "special_tokens_map.json",
 ]
+SAFETENSORS_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
+PICKLE_PATTERNS = ["pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json"]
+ALLOW_PATTERNS = COMMON_PATTERNS + SAFETENSORS_PATTERNS
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
-def resolve_source(source: str, revision: str | None = None) -> tuple[Path, dict]:
+def resolve_source(source: str, revision: str | None = None, token: str | None = None) -> tuple[Path, dict]:
     """Return (folder, source_info) where source_info goes into the manifest."""
     path = Path(source).expanduser()
     if path.exists():
@@ -33,22 +33,17 @@ def resolve_source(source: str, revision: str | None = None) -> tuple[Path, dict
     if not _REPO_ID.match(source):
         raise InvalidInputError(f"{source}: no such folder, and not a hub id like 'allenai/wildguard'")
     hf = require("huggingface_hub", "convert")
-    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
+    from wildguard_lite.hub import hub_error
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
-        folder = hf.snapshot_download(repo_id=source, revision=revision, allow_patterns=ALLOW_PATTERNS)
-    except LocalEntryNotFoundError:
-        how = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache" if offline else \
-            "the hub is unreachable and it is not in the local Hugging Face cache"
-        raise WildGuardLiteError(
-            f"{source}@{revision or 'main'}: {how}; download it on a connected machine "
-            "(huggingface-cli download) or pass a local folder"
-        ) from None
-    except HfHubHTTPError as exc:
-        raise WildGuardLiteError(f"{source}@{revision or 'main'}: the hub refused the download ({exc})") from None
-    except (OSError, ValueError) as exc:
-        raise WildGuardLiteError(f"{source}@{revision or 'main'}: download failed ({exc})") from None
-    folder = Path(folder)
+        folder = Path(hf.snapshot_download(repo_id=source, revision=revision, allow_patterns=ALLOW_PATTERNS,
+                                           token=token))
+        if not any(folder.glob("*.safetensors")):
+            # No safetensors at this commit: fetch the pickle shards (read with weights_only only),
+            # pinned to the same commit.
+            folder = Path(hf.snapshot_download(repo_id=source, revision=folder.name,
+                                               allow_patterns=COMMON_PATTERNS + PICKLE_PATTERNS, token=token))
+    except Exception as exc:  # huggingface_hub's typed errors, network errors
+        raise hub_error(exc, source, revision) from None
     # snapshot folders are named by the resolved commit: record it, so the run is pinned.
     return folder, {"repo": source, "revision": revision or "main", "commit": folder.name}

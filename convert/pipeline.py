@@ -33,6 +33,9 @@ class ConvertOptions:
     extra: dict = field(default_factory=dict)
     force: bool = False  # ONNX: export even when the memory estimate exceeds what is available
     onnx: object = None  # an onnx_export.OnnxQuantConfig; None: its defaults
+    token: str | None = None  # hub token for the source download and --push-to-hub
+    push_to_hub: str | None = None  # repo id to publish the GGUF artifacts, manifest and card to
+    accuracy_report: Path | None = None  # a `bench accuracy` JSON report for the model card
 
 
 def parse_quants(text: str, formats: tuple[str, ...] = ("gguf",)) -> tuple[str, ...]:
@@ -80,7 +83,13 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
             raise InvalidInputError(f"unknown --format '{fmt}'; this build supports: {', '.join(FORMATS)}")
     out_dir = Path(options.out_dir)
     _check_out_dir(out_dir)
-    folder, source_info = resolve_source(options.source, options.revision)
+    if options.push_to_hub and "gguf" not in options.formats:
+        raise InvalidInputError("--push-to-hub publishes GGUF artifacts; add --format gguf")
+    if options.accuracy_report is not None:
+        from wildguard_lite.convert.model_card import read_accuracy_report
+
+        read_accuracy_report(options.accuracy_report)  # refuse a bad report before converting
+    folder, source_info = resolve_source(options.source, options.revision, options.token)
     read_config(folder)  # refuse unsupported architectures before any work
     base = _base_name(options, folder, source_info)
     from wildguard_lite.convert.onnx_export import ONNX_QUANTS
@@ -166,7 +175,7 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
     if verification.get("status") == "failed":
         console.print("[bold red]the exported logits disagree with transformers beyond the tolerance; "
                       "see verification in manifest.json[/bold red]")
-    return update_manifest(
+    manifest = update_manifest(
         out_dir,
         source_info,
         artifacts,
@@ -177,6 +186,21 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
             **options.extra,
         },
     )
+    if options.push_to_hub:
+        _publish(options, out_dir, manifest, console)
+    return manifest
+
+
+def _publish(options: ConvertOptions, out_dir: Path, manifest: dict, console) -> None:
+    """Upload artifacts + manifest + model card; a failed verification is never published."""
+    from wildguard_lite.convert.model_card import push_to_hub
+
+    if manifest.get("verification", {}).get("status") == "failed":
+        raise WildGuardLiteError(f"not pushed to {options.push_to_hub}: verification failed (see "
+                                 f"{out_dir / 'manifest.json'}); the files stay in {out_dir}")
+    with console.status(f"uploading to {options.push_to_hub}"):
+        url = push_to_hub(out_dir, options.push_to_hub, options.token, options.accuracy_report)
+    console.print(f"[green]pushed[/green] {url}")
 
 
 def _convert_onnx(options: ConvertOptions, folder: Path, source_info: dict, out_dir: Path, base: str, console) -> dict:

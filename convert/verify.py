@@ -41,9 +41,9 @@ def verify_gguf(folder: Path, gguf_path: Path, out_type: str, threads: int | Non
     from wildguard_lite.backends.llama import LlamaCppBackend
     from wildguard_lite.tokenization import load_tokenizer_from_folder
     from wildguard_lite.convert.reference import TransformersReference
-    from wildguard_lite.convert.safetensors_io import list_tensors
+    from wildguard_lite.convert.pickle_io import checkpoint_tensors
 
-    params = sum(int(np.prod(r.shape)) for r in list_tensors(folder))
+    params = sum(int(np.prod(r.shape)) for r in checkpoint_tensors(folder))
     need = params * 4 * 1.3
     if need > _available_bytes():
         return {"status": "skipped",

@@ -192,6 +192,9 @@ def load(
     threads: int | None = None,
     n_ctx: int = 4096,
     prefix_cache: Any = None,
+    quant: str | None = None,
+    revision: str | None = None,
+    legacy: bool | None = None,
     **options: Any,
 ) -> Classifier:
     """Load a converted WildGuard model.
@@ -204,6 +207,12 @@ def load(
         n_ctx (`int`): context length in tokens (input plus answer); longer input is refused.
         prefix_cache (`PrefixStateCache`, *optional*): a KV-state cache shared by several
             classifiers (llama.cpp only: the ONNX backend keeps its last sequence only).
+        quant (`str`, *optional*): with "hf://owner/name[@revision]": the artifact to pull
+            (default "q4_k_m"); it is downloaded through the Hugging Face cache and its sha256
+            checked against the repo's manifest before use (wildguard_lite/hub.py).
+        revision (`str`, *optional*): with "hf://": branch, tag or commit.
+        legacy (`bool`, *optional*): only for a GGUF made by llama.cpp's converter (no embedded
+            tokenizer): the slow tokenizer's `legacy` flag (default: gguf_vocab.LEGACY_DEFAULT).
         **options: more `RuntimeConfig` fields (`max_new_tokens`, `flash_attn`, `use_mmap`,
             `repack`).
 
@@ -211,6 +220,12 @@ def load(
         `Classifier`
     """
     config = RuntimeConfig(mode=mode, threads=threads, n_ctx=n_ctx, **options)
+    if str(path).startswith("hf://"):
+        from .hub import DEFAULT_PULL_QUANT, pull
+
+        path = pull(str(path), quant or DEFAULT_PULL_QUANT, revision)
+    elif quant is not None or revision is not None:
+        raise InvalidInputError("quant= and revision= apply to hf://owner/name only; pass the local file itself")
     path = Path(path)
     if path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file()):
         return _load_onnx(path, config)
@@ -219,12 +234,16 @@ def load(
     from .gguf_meta import read_gguf_info
 
     info = read_gguf_info(path)
-    if info.tokenizer is None:
-        raise ModelFileError(
-            f"{path}: has no embedded WildGuard reference tokenizer (not made by 'wildguard-lite convert'); "
-            "convert the Hugging Face checkpoint with 'wildguard-lite convert'"
-        )
-    tokenizer = WildGuardTokenizer(info.tokenizer)
+    spec = info.tokenizer
+    if spec is None:
+        # A GGUF from llama.cpp's converter: rebuild the reference from its tokenizer.ggml.* vocabulary.
+        from .gguf_vocab import spec_from_gguf_file
+
+        spec = spec_from_gguf_file(path, legacy)
+    elif legacy is not None and legacy != spec.legacy:
+        raise InvalidInputError(f"{path}: carries its checkpoint's tokenizer (legacy={spec.legacy}); "
+                                "legacy= applies only to GGUFs without it")
+    tokenizer = WildGuardTokenizer(spec)
     from .backends.llama import LlamaCppBackend
 
     backend = LlamaCppBackend(path, n_ctx=config.n_ctx, threads=config.threads,

@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "classify": ("classify", "classify exchanges with a converted model"),
     "convert": ("convert", "convert a Hugging Face checkpoint to GGUF (quantized) with a manifest"),
+    "pull": ("pull", "download a pre-converted GGUF from a hub repo, sha256-verified"),
     "toy": ("toy", "build the small trained toy WildGuard used by tests and the demo"),
     "demo": ("demo", "end to end on the toy: build, convert, classify, print a table"),
     "serve": ("serve", "moderation HTTP API (OpenAI-compatible /v1/moderations, /v1/classify)"),

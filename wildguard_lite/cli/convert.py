@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int4-block-size", type=int, default=None, help="ONNX int4: weights per scale (default: 128)")
     p.add_argument("--int4-accuracy-level", type=int, default=None,
                    help="ONNX int4: MatMulNBits accuracy level 0-4 (default: 4, int8 activations)")
+    p.add_argument("--token", help="Hugging Face token for a gated/private source and --push-to-hub "
+                                   "(default: HF_TOKEN or the one saved by `hf auth login`)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the GGUF files, manifest.json and a generated model "
+                                                          "card to this hub repo (created if missing)")
+    p.add_argument("--accuracy-report", type=Path, help="a `bench accuracy` JSON report: its figures go on the card")
     return p
 
 
@@ -52,6 +57,9 @@ def _convert(args) -> int:
         verify=not args.no_verify,
         threads=args.threads,
         name=args.name,
+        token=args.token,
+        push_to_hub=args.push_to_hub,
+        accuracy_report=args.accuracy_report,
     )
     manifest = convert_checkpoint(options)
     print(f"manifest: {args.out / 'manifest.json'} ({len(manifest['artifacts'])} artifacts)")
