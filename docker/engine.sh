@@ -30,8 +30,9 @@ pick_engine() {
     esac
 }
 
-# The CA bundle pip should trust inside the build (a TLS-intercepting proxy), if the host has one.
+# The CA bundle pip should trust inside the build: the host's own (PIP_CERT, SSL_CERT_FILE, else
+# Debian's bundle), so that a TLS-intercepting proxy the host trusts works in the build too.
 ca_secret_flags() {
-    local ca="${PIP_CERT:-${SSL_CERT_FILE:-}}"
-    if [ -n "$ca" ] && [ -f "$ca" ]; then echo "--secret id=pip-ca,src=$ca"; fi
+    local ca="${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
+    if [ -f "$ca" ]; then echo "--secret id=pip-ca,src=$ca"; fi
 }
