@@ -137,6 +137,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
                     yield where, (f"{len(cells)} cells but the header has {len(header)} columns; "
                                   "quote cells that contain commas (\"like, this\")")
                     continue
+                if len(cells) <= columns["prompt"]:
+                    yield where, f"no 'prompt' cell (the row has {len(cells)} of the header's {len(header)} columns)"
+                    continue
                 cell = {name: cells[i] if i < len(cells) else "" for name, i in columns.items()}
                 item: dict[str, Any] = {"prompt": cell["prompt"]}
                 # An empty response cell means prompt only, as an absent field does.

@@ -26,6 +26,9 @@ class Backend(ABC):
 
     n_ctx: int
     n_vocab: int
+    # Tokens run through the model (not reused from the KV cache), for reports and metrics;
+    # implementations add to it in next_logits.
+    tokens_evaluated: int = 0
 
     @abstractmethod
     def next_logits(self, ids: Sequence[int]) -> np.ndarray:
