@@ -9,8 +9,8 @@
    tree of every sequence the engine was asked for).
 2. Ray: rows/s of a local run, and of Ray Data with 1 actor (all threads) and 2 actors (half
    each) on the same file; Ray's overhead per row. Each in its own child process.
-3. Memory: peak RSS of a run over 10^4 and over 10^6 rows with a fake engine (each in a child
-   process), and the growth between them.
+3. Memory: peak RSS of a run over 10^4 and over 10^6 rows with a fake classifier (each in a
+   child process), and the growth between them.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from wildguard_lite.backends.base import Backend, common_prefix_length
+from wildguard_lite.contract import validate_item
 
 TARGETS = {"evaluated_over_unique": 1.05, "speedup_over_ideal": 0.8, "rss_growth_mb": 50.0, "ray1_over_local_per_core": 0.9}
 
@@ -53,6 +54,31 @@ class EchoBackend(Backend):
         logits[self.yes_id] = (h % 1000) / 100.0
         logits[self.no_id] = 5.0
         return logits
+
+
+class HashClassifier:
+    """Stands in for a Classifier in memory runs over 10^6 rows: ids from the text's bytes and a
+    result from its checksum; no tokenizer, no engine (the tokenizer alone costs ~0.3 ms a row
+    here), so what is measured is the batch job's own reading, windows and writing."""
+
+    backend = None
+
+    def encode(self, item: dict[str, Any], index: int | None = None) -> tuple[list[int], bool]:
+        prompt, response = validate_item(item, index)
+        return list((prompt + "\n" + (response or "")).encode("utf-8")), not response
+
+    def classify(self, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        results = []
+        for item in items:
+            p = zlib.crc32(item["prompt"].encode("utf-8")) % 1000 / 1000
+            full = bool(item.get("response"))
+            results.append({"prompt_harmfulness": "harmful" if p > 0.5 else "unharmful",
+                            "response_refusal": ("refusal" if p > 0.3 else "compliance") if full else None,
+                            "response_harmfulness": ("harmful" if p > 0.7 else "unharmful") if full else None,
+                            "is_parsing_error": False,
+                            "scores": {"prompt_harmfulness": p, "response_refusal": p if full else None,
+                                       "response_harmfulness": p if full else None}})
+        return results
 
 
 class RecordingBackend(Backend):
@@ -142,27 +168,24 @@ def measure_throughput(model: str, items: list[dict[str, Any]], how: str, thread
             "first_result_s": None if report.first_result_s is None else round(report.first_result_s, 3)}
 
 
-def measure_rss(rows: int, workdir: Path, tokenizer_dir: str) -> dict[str, Any]:
+def measure_rss(rows: int, workdir: str) -> dict[str, Any]:
     from wildguard_lite.batch import classify_file
-    from wildguard_lite.runtime import Classifier
-    from wildguard_lite.tokenization import load_tokenizer_from_folder
 
+    workdir = Path(workdir)
     src = workdir / f"rss-{rows}.jsonl"
     with open(src, "w", encoding="utf-8") as f:
         for i in range(rows):
             f.write(json.dumps({"prompt": f"Is request number {i % 5000} harmful?",
                                 "response": f"Answer {i}" if i % 2 else ""}) + "\n")
-    tok = load_tokenizer_from_folder(tokenizer_dir)
-    clf = Classifier(EchoBackend(tok), tok)
+    out = workdir / f"rss-{rows}.out.jsonl"
     t = time.perf_counter()
-    first = {}
-    report = classify_file(clf, src, workdir / f"rss-{rows}.out.jsonl",
-                           progress=lambda r: first.setdefault("s", time.perf_counter() - t))
+    first: dict[str, float] = {}
+    report = classify_file(HashClassifier(), src, out, progress=lambda r: first.setdefault("s", time.perf_counter() - t))
     wall = time.perf_counter() - t
     src.unlink()
-    (workdir / f"rss-{rows}.out.jsonl").unlink()
+    out.unlink()
     return {"rows": report.classified, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "wall_s": round(wall, 1), "first_result_s": round(first["s"], 3)}
+            "wall_s": round(wall, 1), "first_result_s": round(first["s"], 4)}
 
 
 def _child(kind: str, *args: Any) -> dict[str, Any]:
@@ -187,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray-model", help="model for the Ray section (default: the first --model)")
     p.add_argument("--ray-rows", type=int, default=450, help="rows for the Ray section")
     p.add_argument("--rss-rows", type=int, nargs=2, default=[10_000, 1_000_000])
-    p.add_argument("--tokenizer", help="folder with the toy tokenizer, for the memory section (default: the toy's)")
     p.add_argument("--skip", action="append", default=[], choices=["order", "ray", "rss"])
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -226,12 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(json.dumps(report["ray"], indent=1), flush=True)
         if "rss" not in args.skip:
-            tokenizer = args.tokenizer
-            if tokenizer is None:
-                from wildguard_lite.convert.toy import ensure_toy
-
-                tokenizer = str(ensure_toy())
-            small, big = (_child("measure_rss", n, work, tokenizer) for n in args.rss_rows)
+            small, big = (_child("measure_rss", n, work) for n in args.rss_rows)
             report["rss"] = {"small": small, "big": big, "growth_mb": round(big["peak_rss_mb"] - small["peak_rss_mb"], 1)}
             print(json.dumps(report["rss"], indent=1), flush=True)
     report["met"] = _verdicts(report)

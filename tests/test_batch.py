@@ -15,7 +15,7 @@ from wildguard_lite.errors import InvalidInputError, WildGuardLiteError
 from wildguard_lite.runtime import Classifier, RuntimeConfig
 from wildguard_lite.tokenization import load_tokenizer_from_folder
 
-from wildguard_lite.benchmarks.batch import EchoBackend, eval_layout  # noqa: E402
+from wildguard_lite.benchmarks.batch import EchoBackend, HashClassifier, eval_layout  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -205,24 +205,24 @@ def _rss_bytes() -> int:
 
 
 @pytest.mark.slow
-def test_million_rows_stream_with_flat_memory(tokenizer, tmp_path):
-    """10^6 rows through a fake engine: RSS after 10^4 rows and at the end barely differ
-    (the benchmark reports the figure; here a generous bound against holding rows)."""
+def test_million_rows_stream_with_flat_memory(tmp_path):
+    """10^6 rows through the batch job (a fake classifier: the job's own reading, windows and
+    writing): RSS after 10^4 rows and later barely differ. The benchmark reports the figure;
+    here a generous bound that holding the rows (hundreds of MB) would break."""
     n = 1_000_000
     src = tmp_path / "big.jsonl"
     with open(src, "w", encoding="utf-8") as f:
         for i in range(n):
-            f.write('{"prompt": "q%d"}\n' % (i % 5000))
+            f.write('{"prompt": "is request %d harmful?", "response": "answer %d"}\n' % (i % 5000, i))
     samples = {}
 
     def progress(report):
-        written = report.classified
-        if written == 10_000:
+        if report.classified == 10_000:
             samples["start"] = _rss_bytes()
-        elif written % 50_000 == 0:
+        elif report.classified % 50_000 == 0:
             samples["peak"] = max(samples.get("peak", 0), _rss_bytes())
 
-    report = classify_file(fake_classifier(tokenizer), src, tmp_path / "out.jsonl", progress=progress)
-    assert report.classified == n
+    report = classify_file(HashClassifier(), src, tmp_path / "out.jsonl", progress=progress)
+    assert report.classified == n and report.rows == n
     growth = samples["peak"] - samples["start"]
     assert growth < 100 * 2**20, f"RSS grew {growth / 2**20:.0f} MiB from 10^4 to 10^6 rows"

@@ -57,24 +57,36 @@ class BatchReport:
         return text + f"; {self.seconds:.1f} s"
 
 
+def sort_key(ids: Sequence[int]) -> bytes:
+    """Big-endian int32 bytes: they compare like the id sequences (ids are non-negative)."""
+    return np.asarray(ids, dtype=">i4").tobytes()
+
+
 def prefix_order(id_lists: Sequence[Sequence[int]]) -> list[int]:
     """Positions sorted by token ids (lexicographic): a depth-first walk of the prefix tree,
     so each shared prefix is evaluated once with a single-sequence KV cache."""
-    # Big-endian int32 bytes compare like the id sequences (ids are non-negative).
-    keys = [np.asarray(ids, dtype=">i4").tobytes() for ids in id_lists]
+    keys = [sort_key(ids) for ids in id_lists]
     return sorted(range(len(keys)), key=keys.__getitem__)
+
+
+def _common_bytes(a: bytes, b: bytes) -> int:
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:  # binary search with C-speed slice comparisons
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def unique_prefix_tokens(sorted_ids: Sequence[Sequence[int]]) -> int:
     """Nodes of the prefix tree of lexicographically sorted sequences."""
-    total, previous = 0, np.zeros(0, dtype=np.int64)
+    total, previous = 0, b""
     for ids in sorted_ids:
-        current = np.asarray(ids, dtype=np.int64)
-        n = min(len(current), len(previous))
-        diff = np.flatnonzero(current[:n] != previous[:n])
-        common = int(diff[0]) if diff.size else n
-        total += len(current) - common
-        previous = current
+        key = sort_key(ids)
+        total += (len(key) - _common_bytes(previous, key) // 4 * 4) // 4
+        previous = key
     return total
 
 
