@@ -142,12 +142,7 @@ def classify_file(
     Returns:
         `BatchReport`
     """
-    if window < 1:
-        raise InvalidInputError(f"window must be at least 1, got {window}")
-    if on_bad_row not in BAD_ROW_POLICIES:
-        raise InvalidInputError(f"on_bad_row must be one of {', '.join(BAD_ROW_POLICIES)}, got '{on_bad_row}'")
-    if order not in ORDERS:
-        raise InvalidInputError(f"order must be one of {', '.join(ORDERS)}, got '{order}'")
+    check_options(window, order, on_bad_row)
     report = BatchReport()
     start = time.perf_counter()
     writer = ResumableWriter(output)
@@ -181,6 +176,15 @@ def classify_file(
     finally:
         writer.close()
     return report
+
+
+def check_options(window: int, order: str, on_bad_row: str) -> None:
+    if window < 1:
+        raise InvalidInputError(f"window must be at least 1, got {window}")
+    if on_bad_row not in BAD_ROW_POLICIES:
+        raise InvalidInputError(f"on_bad_row must be one of {', '.join(BAD_ROW_POLICIES)}, got '{on_bad_row}'")
+    if order not in ORDERS:
+        raise InvalidInputError(f"order must be one of {', '.join(ORDERS)}, got '{order}'")
 
 
 def check_resumed(writer: ResumableWriter, rows: Iterator[InputRow], input: Any) -> int:
@@ -270,6 +274,7 @@ def run_batch(
     of `batch_size` (see `wildguard_lite.ray_data`); the model path must be readable on every
     node.
     """
+    check_options(window, order, on_bad_row)
     if ray is not None:
         from .ray_data import classify_file_on_ray
 

@@ -124,13 +124,16 @@ def map_batches_options(
         raise InvalidInputError(f"actors must be at least 1, got {actors}")
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
+    ray_data = require("ray.data", "ray")
     threads = threads_per_actor or max(1, (os.cpu_count() or 1) // actors)
     return {
         "fn_constructor_kwargs": {"model": str(model), "mode": mode, "threads": threads, "n_ctx": n_ctx},
         "batch_size": batch_size,
         "batch_format": "pyarrow",
-        "concurrency": actors,
+        "compute": ray_data.ActorPoolStrategy(size=actors),
         "num_cpus": threads,  # Ray places actors by the cores their threads use
+        # Passed as Ray remote args: Ray 2.60 has no named parameter for them (and warns that
+        # remote args move to named ones by 2.64, hence the pin in the [ray] extra).
         "max_restarts": max_restarts,
         "max_task_retries": max_task_retries,
     }
@@ -145,7 +148,11 @@ def classify_dataset(ds, model: str | os.PathLike, **options: Any):
         **options: `actors`, `threads_per_actor`, `batch_size`, `mode`, `n_ctx`,
             `max_restarts`, `max_task_retries` (see `map_batches_options`).
     """
-    return ds.map_batches(WildGuardPredictor, **map_batches_options(model, **options))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(WildGuardPredictor, **map_batches_options(model, **options))
 
 
 def _datasource(path: str, skip: int):
@@ -244,8 +251,9 @@ def classify_file_on_ray(
         context = DataContext.get_current()
         context.execution_options.preserve_order = True  # results are written in input order
         context.enable_progress_bars = False
-        ds = classify_dataset(ray.data.read_datasource(_datasource(str(Path(input).resolve()), report.resumed)),
-                              model, **options)
+        # The read task takes no CPU from the actors: parsing rows is light next to a model.
+        source = ray.data.read_datasource(_datasource(str(Path(input).resolve()), report.resumed), num_cpus=0)
+        ds = classify_dataset(source, model, **options)
         stop_error = None
         try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
