@@ -128,10 +128,11 @@ def tree_tokens(sequences: Sequence[Sequence[int]]) -> int:
     return unique_prefix_tokens(keys)
 
 
-def measure_order(model: str, items: list[dict[str, Any]], order: str, threads: int | None, workdir: Path) -> dict[str, Any]:
+def measure_order(model: str, items: list[dict[str, Any]], order: str, threads: int | None, workdir: str) -> dict[str, Any]:
     from wildguard_lite import load
     from wildguard_lite.batch import classify_file
 
+    workdir = Path(workdir)
     src = write_jsonl(workdir / "order.jsonl", items)
     out = workdir / f"order-{order}.jsonl"
     with load(model, threads=threads, n_ctx=2048) as clf:
@@ -147,10 +148,11 @@ def measure_order(model: str, items: list[dict[str, Any]], order: str, threads: 
             "tokens_total": total, "tokens_unique": tree_tokens(calls)}
 
 
-def measure_throughput(model: str, items: list[dict[str, Any]], how: str, threads: int, workdir: Path) -> dict[str, Any]:
+def measure_throughput(model: str, items: list[dict[str, Any]], how: str, threads: int, workdir: str) -> dict[str, Any]:
     """rows/s of one run: "local", "ray1" (1 actor x threads) or "ray2" (2 actors x threads/2)."""
     from wildguard_lite.batch import run_batch
 
+    workdir = Path(workdir)
     src = write_jsonl(workdir / "rows.jsonl", items)
     out = workdir / f"rows-{how}.jsonl"
     kwargs: dict[str, Any] = {"threads": threads, "n_ctx": 2048}
