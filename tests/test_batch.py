@@ -170,7 +170,7 @@ def test_resume_after_kill_loses_nothing(toy_gguf, tmp_path):
     items = eval_layout(30, 6)
     src = write_jsonl(tmp_path / "in.jsonl", items)
     model = str(toy_gguf["q8_0"])
-    cli = [sys.executable, "-m", "wildguard_lite.cli", "classify", "--model", model, "--threads", "1", "--input", str(src)]
+    cli = [sys.executable, "-c", "import sys; from wildguard_lite.cli import main; sys.exit(main())", "classify", "--model", model, "--threads", "1", "--input", str(src)]
     whole = tmp_path / "whole.jsonl"
     subprocess.run(cli + ["--output", str(whole), "--window", "32"], check=True, capture_output=True)
     out = tmp_path / "out.jsonl"

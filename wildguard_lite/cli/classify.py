@@ -71,8 +71,9 @@ def _batch(args) -> int:
     from ..batch import run_batch
 
     console = Console(stderr=True)
+    # A live line on a terminal only: logs and pipes get the summary alone.
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True) as bar:
+                  transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("classifying", total=None)
 
         def progress(report) -> None:
