@@ -26,8 +26,8 @@ class Backend(ABC):
 
     n_ctx: int
     n_vocab: int
-    # Tokens evaluated so far (prefix reuse makes it less than the tokens asked for); engines
-    # that count them update it, for benchmarks and the server's metrics.
+    # Tokens run through the model (not reused from the KV cache), for reports and metrics;
+    # implementations add to it in next_logits.
     tokens_evaluated: int = 0
 
     @abstractmethod

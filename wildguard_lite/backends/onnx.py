@@ -167,6 +167,7 @@ class OnnxBackend(Backend):
         self._evaluated, self._past = [], None
         logits, *present = self._session.run(self._outputs, feed)
         self._evaluated, self._past = ids, present
+        self.tokens_evaluated += len(ids) - keep
         return np.asarray(logits[0, -1], dtype=np.float32)
 
     def close(self) -> None:

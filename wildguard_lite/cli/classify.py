@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..batch import BAD_ROW_POLICIES, DEFAULT_WINDOW, ORDERS
+from ..ray_data import DEFAULT_BATCH_SIZE
 from . import run
 
 _ANSWER = {"harmful": "yes", "unharmful": "no", "refusal": "yes", "compliance": "no", None: "n/a"}
@@ -20,13 +22,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, type=Path, help="a .gguf file, or an ONNX model.onnx (or its folder), made by 'wildguard-lite convert'")
     p.add_argument("--prompt", help="the user's request")
     p.add_argument("--response", help="the assistant's response (optional)")
-    p.add_argument("--input", type=Path, help="batch input: .jsonl (objects with prompt/response) or .csv")
-    p.add_argument("--output", type=Path, help="batch output .jsonl (resumable: a rerun skips done rows)")
+    p.add_argument("--input", type=Path, help="batch input, streamed: .jsonl (objects with prompt/response/id), .csv or .parquet")
+    p.add_argument("--output", type=Path, help="batch output, .jsonl or .parquet, in input order (resumable: a rerun skips done rows)")
     p.add_argument("--json", action="store_true", help="print one JSON object (single exchange)")
     p.add_argument("--mode", choices=("score", "generate"), default="score",
                    help="score: read the answers' probabilities (default); generate: greedy, as the official package")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores, at most 8)")
     p.add_argument("--n-ctx", type=int, default=4096, help="context length in tokens (default 4096)")
+    b = p.add_argument_group("batch (--input/--output)")
+    b.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help=f"rows in flight, reordered to share prefixes (default {DEFAULT_WINDOW})")
+    b.add_argument("--order", choices=ORDERS, default="prefix",
+                   help="prefix: run each window sorted by token ids, reusing shared prefixes (default); file: as read")
+    b.add_argument("--on-bad-row", choices=BAD_ROW_POLICIES, default="stop",
+                   help="stop: exit with an error naming the row, keeping the rows before it (default); "
+                        "record: write an error record for it and go on")
+    b.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray: alone starts a local instance; an address (host:6379, ray://host:10001) "
+                        "or 'auto' joins a running cluster; the model path must be readable on every node")
+    b.add_argument("--actors", type=int, default=1, help="Ray actors, each loading the model once (default 1)")
+    b.add_argument("--batch-size", type=int, help=f"rows per Ray batch (default {DEFAULT_BATCH_SIZE})")
     return p
 
 
@@ -49,42 +64,30 @@ def _single(args, clf) -> int:
     return 0
 
 
-def _batch(args, clf) -> int:
+def _batch(args) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from ..errors import InvalidInputError
-    from ..io import ResumableWriter, item_digest, read_items
+    from ..batch import run_batch
 
-    rows = read_items(args.input)
-    writer = ResumableWriter(args.output)
-    try:
-        todo = []
-        for index, (line, item) in enumerate(rows):
-            digest = item_digest(item)
-            if writer.check(index, digest, str(args.input)):
-                continue
-            try:
-                clf.encode(item)  # validates and checks the length before any work
-            except InvalidInputError as exc:
-                raise InvalidInputError(f"{args.input} line {line}: {exc}") from None
-            todo.append((index, item, digest))
-        console = Console(stderr=True)
-        skipped = len(rows) - len(todo)
-        if skipped:
-            console.print(f"resuming: {skipped} of {len(rows)} rows already in {args.output}")
-        with Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=console) as bar:
-            task = bar.add_task("classify", total=len(todo))
-            for index, item, digest in todo:
-                result = clf.classify([item])[0]
-                row = {"index": index, "item_sha256": digest, **({"id": item["id"]} if "id" in item else {}), **result}
-                writer.write(row)
-                bar.advance(task)
-        writer.finish()
-    finally:
-        writer.close()
-    print(f"wrote {args.output} ({len(rows)} rows, {len(todo)} classified now)")
+    console = Console(stderr=True)
+    # A live line on a terminal only: logs and pipes get the summary alone.
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("classifying", total=None)
+
+        def progress(report) -> None:
+            bar.update(task, description=f"{report.resumed + report.classified + report.errors} rows written "
+                                         f"({report.classified} classified now)")
+
+        report = run_batch(args.input, args.output, args.model, mode=args.mode, threads=args.threads,
+                           n_ctx=args.n_ctx, window=args.window, order=args.order, on_bad_row=args.on_bad_row,
+                           ray=args.ray, actors=args.actors, batch_size=args.batch_size, progress=progress)
+    if report.resumed:
+        console.print(f"resuming: {report.resumed} of {report.rows} rows already in {args.output}")
+    console.print(report.summary(), highlight=False)
+    print(f"wrote {args.output} ({report.rows} rows, {report.classified + report.errors} classified now"
+          + (f", {report.errors} error records" if report.errors else "") + ")")
     return 0
 
 
@@ -101,8 +104,12 @@ def _classify(args) -> int:
         raise InvalidInputError("--response goes with --prompt")
     if args.input is not None and args.output.resolve() == args.input.resolve():
         raise InvalidInputError("--output must not be the input file")
+    if single and args.ray is not None:
+        raise InvalidInputError("--ray goes with --input/--output (a batch)")
+    if not single:
+        return _batch(args)
     with load(args.model, mode=args.mode, threads=args.threads, n_ctx=args.n_ctx) as clf:
-        return _single(args, clf) if single else _batch(args, clf)
+        return _single(args, clf)
 
 
 def main(argv: list[str] | None = None) -> int:
