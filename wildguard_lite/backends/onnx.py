@@ -158,7 +158,6 @@ class OnnxBackend(Backend):
         else:
             past = self._past
         new = np.asarray([ids[keep:]], dtype=np.int64)
-        self.tokens_evaluated += len(ids) - keep
         feed = {"input_ids": new, "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
         if self._has_positions:
             feed["position_ids"] = np.arange(keep, len(ids), dtype=np.int64)[None, :]
