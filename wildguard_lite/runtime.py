@@ -262,7 +262,7 @@ def load(
             "convert the Hugging Face checkpoint with 'wildguard-lite convert'"
         )
     check_n_ctx(config.n_ctx, info.context_length, f"{path}: llama.context_length")
-    tokenizer = WildGuardTokenizer(info.tokenizer)
+    tokenizer = _tokenizer(info.tokenizer, path)
     from .backends.llama import LlamaCppBackend
 
     backend = LlamaCppBackend(path, n_ctx=config.n_ctx, threads=config.threads,
@@ -272,6 +272,13 @@ def load(
         raise ModelFileError(f"{path}: model vocabulary ({backend.n_vocab}) does not match its tokenizer ({tokenizer.vocab_size})")
     return Classifier(backend, tokenizer, config)
 
+
+
+def _tokenizer(spec, where: Path) -> WildGuardTokenizer:
+    try:
+        return WildGuardTokenizer(spec)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
 
 
 def check_n_ctx(n_ctx: int, trained: int | None, where: str) -> None:
@@ -307,7 +314,7 @@ def _load_onnx(path: Path, config: RuntimeConfig) -> Classifier:
 
     model = resolve_model_path(path)
     check_n_ctx(config.n_ctx, trained_context(model.parent), f"{model.parent / 'config.json'}: max_position_embeddings")
-    tokenizer = WildGuardTokenizer(TokenizerSpec.from_hf_folder(model.parent))
+    tokenizer = _tokenizer(TokenizerSpec.from_hf_folder(model.parent), model.parent)
     backend = OnnxBackend(model, n_ctx=config.n_ctx, threads=config.threads)
     if backend.n_vocab != tokenizer.vocab_size:
         backend.close()
