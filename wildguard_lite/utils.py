@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 import threading
@@ -44,13 +45,20 @@ def capture_stderr() -> Iterator[CapturedStderr]:
             yield captured
             return
         with tempfile.TemporaryFile() as sink:
-            sys.stderr.flush()
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
             os.dup2(sink.fileno(), 2)
+            # Python-level writers (llama-cpp-python's log callback) use sys.stderr, which may
+            # not be fd 2 (pytest, notebooks, servers): point it at the sink too.
+            python_stderr = sys.stderr
+            sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(sink.fileno()), "wb"), encoding="utf-8",
+                                          errors="replace", line_buffering=True)
             try:
                 yield captured
             finally:
                 with contextlib.suppress(Exception):
-                    sys.stderr.flush()
+                    sys.stderr.close()
+                sys.stderr = python_stderr
                 os.dup2(saved, 2)
                 os.close(saved)
                 sink.seek(0)
