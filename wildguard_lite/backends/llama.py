@@ -131,6 +131,11 @@ class LlamaCppBackend(Backend):
                  prefix_cache: PrefixStateCache | None = None):
         llama_cpp = require("llama_cpp", "gguf")
         self._llama_cpp = llama_cpp
+        from ..gguf_meta import read_gguf_info
+
+        # Every hyperparameter llama.cpp asserts on is checked first (it aborts the process
+        # otherwise), also when a backend is made without load().
+        read_gguf_info(path)
         threads = threads or max(1, min(os.cpu_count() or 1, 8))
         # verbose=True only while loading, into a captured stderr: with verbose=False
         # llama-cpp-python sends llama.cpp's load log to /dev/null, and a failed load would say
