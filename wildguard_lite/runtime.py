@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .backends.base import Backend
+from .backends.base import Backend, check_threads
 from .contract import LABEL_KEYS, LABEL_VALUES, parse_output, validate_item
 from .errors import ClassifierClosedError, InputTooLongError, InvalidInputError, ModelFileError
 from .tokenization import WildGuardTokenizer
@@ -19,9 +19,6 @@ from .tokenization import WildGuardTokenizer
 MODES = ("score", "generate")
 DEFAULT_N_CTX = 4096
 MIN_N_CTX = 64  # the template alone is ~80 tokens with WildGuard's vocabulary
-# llama.cpp's own cap on threads (GGML_MAX_N_THREADS in ggml.h); far more than any CPU this runs
-# on has cores, and above it llama.cpp dies (std::bad_alloc at 50000) instead of refusing.
-MAX_THREADS = 512
 # llama.cpp stores n_ctx as uint32 and wraps larger values silently (2**32+300 became 512);
 # the model's own trained context is checked at load and is always far below this.
 MAX_N_CTX = 2**31 - 1
@@ -52,9 +49,7 @@ class RuntimeConfig:
             raise InvalidInputError(f"unknown mode '{self.mode}'; choose one of {', '.join(MODES)}")
         _check_int("n_ctx", self.n_ctx, MIN_N_CTX, MAX_N_CTX,
                    f"the default {DEFAULT_N_CTX} fits WildGuard's inputs; at most the model's trained context")
-        if self.threads is not None:
-            _check_int("threads", self.threads, 1, MAX_THREADS,
-                       f"use at most the number of CPU cores ({os.cpu_count()} here), or leave it unset")
+        check_threads(self.threads)
         _check_int("max_new_tokens", self.max_new_tokens, 1, self.n_ctx, "the answer needs about 17")
 
 

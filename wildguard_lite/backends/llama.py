@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from ..utils import capture_stderr, quiet_stderr
-from .base import Backend, common_prefix_length
+from .base import Backend, check_threads, common_prefix_length
 
 
 # Kept for callers outside this module (convert/quantize.py); the helper lives in utils.
@@ -136,6 +136,7 @@ class LlamaCppBackend(Backend):
         # Every hyperparameter llama.cpp asserts on is checked first (it aborts the process
         # otherwise), also when a backend is made without load().
         read_gguf_info(path)
+        check_threads(threads)
         threads = threads or max(1, min(os.cpu_count() or 1, 8))
         # verbose=True only while loading, into a captured stderr: with verbose=False
         # llama-cpp-python sends llama.cpp's load log to /dev/null, and a failed load would say
