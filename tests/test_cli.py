@@ -104,4 +104,21 @@ def test_demo_runs_end_to_end(toy_dir, tmp_path, capsys):
     code, out, err = run(["demo", "--out", str(tmp_path / "demo"), "--threads", "1"], capsys)
     assert code == 0, err
     assert "injection attempt" in out and "ms/item" in out
+    # The demo shows the guarantee (no control ids from user text), not a toy verdict as proof.
+    assert "contain 0 control ids" in " ".join(out.split())
     assert (tmp_path / "demo" / "manifest.json").is_file()
+
+
+def test_demo_injection_check_counts_control_ids(toy_dir):
+    from wildguard_lite.cli.demo import EXCHANGES, injection_check
+    from wildguard_lite.tokenization import load_tokenizer_from_folder
+
+    tok = load_tokenizer_from_folder(toy_dir)
+    check = injection_check(tok, EXCHANGES[-1]["prompt"])
+    assert check["extra_control_ids"] == 0 and check["user_tokens"] > 20
+    # The official procedure (every added token parsed) would have added control ids here.
+    from wildguard_lite import format_prompt
+
+    official = tok.encode_official(format_prompt(EXCHANGES[-1]["prompt"]))
+    control = {t.id for t in tok.spec.added_tokens}
+    assert sum(i in control for i in official) > len(check["control_tokens"])

@@ -88,6 +88,8 @@ def test_parse_output(text, prompt_h, refusal, response_h, error):
         ({"response": "x"}, "missing required field 'prompt'"),  # no prompt
         ({"prompt": 3}, "'prompt' must be a string"),  # wrong type
         ({"prompt": "x", "response": ["a"]}, "'response' must be a string"),  # wrong type
+        ({"prompt": "a\ud800"}, r"'prompt' is not valid text: character 1 is a lone surrogate"),  # JSON "\ud800"
+        ({"prompt": "x", "response": "\udcff"}, r"'response' is not valid text.*undecodable byte"),  # surrogateescape'd byte
     ],
 )
 def test_validate_item_rejects(item, message):

@@ -34,6 +34,9 @@ WILDGUARD_TEMPLATE = (
     "<|assistant|>\n"
 )
 
+# The template's control tokens: they must be control ids of the model's vocabulary, never text.
+TEMPLATE_CONTROL_TOKENS = ("[INST]", "[/INST]")
+
 # The three answer lines the model writes, in order; each cue is followed by " yes", " no"
 # or " n/a".
 LABEL_KEYS = ("prompt_harmfulness", "response_refusal", "response_harmfulness")
@@ -127,7 +130,24 @@ def validate_item(item: Any, index: int | None = None) -> tuple[str, str | None]
     prompt = item["prompt"]
     if not isinstance(prompt, str):
         raise InvalidInputError(f"{where}field 'prompt' must be a string, got {type(prompt).__name__}")
+    check_text(prompt, f"{where}field 'prompt'")
     response = item.get("response")
     if response is not None and not isinstance(response, str):
         raise InvalidInputError(f"{where}field 'response' must be a string or absent, got {type(response).__name__}")
+    if response is not None:
+        check_text(response, f"{where}field 'response'")
     return prompt, response
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode: lone surrogates ("\\ud800" from JSON escapes, or
+    undecodable bytes smuggled in by Python's surrogateescape) have no UTF-8 form, so no
+    tokenizer can encode them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise InvalidInputError(
+            f"{what} is not valid text: character {exc.start} is a lone surrogate (U+{ord(bad):04X}"
+            f"{', an undecodable byte' if 0xDC80 <= ord(bad) <= 0xDCFF else ''}); send valid UTF-8"
+        ) from None

@@ -27,6 +27,10 @@ class InputTooLongError(InvalidInputError):
         )
 
 
+class ClassifierClosedError(WildGuardLiteError, RuntimeError):
+    """A Classifier was used after close()."""
+
+
 class ModelFileError(WildGuardLiteError):
     """A model file is missing, truncated, corrupt or of the wrong kind."""
 

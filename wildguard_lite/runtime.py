@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .backends.base import Backend
+from .backends.base import Backend, check_threads
 from .contract import LABEL_KEYS, LABEL_VALUES, parse_output, validate_item
-from .errors import InputTooLongError, InvalidInputError, ModelFileError
+from .errors import ClassifierClosedError, InputTooLongError, InvalidInputError, ModelFileError
 from .tokenization import WildGuardTokenizer
 
 MODES = ("score", "generate")
+DEFAULT_N_CTX = 4096
+MIN_N_CTX = 64  # the template alone is ~80 tokens with WildGuard's vocabulary
+# llama.cpp stores n_ctx as uint32 and wraps larger values silently (2**32+300 became 512);
+# the model's own trained context is checked at load and is always far below this.
+MAX_N_CTX = 2**31 - 1
+
+
+def _check_int(name: str, value: Any, low: int, high: int, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise InvalidInputError(f"{name} must be between {low} and {high}, got {value}; {hint}")
 
 
 @dataclass(frozen=True)
@@ -25,7 +38,7 @@ class RuntimeConfig:
 
     mode: str = "score"
     threads: int | None = None
-    n_ctx: int = 4096
+    n_ctx: int = DEFAULT_N_CTX
     max_new_tokens: int = 32
     flash_attn: bool = True
     use_mmap: bool = True
@@ -34,10 +47,10 @@ class RuntimeConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise InvalidInputError(f"unknown mode '{self.mode}'; choose one of {', '.join(MODES)}")
-        if self.n_ctx < 64:
-            raise InvalidInputError(f"n_ctx must be at least 64, got {self.n_ctx}")
-        if self.threads is not None and self.threads < 1:
-            raise InvalidInputError(f"threads must be a positive integer, got {self.threads}")
+        _check_int("n_ctx", self.n_ctx, MIN_N_CTX, MAX_N_CTX,
+                   f"the default {DEFAULT_N_CTX} fits WildGuard's inputs; at most the model's trained context")
+        check_threads(self.threads)
+        _check_int("max_new_tokens", self.max_new_tokens, 1, self.n_ctx, "the answer needs about 17")
 
 
 def p_yes(logits: np.ndarray, yes_id: int, no_id: int) -> float:
@@ -55,9 +68,16 @@ class Classifier:
         self.config = config or RuntimeConfig()
         tok = tokenizer
         self._cues = [list(c) for c in tok.cue_ids]
-        # Score mode appends at most the three cues and two answers.
-        self._score_budget = sum(len(c) for c in self._cues) + 3
+        # Score mode evaluates the input, then each cue with the answers before it: a prompt
+        # alone only the first cue; an exchange all three cues, the first answer (one token)
+        # and the second, which is " n/a" (several tokens) when the model says so.
+        self._score_budget_prompt = len(self._cues[0])
+        self._score_budget = sum(len(c) for c in self._cues) + 1 + max(1, len(tok.na_ids))
         self._is_answer = {tok.yes_id, tok.no_id}
+        # One engine context: calls from several threads must take turns (llama.cpp crashed
+        # with SIGSEGV, or hung, when two threads evaluated in one context).
+        self._lock = threading.RLock()
+        self._closed = False
 
     # -- public API --------------------------------------------------------------------------
     def classify(
@@ -81,14 +101,16 @@ class Classifier:
             `InvalidInputError`: an item is malformed, or too long for the context (nothing is
             truncated); raised before any item is run.
         """
-        encoded = [self.encode(item, index=i) for i, item in enumerate(items)]
-        results = []
-        for i, (ids, prompt_only) in enumerate(encoded):
-            result = self._score(ids, prompt_only) if self.config.mode == "score" else self._generate(ids)
-            results.append(result)
-            if on_result is not None:
-                on_result(i, result)
-        return results
+        with self._lock:
+            self._check_open()
+            encoded = [self.encode(item, index=i) for i, item in enumerate(items)]
+            results = []
+            for i, (ids, prompt_only) in enumerate(encoded):
+                result = self._score(ids, prompt_only) if self.config.mode == "score" else self._generate(ids)
+                results.append(result)
+                if on_result is not None:
+                    on_result(i, result)
+            return results
 
     def classify_one(self, prompt: str, response: str | None = None) -> dict[str, Any]:
         """Classify one exchange; see `classify`."""
@@ -97,16 +119,29 @@ class Classifier:
 
     def encode(self, item: Mapping[str, Any], index: int | None = None) -> tuple[list[int], bool]:
         """Validate an item and return (ids, prompt_only), checking it fits the context."""
+        self._check_open()
         prompt, response = validate_item(item, index)
         ids = self.tokenizer.encode_exchange(prompt, response)
-        budget = self._score_budget if self.config.mode == "score" else self.config.max_new_tokens
+        if self.config.mode == "score":
+            budget = self._score_budget_prompt if not response else self._score_budget
+        else:
+            budget = self.config.max_new_tokens
         if len(ids) + budget > self.backend.n_ctx:
             where = "" if index is None else f"item {index}"
             raise InputTooLongError(len(ids) + budget, self.backend.n_ctx, where)
         return ids, not response
 
     def close(self) -> None:
-        self.backend.close()
+        """Free the engine; later calls raise ClassifierClosedError. Safe to call twice."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.backend.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClassifierClosedError("this Classifier was closed (close() or the end of its 'with' block); "
+                                        "load the model again with wildguard_lite.load()")
 
     def __enter__(self) -> "Classifier":
         return self
@@ -190,7 +225,7 @@ def load(
     path: str | os.PathLike,
     mode: str = "score",
     threads: int | None = None,
-    n_ctx: int = 4096,
+    n_ctx: int = DEFAULT_N_CTX,
     prefix_cache: Any = None,
     quant: str | None = None,
     revision: str | None = None,
@@ -243,7 +278,8 @@ def load(
     elif legacy is not None and legacy != spec.legacy:
         raise InvalidInputError(f"{path}: carries its checkpoint's tokenizer (legacy={spec.legacy}); "
                                 "legacy= applies only to GGUFs without it")
-    tokenizer = WildGuardTokenizer(spec)
+    check_n_ctx(config.n_ctx, info.context_length, f"{path}: llama.context_length")
+    tokenizer = _tokenizer(spec, path)
     from .backends.llama import LlamaCppBackend
 
     backend = LlamaCppBackend(path, n_ctx=config.n_ctx, threads=config.threads,
@@ -256,6 +292,38 @@ def load(
 
 
 
+def _tokenizer(spec, where: Path) -> WildGuardTokenizer:
+    try:
+        return WildGuardTokenizer(spec)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
+
+
+def check_n_ctx(n_ctx: int, trained: int | None, where: str) -> None:
+    """n_ctx beyond the context the model was trained for gives garbage silently: refuse it."""
+    if trained is not None and n_ctx > trained:
+        raise InvalidInputError(f"n_ctx {n_ctx} exceeds the model's trained context of {trained} ({where}); "
+                                f"use n_ctx <= {trained}")
+
+
+def trained_context(folder: Path) -> int | None:
+    """max_position_embeddings from an ONNX variant's config.json, if it says."""
+    import json
+
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelFileError(f"{config}: not a valid config.json ({exc})") from None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelFileError(f"{config}: max_position_embeddings must be a positive integer, got {value!r}")
+    return value
+
+
 def _load_onnx(path: Path, config: RuntimeConfig) -> Classifier:
     """An ONNX variant: the model file (or its folder) with tokenizer.model + tokenizer_config.json
     beside it; onnxruntime, sentencepiece and numpy only."""
@@ -263,7 +331,8 @@ def _load_onnx(path: Path, config: RuntimeConfig) -> Classifier:
     from .tokenization import TokenizerSpec
 
     model = resolve_model_path(path)
-    tokenizer = WildGuardTokenizer(TokenizerSpec.from_hf_folder(model.parent))
+    check_n_ctx(config.n_ctx, trained_context(model.parent), f"{model.parent / 'config.json'}: max_position_embeddings")
+    tokenizer = _tokenizer(TokenizerSpec.from_hf_folder(model.parent), model.parent)
     backend = OnnxBackend(model, n_ctx=config.n_ctx, threads=config.threads)
     if backend.n_vocab != tokenizer.vocab_size:
         backend.close()

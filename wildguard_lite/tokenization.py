@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .contract import CUES, TEMPLATE_HEAD, TEMPLATE_MIDDLE, TEMPLATE_TAIL
+from .contract import CUES, TEMPLATE_CONTROL_TOKENS, TEMPLATE_HEAD, TEMPLATE_MIDDLE, TEMPLATE_TAIL
 from .errors import ModelFileError
 
 SPIECE_UNDERLINE = "\u2581"
@@ -65,24 +65,28 @@ class TokenizerSpec:
                 config = json.loads(config_file.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise ModelFileError(f"{config_file}: not valid JSON ({exc})") from None
+        where = str(config_file)
+        if not isinstance(config, dict):
+            raise ModelFileError(f"{where}: must hold a JSON object, got {type(config).__name__}")
+        decoder = config.get("added_tokens_decoder") or {}
+        if not isinstance(decoder, dict):
+            raise ModelFileError(f"{where}: 'added_tokens_decoder' must be an object of id -> token")
         added = []
-        for key, entry in (config.get("added_tokens_decoder") or {}).items():
-            added.append(
-                AddedToken(
-                    content=entry["content"],
-                    id=int(key),
-                    lstrip=bool(entry.get("lstrip", False)),
-                    rstrip=bool(entry.get("rstrip", False)),
-                )
-            )
+        for key, entry in decoder.items():
+            if not isinstance(entry, dict) or not str(key).isdigit():
+                raise ModelFileError(f"{where}: added_tokens_decoder entry {key!r} must map a numeric id to an object")
+            added.append(_added_token(where, {"id": int(key), **{k: entry[k] for k in ("content", "lstrip", "rstrip") if k in entry}}))
         unk = config.get("unk_token", "<unk>")
         if isinstance(unk, dict):
             unk = unk.get("content", "<unk>")
+        flags = {name: _flag(where, config, name) for name in ("legacy", "add_bos_token", "add_prefix_space")}
+        if not isinstance(unk, str):
+            raise ModelFileError(f"{where}: 'unk_token' must be a string, got {type(unk).__name__}")
         return cls(
             sp_model=model_file.read_bytes(),
             # As LlamaTokenizer: legacy missing or null means True; the other two flags
             # default to True when missing, and an explicit null is falsy.
-            legacy=config.get("legacy") is not False,
+            legacy=flags["legacy"] is not False,
             add_bos=bool(config.get("add_bos_token", True)),
             add_prefix_space=bool(config.get("add_prefix_space", True)),
             unk_token=unk,
@@ -104,15 +108,47 @@ class TokenizerSpec:
 
     @classmethod
     def from_config_json(cls, sp_model: bytes, text: str) -> "TokenizerSpec":
-        data = json.loads(text)
+        """Parse config_json() output strictly: a wrong type is a corrupt file, never coerced."""
+        where = "embedded tokenizer config"
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ModelFileError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ModelFileError(f"{where}: must be a JSON object, got {type(data).__name__}")
+        expected = {"legacy": bool, "add_bos": bool, "add_prefix_space": bool, "unk_token": str, "added_tokens": list}
+        for name, kind in expected.items():
+            if not isinstance(data.get(name), kind):
+                raise ModelFileError(f"{where}: '{name}' must be {kind.__name__}, got {type(data.get(name)).__name__}; "
+                                     "convert the checkpoint again with 'wildguard-lite convert'")
         return cls(
             sp_model=sp_model,
-            legacy=bool(data["legacy"]),
-            add_bos=bool(data["add_bos"]),
-            add_prefix_space=bool(data["add_prefix_space"]),
-            unk_token=str(data["unk_token"]),
-            added_tokens=tuple(AddedToken(**t) for t in data["added_tokens"]),
+            legacy=data["legacy"],
+            add_bos=data["add_bos"],
+            add_prefix_space=data["add_prefix_space"],
+            unk_token=data["unk_token"],
+            added_tokens=tuple(_added_token(where, t) for t in data["added_tokens"]),
         )
+
+
+def _flag(where: str, config: dict, name: str) -> bool | None:
+    value = config.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise ModelFileError(f"{where}: '{name}' must be true, false or null, got {value!r}")
+    return value
+
+
+def _added_token(where: str, entry: Any) -> AddedToken:
+    """One added token, every field type-checked (a config of the wrong shape is refused)."""
+    if not isinstance(entry, dict):
+        raise ModelFileError(f"{where}: an added token must be an object, got {type(entry).__name__}")
+    content, token_id = entry.get("content"), entry.get("id")
+    lstrip, rstrip = entry.get("lstrip", False), entry.get("rstrip", False)
+    if (not isinstance(content, str) or not content or isinstance(token_id, bool) or not isinstance(token_id, int)
+            or not isinstance(lstrip, bool) or not isinstance(rstrip, bool) or set(entry) - {"content", "id", "lstrip", "rstrip"}):
+        raise ModelFileError(f"{where}: malformed added token {entry!r} (needs content: non-empty string, id: integer, "
+                             "lstrip/rstrip: booleans)")
+    return AddedToken(content=content, id=token_id, lstrip=lstrip, rstrip=rstrip)
 
 
 def _split_on(text: str, tokens: dict[str, AddedToken]) -> list[str | AddedToken]:
@@ -156,10 +192,32 @@ class WildGuardTokenizer:
         # Only added tokens that the template itself contains are ever split out.
         template_text = TEMPLATE_HEAD + TEMPLATE_MIDDLE + TEMPLATE_TAIL
         self._template_tokens = {c: t for c, t in all_added.items() if c in template_text}
+        self._check_control_tokens()
         self._head = _split_on(TEMPLATE_HEAD, self._template_tokens)
         self._middle = _split_on(TEMPLATE_MIDDLE, self._template_tokens)
         self._tail = _split_on(TEMPLATE_TAIL, self._template_tokens)
         self.yes_id, self.no_id, self.cue_ids = self._answer_ids()
+
+    def _check_control_tokens(self) -> None:
+        """Once, at load: every added id is in the vocabulary, BOS/EOS exist, and the template's
+        [INST]/[/INST] resolve to the vocabulary's control ids. Without this a config lacking
+        them loads silently and the template's structure is encoded as plain text."""
+        fix = "re-export the checkpoint with its original tokenizer_config.json (added_tokens_decoder)"
+        for token in self.spec.added_tokens:
+            if not 0 <= token.id < self.vocab_size:
+                raise ModelFileError(f"tokenizer: added token {token.content!r} has id {token.id}, outside the "
+                                     f"vocabulary of {self.vocab_size}; {fix}")
+        if (self.spec.add_bos and self.bos_id < 0) or self.eos_id < 0:
+            raise ModelFileError("tokenizer: the SentencePiece model has no BOS/EOS token; WildGuard's needs both")
+        for content in TEMPLATE_CONTROL_TOKENS:
+            token = self._template_tokens.get(content)
+            if token is None:
+                raise ModelFileError(f"tokenizer: no added token for WildGuard's control token {content!r}, so the "
+                                     f"template would be encoded as plain text; {fix}")
+            if self._sp.id_to_piece(token.id) != content or not self._sp.is_control(token.id):
+                raise ModelFileError(f"tokenizer: {content!r} maps to id {token.id} "
+                                     f"({self._sp.id_to_piece(token.id)!r}), which is not that control token of "
+                                     f"the SentencePiece model; {fix}")
 
     # -- the slow tokenizer's algorithm, on pre-split chunks ---------------------------------
     def _encode_chunk(self, text: str) -> list[int]:

@@ -14,24 +14,12 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelFileError, require
-from .base import Backend, common_prefix_length
+from ..utils import capture_stderr, quiet_stderr
+from .base import Backend, check_threads, common_prefix_length
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """llama.cpp logs to fd 2 even with verbose=False on load errors; keep the CLI clean."""
-    try:
-        fd = os.dup(2)
-    except OSError:  # no real stderr (some embedded hosts)
-        yield
-        return
-    with open(os.devnull, "wb") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(fd, 2)
-            os.close(fd)
+# Kept for callers outside this module (convert/quantize.py); the helper lives in utils.
+_quiet_stderr = quiet_stderr
 
 
 _PARAMS_LOCK = threading.Lock()
@@ -57,6 +45,13 @@ def _model_params(**fields):
             yield
         finally:
             module.llama_cpp.llama_model_default_params = original
+
+
+def _quiet_logging() -> None:
+    """Back to errors-only logging after a verbose load."""
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)
 
 
 @dataclass
@@ -136,25 +131,40 @@ class LlamaCppBackend(Backend):
                  prefix_cache: PrefixStateCache | None = None):
         llama_cpp = require("llama_cpp", "gguf")
         self._llama_cpp = llama_cpp
+        from ..gguf_meta import read_gguf_info
+
+        # Every hyperparameter llama.cpp asserts on is checked first (it aborts the process
+        # otherwise), also when a backend is made without load().
+        read_gguf_info(path)
+        check_threads(threads)
         threads = threads or max(1, min(os.cpu_count() or 1, 8))
+        # verbose=True only while loading, into a captured stderr: with verbose=False
+        # llama-cpp-python sends llama.cpp's load log to /dev/null, and a failed load would say
+        # nothing about why. The tail goes into the error; on success the log is dropped.
         try:
             # repack=False: the CPU backend's repacked weight copies crashed (SIGSEGV) on
             # multi-token batches of Q8_0/Q4_K files on this AMX machine, and they add a
             # second copy of the weights to RSS (docs/decisions.md: 7.8 GB for a 4.4 GB file).
-            with _quiet_stderr(), _model_params(use_extra_bufts=repack):
-                self._llm = llama_cpp.Llama(
-                    model_path=str(Path(path)),
-                    n_ctx=n_ctx,
-                    n_batch=min(n_batch, n_ctx),
-                    n_threads=threads,
-                    n_threads_batch=threads,
-                    logits_all=False,
-                    flash_attn=flash_attn,
-                    use_mmap=use_mmap,
-                    verbose=False,
-                )
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise ModelFileError(f"{path}: llama.cpp could not load this model ({exc})") from None
+            with capture_stderr() as log, _model_params(use_extra_bufts=repack):
+                try:
+                    self._llm = llama_cpp.Llama(
+                        model_path=str(Path(path)),
+                        n_ctx=n_ctx,
+                        n_batch=min(n_batch, n_ctx),
+                        n_threads=threads,
+                        n_threads_batch=threads,
+                        logits_all=False,
+                        flash_attn=flash_attn,
+                        use_mmap=use_mmap,
+                        verbose=True,
+                    )
+                finally:
+                    _quiet_logging()
+            self._llm.verbose = False
+        except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+            tail = log.tail()
+            raise ModelFileError(f"{path}: llama.cpp could not load this model ({exc})"
+                                 + (f"; llama.cpp said: {tail}" if tail else "")) from None
         self.n_ctx = self._llm.n_ctx()
         self.n_vocab = self._llm.n_vocab()
         self._evaluated: list[int] = []

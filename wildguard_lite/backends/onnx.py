@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelFileError, require
-from .base import Backend, common_prefix_length
+from .base import Backend, check_threads, common_prefix_length
 
 MODEL_FILE = "model.onnx"
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
@@ -103,6 +103,7 @@ def _check_layout(path: Path, inputs: list[str], outputs: list[str]) -> list[tup
 class OnnxBackend(Backend):
     def __init__(self, path: str | os.PathLike, *, n_ctx: int, threads: int | None):
         path = resolve_model_path(path)
+        check_threads(threads)
         check_model_file(path)
         ort = require("onnxruntime", "onnx")
         options = ort.SessionOptions()

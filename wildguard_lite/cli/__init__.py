@@ -42,14 +42,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(func, *args) -> int:
-    """Run a subcommand body: user errors become one line on stderr and exit status 2."""
+    """Run a subcommand body: user errors become one line on stderr and exit status 2; a
+    reader that closed our stdout (`| head`) ends the run quietly."""
+    import os
+
     from ..errors import WildGuardLiteError
 
     try:
-        return func(*args) or 0
+        code = func(*args) or 0
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not as an exit-time traceback
+        return code
     except WildGuardLiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader is gone: nothing more to say to it. Point stdout at /dev/null so the
+        # interpreter's final flush does not fail again, and exit as a SIGPIPE'd tool does.
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), sys.stdout.fileno())
+        return 128 + 13
+    except OSError as exc:  # a file the command writes or reads failed (disk full, permissions)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2

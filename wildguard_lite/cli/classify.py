@@ -10,6 +10,7 @@ from typing import Any
 
 from ..batch import BAD_ROW_POLICIES, DEFAULT_WINDOW, ORDERS
 from ..ray_data import DEFAULT_BATCH_SIZE
+from ..runtime import DEFAULT_N_CTX
 from . import run
 
 _ANSWER = {"harmful": "yes", "unharmful": "no", "refusal": "yes", "compliance": "no", None: "n/a"}
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("score", "generate"), default="score",
                    help="score: read the answers' probabilities (default); generate: greedy, as the official package")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores, at most 8)")
-    p.add_argument("--n-ctx", type=int, default=4096, help="context length in tokens (default 4096)")
+    p.add_argument("--n-ctx", type=int, default=DEFAULT_N_CTX,
+                   help=f"context length in tokens (default {DEFAULT_N_CTX}; at most the model's trained context)")
     b = p.add_argument_group("batch (--input/--output)")
     b.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                    help=f"rows in flight, reordered to share prefixes (default {DEFAULT_WINDOW})")
@@ -91,7 +93,27 @@ def _batch(args) -> int:
     return 0
 
 
+def check_output_path(output: Path) -> None:
+    """Refuse an --output that cannot work before any model is loaded: a folder, or a place
+    where no file can be created (/proc, /sys, a read-only mount)."""
+    import tempfile
+
+    from ..errors import InvalidInputError
+
+    if output.is_dir():
+        raise InvalidInputError(f"--output {output} is a folder; give a file name, e.g. {output / 'results.jsonl'}")
+    parent = output.parent
+    if parent.is_dir():
+        try:
+            with tempfile.NamedTemporaryFile(dir=parent, prefix=".wildguard-lite-probe-"):
+                pass
+        except OSError as exc:
+            raise InvalidInputError(f"--output {output}: cannot create files in {parent} ({exc.strerror}); "
+                                    "choose a writable folder") from None
+
+
 def _classify(args) -> int:
+    from ..contract import check_text
     from ..errors import InvalidInputError
     from ..runtime import load
 
@@ -102,11 +124,17 @@ def _classify(args) -> int:
         raise InvalidInputError("--input needs --output FILE.jsonl")
     if args.response is not None and not single:
         raise InvalidInputError("--response goes with --prompt")
-    if args.input is not None and args.output.resolve() == args.input.resolve():
-        raise InvalidInputError("--output must not be the input file")
+    for flag, text in (("--prompt", args.prompt), ("--response", args.response)):
+        if text is not None:
+            check_text(text, flag)  # undecodable argv bytes arrive as lone surrogates
+    if args.input is not None:
+        if args.output.resolve() == args.input.resolve():
+            raise InvalidInputError("--output must not be the input file")
+        check_output_path(args.output)
     if single and args.ray is not None:
         raise InvalidInputError("--ray goes with --input/--output (a batch)")
     if not single:
+        # The batch writes nothing before its first result: a refusal up front leaves no file.
         return _batch(args)
     with load(args.model, mode=args.mode, threads=args.threads, n_ctx=args.n_ctx) as clf:
         return _single(args, clf)

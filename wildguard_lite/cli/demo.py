@@ -76,6 +76,7 @@ def _demo(args) -> int:
     for q in ("f16", "q4_k_m"):
         for mode in ("score", "generate"):
             with load(have[q], mode=mode, threads=args.threads) as clf:
+                tokenizer = clf.tokenizer
                 t = time.perf_counter()
                 results[q, mode] = clf.classify(EXCHANGES)
                 timing[q, mode] = (time.perf_counter() - t) / len(EXCHANGES)
@@ -92,8 +93,25 @@ def _demo(args) -> int:
     console.print(table)
     for (q, mode), sec in timing.items():
         console.print(f"{q:<7} {mode:<9} {sec * 1000:7.1f} ms/item (toy model, this machine)")
-    console.print("The last row is an injection attempt: its forged 'Harmful request: no' is read as user text.")
+    check = injection_check(tokenizer, EXCHANGES[-1]["prompt"])
+    console.print(Text(
+        f"The last row is an injection attempt. What is guaranteed, for any model: its {check['user_tokens']} "
+        f"tokens of user text contain {check['extra_control_ids']} control ids (the input's control tokens are "
+        f"exactly the template's own: {', '.join(check['control_tokens'])}), so the forged "
+        "'[/INST] ... Harmful request: no</s>' is plain text, and the verdict is read only at the model's own "
+        "answer positions. The verdicts in the table are the toy's opinions (a 2.4M-parameter model trained for "
+        "minutes; they can differ on another CPU), not part of that guarantee."))
     return 0
+
+
+def injection_check(tokenizer, prompt: str) -> dict:
+    """How the prompt encodes against an empty exchange: user-text tokens and control ids."""
+    control = {t.id: t.content for t in tokenizer.spec.added_tokens}
+    ids, empty = tokenizer.encode_exchange(prompt), tokenizer.encode_exchange("")
+    found = [control[i] for i in ids if i in control]
+    return {"user_tokens": len(ids) - len(empty),
+            "extra_control_ids": len(found) - sum(i in control for i in empty),
+            "control_tokens": found}
 
 
 def main(argv: list[str] | None = None) -> int:

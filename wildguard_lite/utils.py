@@ -1,0 +1,86 @@
+"""Small shared helpers with no heavy imports: process-level stderr capture, files left empty."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterator
+
+# fd 2 is one per process: two captures at once would restore each other's descriptors.
+_STDERR_LOCK = threading.RLock()
+
+
+class CapturedStderr:
+    """What native code wrote to fd 2 inside `capture_stderr()`, readable after it ends."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def tail(self, lines: int = 4, chars: int = 600) -> str:
+        """The last lines that report an error (else the last lines), joined with ' | ' so an
+        error message stays on one line."""
+        all_lines = [line.strip() for line in self.text.splitlines() if line.strip()]
+        errors = [line for line in all_lines if any(w in line.lower() for w in ("error", "fail", "invalid", "assert"))]
+        return " | ".join((errors or all_lines)[-lines:])[-chars:]
+
+
+@contextlib.contextmanager
+def capture_stderr() -> Iterator[CapturedStderr]:
+    """Send fd 2 (native libraries write there directly) to a temporary file for the duration.
+
+    Unlike sending it to /dev/null, the text stays available: show its tail when the native
+    call fails, drop it when it succeeds. Python's own sys.stderr is flushed into it too.
+    """
+    import sys
+
+    captured = CapturedStderr()
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no real stderr (some embedded hosts): nothing to capture
+            yield captured
+            return
+        with tempfile.TemporaryFile() as sink:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(sink.fileno(), 2)
+            # Python-level writers (llama-cpp-python's log callback) use sys.stderr, which may
+            # not be fd 2 (pytest, notebooks, servers): point it at the sink too.
+            python_stderr = sys.stderr
+            sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(sink.fileno()), "wb"), encoding="utf-8",
+                                          errors="replace", line_buffering=True)
+            try:
+                yield captured
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stderr.close()
+                sys.stderr = python_stderr
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                captured.text = sink.read().decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence fd 2 for the duration (native chatter on success paths)."""
+    with capture_stderr():
+        yield
+
+
+@contextlib.contextmanager
+def remove_if_left_empty(path: Path) -> Iterator[None]:
+    """Remove `path` on error if this block created it and left it empty (an up-front refusal
+    must not leave an empty `.partial` behind); a file with content is kept for resuming."""
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if not existed and path.is_file() and path.stat().st_size == 0:
+                path.unlink()
+        raise
