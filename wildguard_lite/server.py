@@ -68,6 +68,7 @@ class ServeSettings:
     max_items: int = 64
     prefix_cache_mb: float = 256.0
     api_key: str | None = field(default=None, repr=False)
+    thresholds: dict[str, float] | None = field(default=None, hash=False)  # {label: P(yes)}; None: argmax
 
     def __post_init__(self):
         checks = [
@@ -320,7 +321,8 @@ def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
     def make(index: int, threads: int) -> Classifier:
         from .runtime import load
 
-        clf = load(settings.model, mode=settings.mode, threads=threads, n_ctx=settings.n_ctx)
+        clf = load(settings.model, mode=settings.mode, threads=threads, n_ctx=settings.n_ctx,
+                   thresholds=settings.thresholds)
         if prefix_cache is not None and hasattr(clf.backend, "prefix_cache"):  # llama.cpp only
             clf.backend.prefix_cache = prefix_cache
         return clf

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score: read the answers' probabilities (default); generate: greedy, as the official package")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores, at most 8)")
     p.add_argument("--n-ctx", type=int, default=4096, help="context length in tokens (default 4096)")
+    p.add_argument("--threshold", action="append", metavar="LABEL=P",
+                   help="label 'yes' when P(yes) >= P, e.g. response_harmfulness=0.3 (repeatable; default: the model's argmax)")
     return p
 
 
@@ -90,7 +92,7 @@ def _batch(args, clf) -> int:
 
 def _classify(args) -> int:
     from ..errors import InvalidInputError
-    from ..runtime import load
+    from ..runtime import load, parse_threshold_specs
 
     single = args.prompt is not None
     if single == (args.input is not None):
@@ -101,7 +103,8 @@ def _classify(args) -> int:
         raise InvalidInputError("--response goes with --prompt")
     if args.input is not None and args.output.resolve() == args.input.resolve():
         raise InvalidInputError("--output must not be the input file")
-    with load(args.model, mode=args.mode, threads=args.threads, n_ctx=args.n_ctx) as clf:
+    thresholds = parse_threshold_specs(args.threshold)
+    with load(args.model, mode=args.mode, threads=args.threads, n_ctx=args.n_ctx, thresholds=thresholds) as clf:
         return _single(args, clf) if single else _batch(args, clf)
 
 

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("score", "generate"), default="score", help="see 'classify --help' (default score)")
     p.add_argument("--prefix-cache-mb", type=float, default=256.0,
                    help="memory cap of the shared KV prefix cache for two-phase checks; 0 turns it off (default 256)")
+    p.add_argument("--threshold", action="append", metavar="LABEL=P",
+                   help="label 'yes' when P(yes) >= P (repeatable; see 'classify --help'; default: the model's argmax)")
     p.add_argument("--api-key-file", type=Path,
                    help="require 'Authorization: Bearer <key>' with the key on this file's first line")
     return p
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve(args) -> int:
     from ..errors import ModelFileError
+    from ..runtime import parse_threshold_specs
     from ..server import ServeSettings, read_api_key, serve
 
     if not args.model.exists():
@@ -48,6 +51,7 @@ def _serve(args) -> int:
         max_queue=args.max_queue, request_timeout_s=args.timeout, max_body_bytes=args.max_body_bytes,
         max_items=args.max_items, n_ctx=args.n_ctx, mode=args.mode, prefix_cache_mb=args.prefix_cache_mb,
         api_key=read_api_key(args.api_key_file) if args.api_key_file else None,
+        thresholds=parse_threshold_specs(args.threshold),
     )
     serve(settings)
     return 0
