@@ -110,7 +110,7 @@ class ResponseStream:
         tok = classifier.tokenizer
         self._empty = len(tok.encode_exchange("", ""))
         self._prompt_only = len(tok.encode_exchange(prompt, ""))
-        self._pending_tokens = 0  # an estimate, for the cadence only
+        self._pending = ""  # text since the last check
         self._unchecked = True  # text (or nothing at all) that no check has seen
         self._answers: list[tuple[int, ...]] | None = None  # the last check's, as the next guess
         self._streak = 0
@@ -133,11 +133,11 @@ class ResponseStream:
             if not text:
                 return None
             self.response += text
+            self._pending += text
             self._unchecked = True
-            # Counted alone, the chunk may differ by a token from its ids in context: fine
-            # for a cadence, and the check itself re-tokenizes the whole exchange.
-            self._pending_tokens += len(self.classifier.tokenizer.encode_exchange("", text)) - self._empty
-            if self._pending_tokens < self.interval:
+            # The text since the last check, counted alone (short: cheap), may differ by a
+            # token from its ids in context: fine for a cadence; the check re-tokenizes all.
+            if len(self.classifier.tokenizer.encode_exchange("", self._pending)) - self._empty < self.interval:
                 return None
             return self._check()
 
@@ -166,7 +166,7 @@ class ResponseStream:
         result, self._answers = clf.score_ids(ids, prompt_only, guess=self._answers)
         apply_thresholds(result, clf.config.thresholds)
         self.checks += 1
-        self._pending_tokens = 0
+        self._pending = ""
         self._unchecked = False
         self._streak = self._streak + 1 if self.rule.hit(result) else 0
         tokens = len(ids) - self._prompt_only
