@@ -36,20 +36,27 @@ FILLER = ("The assistant explains the history of the region, its rivers and mark
 class Counted:
     """Counts engine calls on a backend (wraps its two entry points on the instance)."""
 
-    def __init__(self, backend):
+    def __init__(self, backend, force_id: int | None = None):
         self.backend, self.calls = backend, 0
         self.last_batch: tuple[list[int], int] | None = None  # (ids, kept prefix) of the last logits_at
         next_logits, logits_at = backend.next_logits, backend.logits_at
 
+        def force(logits):
+            # Random-weight stand-ins answer neither yes nor no: bias one answer so every cue
+            # is answered and the engine work is that of a real check (same tokens, calls).
+            if force_id is not None:
+                logits[force_id] += 1e4
+            return logits
+
         def counted_next(ids):
             self.calls += 1
-            return next_logits(ids)
+            return force(next_logits(ids))
 
         def counted_at(ids, positions):
             self.calls += 1
             live = _common(backend._evaluated, ids)
             self.last_batch = (list(ids), min(live, positions[0]))
-            return logits_at(ids, positions)
+            return [force(x) for x in logits_at(ids, positions)]
 
         backend.next_logits, backend.logits_at = counted_next, counted_at
 
@@ -93,10 +100,11 @@ def _reset(backend) -> None:
     backend.next_logits([1])
 
 
-def measure_checks(clf, prompt: str, response: str, interval: int, seed: int = 0) -> dict[str, Any]:
+def measure_checks(clf, prompt: str, response: str, interval: int, seed: int = 0,
+                   force_id: int | None = None) -> dict[str, Any]:
     """The three ways at the same check points, plus the raw prefill per stream check."""
     backend = clf.backend
-    counted = Counted(backend)
+    counted = Counted(backend, force_id)
     chunks = chunk_text(clf.tokenizer, response, random.Random(seed))
     _reset(backend)
     stream = clf.stream(prompt, interval=interval)
@@ -259,6 +267,61 @@ def measure_full(clf, rows: list[dict], n: int) -> dict[str, Any]:
     return out
 
 
+def measure_http(model: Path, prompt: str, texts: list[str], threads: int | None, n_ctx: int) -> dict[str, Any]:
+    """The gateway pattern: POST /v1/classify with the growing response at each check point,
+    against a real `serve` process; tokens evaluated per call read from /metrics."""
+    import os
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    argv = ["serve", "--model", str(model), "--port", str(port), "--n-ctx", str(n_ctx), "--workers", "1"]
+    if threads:
+        argv += ["--threads", str(threads)]
+    code = f"import sys; from wildguard_lite.cli import main; sys.exit(main({argv!r}))"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    server = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def get(path: str) -> str:
+        with urllib.request.urlopen(base + path, timeout=30) as r:
+            return r.read().decode()
+
+    def tokens() -> float:
+        line = next(l for l in get("/metrics").splitlines() if l.startswith("wildguard_tokens_evaluated_total"))
+        return float(line.split()[-1])
+
+    try:
+        for _ in range(600):
+            try:
+                get("/health")
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"serve exited: {server.stderr.read().decode()[-500:]}")
+                time.sleep(0.2)
+        calls = []
+        for text in texts:
+            before = tokens()
+            body = json.dumps({"items": [{"prompt": prompt, "response": text}]}).encode()
+            request = urllib.request.Request(base + "/v1/classify", body, {"Content-Type": "application/json"})
+            start = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=120) as r:
+                json.loads(r.read())
+            calls.append({"s": time.perf_counter() - start, "tokens": tokens() - before})
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    steady = calls[1:]
+    return {"calls": len(calls), "first_call_tokens": calls[0]["tokens"],
+            "tokens_per_call": statistics.mean(c["tokens"] for c in steady),
+            "s_per_call": statistics.mean(c["s"] for c in steady), "total_s": sum(c["s"] for c in calls)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m wildguard_lite.benchmarks.streaming", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -270,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-items", type=int, default=40)
     p.add_argument("--threads", type=int)
     p.add_argument("--n-ctx", type=int, default=2048)
+    p.add_argument("--force-answer", choices=("yes", "no"),
+                   help="bias every answer to this word (random-weight stand-ins, which answer neither)")
+    p.add_argument("--http", action="store_true", help="also the same check points through a 'serve' process")
     p.add_argument("--out", type=Path, help="write the report as JSON here")
     args = p.parse_args(argv)
 
@@ -285,12 +351,17 @@ def main(argv: list[str] | None = None) -> int:
         seed = next((r["response"] for r in rows if r.get("response")), "")
         prompt = next((r["prompt"] for r in rows if r.get("response")), "Tell me about the region's history.")
         response = response_of(clf.tokenizer, args.tokens, seed)
-        m = measure_checks(clf, prompt, response, args.interval)
+        force_id = None if args.force_answer is None else getattr(clf.tokenizer, f"{args.force_answer}_id")
+        report["forced_answer"] = args.force_answer
+        m = measure_checks(clf, prompt, response, args.interval, force_id=force_id)
         report["checks"] = summarize_checks(m, args.interval)
         report["checks_raw"] = [{k: v for k, v in c.items() if k != "text"} for c in m["checks"]]
+        texts = [c["text"] for c in m["checks"]]
         if rows:
             report["full_exchange"] = measure_full(clf, rows, args.full_items)
             report["delay"] = [measure_delay(clf, rows, args.delay_items, args.interval, k) for k in (1, 2)]
+    if args.http:  # after the in-process model is closed: the server loads its own
+        report["http"] = measure_http(args.model, prompt, texts, args.threads, args.n_ctx)
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
