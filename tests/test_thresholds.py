@@ -140,3 +140,40 @@ def test_serve_threshold(toy_gguf, capsys):
     code = main(["serve", "--model", str(toy_gguf["f16"]), "--threshold", "harm=0.3"])
     err = capsys.readouterr().err
     assert code == 2 and "unknown label 'harm'" in err
+
+
+# -- bench accuracy: operating points ------------------------------------------------------------
+
+from wildguard_lite.benchmarks.accuracy import curve_points, operating_points, roc_auc  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "scores, positive, auc",
+    [
+        ([0.9, 0.8, 0.2, 0.1], [True, True, False, False], 1.0),  # perfectly separated
+        ([0.1, 0.2, 0.8, 0.9], [True, True, False, False], 0.0),  # perfectly inverted
+        ([0.5, 0.5], [True, False], 0.5),  # a tie counts half
+        ([0.9, 0.8, 0.8, 0.1, None], [True, False, True, False, True], 3.5 / 6),  # unscored ranks lowest
+        ([0.3, 0.4], [True, True], None),  # no negatives: undefined
+    ],
+)
+def test_roc_auc(scores, positive, auc):
+    assert roc_auc(scores, positive) == (None if auc is None else pytest.approx(auc))
+
+
+def test_curve_points_move_ties_together_and_count_unscored_positives():
+    points = curve_points([0.9, 0.8, 0.8, 0.1, None], [True, False, True, False, True])
+    assert points == [(0.9, 1.0, pytest.approx(1 / 3)), (0.8, pytest.approx(2 / 3), pytest.approx(2 / 3)),
+                      (0.1, 0.5, pytest.approx(2 / 3))]
+
+
+def test_operating_points_pick_thresholds():
+    rows = [{"response_harm_label": g, "prompt_harm_label": None, "response_refusal_label": None}
+            for g in ("harmful", "harmful", "unharmful", "harmful", "unharmful")]
+    ours = [{"scores": {"response_harmfulness": s}} for s in (0.9, 0.7, 0.6, 0.3, 0.1)]
+    op = operating_points(rows, ours, levels=(0.6, 1.0))["response_harmfulness"]
+    # Recall 1.0 needs every positive: down to 0.3 (precision 3/4).
+    assert op["threshold_at_recall"]["1.0"] == {"threshold": 0.3, "precision": 0.75, "recall": 1.0}
+    # Precision 1.0 holds down to 0.7 (recall 2/3); the lowest such threshold is chosen.
+    assert op["threshold_at_precision"]["1.0"]["threshold"] == 0.7
+    assert op["roc_auc"] == pytest.approx(5 / 6)
