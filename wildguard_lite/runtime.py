@@ -213,14 +213,18 @@ class Classifier:
         scores: dict[str, float | None] = {key: None for key in LABEL_KEYS}
         answers: list[tuple[int, ...]] = []
         seq, done, error = list(ids), 0, False
+        # An engine without its own logits_at would evaluate each position anyway: ask it for
+        # one cue at a time (the sequential path), so no position is evaluated on a wrong guess.
+        batched = type(self.backend).logits_at is not Backend.logits_at
         while done < len(keys) and not error:
             batch, positions = list(seq), []
-            for k in range(done, len(keys)):
+            last = len(keys) if batched else done + 1
+            for k in range(done, last):
                 batch += self._cues[k]
                 positions.append(len(batch) - 1)
-                if k < len(keys) - 1:
+                if k < last - 1:
                     batch += guesses[k]
-            for k, logits in zip(range(done, len(keys)), self.backend.logits_at(batch, positions)):
+            for k, logits in zip(range(done, done + len(positions)), self.backend.logits_at(batch, positions)):
                 key = keys[k]
                 answer, label, score = self.read_answer(key, logits)
                 seq += self._cues[k]
