@@ -256,3 +256,31 @@ def test_llama_logits_at_equals_next_logits(toy_gguf, tok, heldout):
             assert int(np.argmax(one)) == int(np.argmax(logits))
         with pytest.raises(ValueError, match="positions must increase"):
             clf.backend.logits_at(ids, [5, 2])
+
+
+@pytest.fixture(scope="module")
+def toy_onnx_fp32(toy_dir, tmp_path_factory):
+    from rich.console import Console
+
+    from wildguard_lite.convert.pipeline import ConvertOptions, convert_checkpoint
+
+    out = tmp_path_factory.mktemp("toy-onnx-stream")
+    manifest = convert_checkpoint(
+        ConvertOptions(source=str(toy_dir), out_dir=out, formats=("onnx",), quants=("fp32",), name="toy", threads=2),
+        console=Console(quiet=True),
+    )
+    return out / manifest["artifacts"][0]["file"]
+
+
+def test_onnx_one_pass_and_stream(toy_onnx_fp32, heldout):
+    items = _items(heldout, 30)
+    with wildguard_lite.load(toy_onnx_fp32, threads=2, one_pass=False) as clf:
+        sequential = clf.classify(items)
+    with wildguard_lite.load(toy_onnx_fp32, threads=2) as clf:
+        for a, b in zip(clf.classify(items), sequential):
+            _close(a, b, tol=1e-4)
+        item = next(i for i in items if len(i.get("response", "")) > 80)
+        stream = clf.stream(item["prompt"], interval=4)
+        for chunk in _chunks(item["response"], random.Random(1)):
+            stream.feed(chunk)
+        _close(stream.close(), clf.classify_one(item["prompt"], item["response"]), tol=1e-4)
