@@ -34,10 +34,13 @@ FILLER = ("The assistant explains the history of the region, its rivers and mark
 
 
 class Counted:
-    """Counts engine calls on a backend (wraps its two entry points on the instance)."""
+    """Counts engine calls on a backend (wraps its two entry points on the instance, from the
+    class's own methods, so a second Counted replaces the first)."""
 
     def __init__(self, backend, force_id: int | None = None):
         self.backend, self.calls = backend, 0
+        backend.__dict__.pop("next_logits", None)
+        backend.__dict__.pop("logits_at", None)
         self.last_batch: tuple[list[int], int] | None = None  # (ids, kept prefix) of the last logits_at
         next_logits, logits_at = backend.next_logits, backend.logits_at
 
@@ -243,26 +246,26 @@ def measure_delay(clf, rows: list[dict], n: int, interval: int, consecutive: int
                              "max": max(delays) if delays else None}}
 
 
-def measure_full(clf, rows: list[dict], n: int) -> dict[str, Any]:
+def measure_full(clf, items: list[dict], force_id: int | None = None) -> dict[str, Any]:
     """Whole exchanges, each on a cleared engine: one-pass against sequential scoring."""
-    from wildguard_lite.benchmarks.data import to_item
-
-    counted = Counted(clf.backend)
-    items = [to_item(r) for r in rows[:n]]
+    counted = Counted(clf.backend, force_id)
     out = {}
     saved = clf.config
-    for one_pass in (False, True, False, True):  # interleaved rounds; the last of each is kept
-        object.__setattr__(clf, "config", type(saved)(**{**saved.__dict__, "one_pass": one_pass}))
-        calls0, elapsed = counted.calls, 0.0
-        for item in items:
-            _reset(clf.backend)
-            calls0 -= 1  # the reset's call
-            start = time.perf_counter()
-            clf.classify([item])
-            elapsed += time.perf_counter() - start
-        out["one_pass" if one_pass else "sequential"] = {"items": len(items), "ms_per_item": 1000 * elapsed / len(items),
-                                                         "calls_per_item": (counted.calls - calls0) / len(items)}
-    object.__setattr__(clf, "config", saved)
+    try:
+        for one_pass in (False, True, False, True):  # interleaved rounds; the last of each is kept
+            object.__setattr__(clf, "config", type(saved)(**{**saved.__dict__, "one_pass": one_pass}))
+            calls, elapsed = 0, 0.0
+            for item in items:
+                _reset(clf.backend)
+                calls0 = counted.calls
+                start = time.perf_counter()
+                clf.classify([item])
+                elapsed += time.perf_counter() - start
+                calls += counted.calls - calls0
+            out["one_pass" if one_pass else "sequential"] = {
+                "items": len(items), "ms_per_item": 1000 * elapsed / len(items), "calls_per_item": calls / len(items)}
+    finally:
+        object.__setattr__(clf, "config", saved)
     out["one_pass_over_sequential"] = out["one_pass"]["ms_per_item"] / out["sequential"]["ms_per_item"]
     return out
 
@@ -330,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=400, help="response length (default 400)")
     p.add_argument("--interval", type=int, default=DEFAULT_INTERVAL_TOKENS)
     p.add_argument("--delay-items", type=int, default=40)
-    p.add_argument("--full-items", type=int, default=40)
+    p.add_argument("--full-items", type=int, default=40, help="whole exchanges for one-pass vs sequential")
     p.add_argument("--threads", type=int)
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--force-answer", choices=("yes", "no"),
@@ -358,7 +361,16 @@ def main(argv: list[str] | None = None) -> int:
         report["checks_raw"] = [{k: v for k, v in c.items() if k != "text"} for c in m["checks"]]
         texts = [c["text"] for c in m["checks"]]
         if rows:
-            report["full_exchange"] = measure_full(clf, rows, args.full_items)
+            from wildguard_lite.benchmarks.data import to_item
+
+            full_items = [to_item(r) for r in rows[: args.full_items]]
+        else:  # synthetic: prompt-only and ~400-token exchanges
+            full_items = [{"prompt": prompt}, {"prompt": prompt, "response": response}] * max(1, args.full_items // 2)
+        report["full_exchange"] = measure_full(clf, full_items, force_id)
+        if force_id is not None:  # the other forced answer: every guess wrong
+            other = clf.tokenizer.yes_id if force_id == clf.tokenizer.no_id else clf.tokenizer.no_id
+            report["full_exchange_guess_wrong"] = measure_full(clf, full_items, other)
+        if rows:
             report["delay"] = [measure_delay(clf, rows, args.delay_items, args.interval, k) for k in (1, 2)]
     if args.http:  # after the in-process model is closed: the server loads its own
         report["http"] = measure_http(args.model, prompt, texts, args.threads, args.n_ctx)
