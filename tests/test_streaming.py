@@ -7,7 +7,6 @@ what the toy thinks of a given text.
 """
 
 import random
-import threading
 import zlib
 
 import numpy as np
