@@ -126,16 +126,18 @@ def test_stream_checks_follow_the_cadence(tok):
 def test_flag_latches_after_consecutive_hits(tok, heldout, consecutive):
     clf, _ = _fake(tok)  # answers vary from check to check
     rule = StreamRule(consecutive=consecutive)
-    item = next(i for i in _items(heldout, 100) if len(i.get("response", "")) > 300)
-    stream = clf.stream(item["prompt"], rule=rule, interval=2)
-    streak, expected = 0, False
-    for word in item["response"].split(" "):
+    response = " ".join(r["response"] for r in heldout[:60] if r.get("response"))
+    stream = clf.stream(heldout[0]["prompt"], rule=rule, interval=2)
+    streak, expected, checks = 0, False, 0
+    for word in response.split(" ")[:300]:
         verdict = stream.feed(word + " ")
         if verdict is None:
             continue
         streak = streak + 1 if rule.hit(verdict) else 0
         expected = expected or streak >= consecutive
         assert verdict["flagged"] == expected
+        checks += 1
+    assert checks >= 20
 
 
 @pytest.mark.parametrize(
@@ -219,7 +221,7 @@ def toy_clf(toy_gguf):
 
 def test_streamed_verdict_equals_one_shot_on_toy(toy_clf, heldout):
     rng = random.Random(0)
-    items = [i for i in _items(heldout, 120) if len(i.get("response", "")) > 80][:12]
+    items = [i for i in _items(heldout, 120) if len(i.get("response", "")) > 60][:12]
     assert len(items) >= 8
     for item in items:
         stream = toy_clf.stream(item["prompt"], interval=rng.choice([4, 8, 16]))
@@ -278,7 +280,7 @@ def test_onnx_one_pass_and_stream(toy_onnx_fp32, heldout):
     with wildguard_lite.load(toy_onnx_fp32, threads=2) as clf:
         for a, b in zip(clf.classify(items), sequential):
             _close(a, b, tol=1e-4)
-        item = next(i for i in items if len(i.get("response", "")) > 80)
+        item = next(i for i in items if len(i.get("response", "")) > 60)
         stream = clf.stream(item["prompt"], interval=4)
         for chunk in _chunks(item["response"], random.Random(1)):
             stream.feed(chunk)
