@@ -345,12 +345,22 @@ def main(argv: list[str] | None = None) -> int:
     import wildguard_lite
 
     report: dict[str, Any] = {"model": str(args.model), "threads": args.threads}
+
+    def save(stage: str) -> None:
+        # After every stage: a long run on a busy machine still leaves what it measured.
+        print(f"[{time.strftime('%H:%M:%S')}] {stage} done", file=sys.stderr, flush=True)
+        if args.out:
+            from wildguard_lite.convert.manifest import atomic_write_text
+
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+
     with wildguard_lite.load(args.model, threads=args.threads, n_ctx=args.n_ctx) as clf:
         rows = []
         if args.rows:
             from wildguard_lite.benchmarks.data import load_rows
 
-            rows = load_rows(args.rows)
+            rows = load_rows(str(args.rows))
         seed = next((r["response"] for r in rows if r.get("response")), "")
         prompt = next((r["prompt"] for r in rows if r.get("response")), "Tell me about the region's history.")
         response = response_of(clf.tokenizer, args.tokens, seed)
@@ -360,24 +370,25 @@ def main(argv: list[str] | None = None) -> int:
         report["checks"] = summarize_checks(m, args.interval)
         report["checks_raw"] = [{k: v for k, v in c.items() if k != "text"} for c in m["checks"]]
         texts = [c["text"] for c in m["checks"]]
-        if rows:
-            from wildguard_lite.benchmarks.data import to_item
-
-            full_items = [to_item(r) for r in rows[: args.full_items]]
-        else:  # synthetic: prompt-only and ~400-token exchanges
-            full_items = [{"prompt": prompt}, {"prompt": prompt, "response": response}] * max(1, args.full_items // 2)
-        report["full_exchange"] = measure_full(clf, full_items, force_id)
-        if force_id is not None:  # the other forced answer: every guess wrong
-            other = clf.tokenizer.yes_id if force_id == clf.tokenizer.no_id else clf.tokenizer.no_id
-            report["full_exchange_guess_wrong"] = measure_full(clf, full_items, other)
-        if rows:
+        save("checks")
+        if rows and args.delay_items:
             report["delay"] = [measure_delay(clf, rows, args.delay_items, args.interval, k) for k in (1, 2)]
+            save("delay")
+        if args.full_items:
+            if rows:
+                from wildguard_lite.benchmarks.data import to_item
+
+                full_items = [to_item(r) for r in rows[: args.full_items]]
+            else:  # synthetic: a prompt alone and a ~400-token exchange
+                full_items = [{"prompt": prompt}, {"prompt": prompt, "response": response}] * max(1, args.full_items // 2)
+            report["full_exchange"] = measure_full(clf, full_items, force_id)
+            if force_id is not None:  # the other forced answer: every guess wrong
+                other = clf.tokenizer.yes_id if force_id == clf.tokenizer.no_id else clf.tokenizer.no_id
+                report["full_exchange_guess_wrong"] = measure_full(clf, full_items, other)
+            save("full exchanges")
     if args.http:  # after the in-process model is closed: the server loads its own
         report["http"] = measure_http(args.model, prompt, texts, args.threads, args.n_ctx)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
+        save("http")
     print(json.dumps({k: v for k, v in report.items() if k != "checks_raw"}, indent=2))
     return 0
 
