@@ -120,8 +120,11 @@ def test_classify_cli_threshold(toy_gguf, capsys):
     args = ["classify", "--model", model, "--prompt", "hi", "--response", "hello there", "--json"]
     assert main(args + ["--threshold", "response_harmfulness=0", "--threshold", "response_refusal=1"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["response_harmfulness"] == "harmful"  # P(yes) >= 0 always
-    assert result["response_refusal"] == ("refusal" if result["scores"]["response_refusal"] >= 1.0 else "compliance")
+    scores = result["scores"]
+    # P(yes) >= 0 always: harmful wherever the model answered yes/no (n/a and unreadable stay).
+    assert result["response_harmfulness"] == ("harmful" if scores["response_harmfulness"] is not None else None)
+    if scores["response_refusal"] is not None:
+        assert result["response_refusal"] == ("refusal" if scores["response_refusal"] >= 1.0 else "compliance")
     code = main(args + ["--threshold", "response_harmfulness=2"])
     err = capsys.readouterr().err
     assert code == 2 and "from 0 to 1" in err and "Traceback" not in err
@@ -134,7 +137,8 @@ def test_serve_threshold(toy_gguf, capsys):
     clf = default_factory(settings, None)(0, 1)
     try:
         assert clf.config.thresholds == {"response_harmfulness": 0.0}
-        assert clf.classify_one("hi", "hello")["response_harmfulness"] == "harmful"
+        result = clf.classify_one("hi", "hello")
+        assert result["response_harmfulness"] == ("harmful" if result["scores"]["response_harmfulness"] is not None else None)
     finally:
         clf.close()
     code = main(["serve", "--model", str(toy_gguf["f16"]), "--threshold", "harm=0.3"])
