@@ -76,6 +76,68 @@ def f1(pred: list[Any], gold: list[Any], positive: str) -> float | None:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
+# Recall and precision levels whose thresholds the report lists (pick your operating point).
+OPERATING_LEVELS = (0.8, 0.9, 0.95, 0.99)
+
+
+def curve_points(scores: list[float | None], positive: list[bool]) -> list[tuple[float, float, float]]:
+    """(threshold, precision, recall) for every distinct score, highest threshold first; a
+    missing score (n/a, parse error) is never "yes", as in `f1`."""
+    n_pos = sum(positive)
+    scored = sorted(((s, y) for s, y in zip(scores, positive) if s is not None), key=lambda t: -t[0])
+    points, tp, fp, i = [], 0, 0, 0
+    while i < len(scored):
+        t = scored[i][0]
+        while i < len(scored) and scored[i][0] == t:  # ties move together
+            tp += scored[i][1]
+            fp += not scored[i][1]
+            i += 1
+        points.append((t, tp / (tp + fp), tp / n_pos if n_pos else 0.0))
+    return points
+
+
+def roc_auc(scores: list[float | None], positive: list[bool]) -> float | None:
+    """P(a positive scores above a negative), ties half; missing scores rank lowest."""
+    ranked = [(-1.0 if s is None else s, y) for s, y in zip(scores, positive)]
+    pos = [s for s, y in ranked if y]
+    neg = sorted(s for s, y in ranked if not y)
+    if not pos or not neg:
+        return None
+    import bisect
+
+    wins = sum(bisect.bisect_left(neg, s) + 0.5 * (bisect.bisect_right(neg, s) - bisect.bisect_left(neg, s)) for s in pos)
+    return wins / (len(pos) * len(neg))
+
+
+def operating_points(rows: list[dict], ours: list[dict], levels=OPERATING_LEVELS) -> dict[str, Any]:
+    """Per label: ROC AUC, the precision/recall curve, and the threshold on P(yes) reaching
+    each recall level (the highest such threshold) and each precision level (the lowest)."""
+    out: dict[str, Any] = {}
+    for key in LABEL_KEYS:
+        pairs = [((o.get("scores") or {}).get(key), row[GOLD[key]] == POSITIVE[key])
+                 for row, o in zip(rows, ours) if row[GOLD[key]] is not None]
+        if not pairs:
+            out[key] = None
+            continue
+        scores, positive = [p[0] for p in pairs], [p[1] for p in pairs]
+        points = curve_points(scores, positive)
+        at_recall = {}
+        for r in levels:
+            hit = next((p for p in points if p[2] >= r), None)
+            at_recall[str(r)] = None if hit is None else {"threshold": hit[0], "precision": round(hit[1], 6), "recall": round(hit[2], 6)}
+        at_precision = {}
+        for q in levels:
+            ok = [p for p in points if p[1] >= q]
+            hit = ok[-1] if ok else None  # the lowest threshold keeping the precision: most recall
+            at_precision[str(q)] = None if hit is None else {"threshold": hit[0], "precision": round(hit[1], 6), "recall": round(hit[2], 6)}
+        auc = roc_auc(scores, positive)
+        out[key] = {"n": len(pairs), "positives": sum(positive), "unscored": sum(s is None for s in scores),
+                    "roc_auc": None if auc is None else round(auc, 6),
+                    "curve": [[round(t, 6), round(p, 6), round(r, 6)] for t, p, r in points],
+                    "threshold_at_recall": at_recall, "threshold_at_precision": at_precision}
+    return out
+
+
 def compare(rows: list[dict], ref: list[dict], ours: list[dict]) -> dict[str, Any]:
     """Agreement with the reference, F1 against gold (all/adversarial/vanilla), ΔP(yes), flips."""
     out: dict[str, Any] = {"agreement": {}, "f1": {}, "delta_p_yes": {}, "flipped": []}
@@ -100,6 +162,7 @@ def compare(rows: list[dict], ref: list[dict], ours: list[dict]) -> dict[str, An
                 out["flipped"].append({"index": i, "task": key, "reference": ref[i][key], "ours": ours[i][key],
                                        "p_yes_reference": (ref[i].get("scores") or {}).get(key),
                                        "p_yes_ours": (ours[i].get("scores") or {}).get(key)})
+    out["operating_points"] = operating_points(rows, ours)
     out["parse_error_rate"] = round(sum(bool(o.get("is_parsing_error")) for o in ours) / len(ours), 6)
     out["reference_f1"] = {key: round(f1([r[key] for r in ref], [row[GOLD[key]] for row in rows], POSITIVE[key]) or 0.0, 6)
                            for key in LABEL_KEYS}
@@ -131,6 +194,18 @@ def markdown(report: dict) -> str:
                      + " | ".join(f"{a['agreement'][k]:.4f}" for k in LABEL_KEYS)
                      + f" | {fmt('prompt_harmfulness')} | {fmt('response_refusal')} | {fmt('response_harmfulness')}"
                      f" | {dmax:.4f} | {a['parse_error_rate']:.4f} | {a['ms_per_item']:.1f} |")
+    lines += ["", "Operating points (threshold on P(yes): `--threshold LABEL=P`):", "",
+              "| artifact | label | ROC AUC | t @ recall 0.9 (P) | t @ recall 0.95 (P) | t @ precision 0.9 (R) | t @ precision 0.95 (R) |",
+              "|---|---|---|---|---|---|---|"]
+    cell = lambda hit, other: "–" if hit is None else f"{hit['threshold']:.3f} ({hit[other]:.2f})"
+    for a in report["artifacts"]:
+        for key, op in (a.get("operating_points") or {}).items():
+            if op is None:
+                continue
+            auc = "–" if op["roc_auc"] is None else f"{op['roc_auc']:.3f}"
+            lines.append(f"| {Path(a['model']).name} | {key} | {auc} | "
+                         f"{cell(op['threshold_at_recall'].get('0.9'), 'precision')} | {cell(op['threshold_at_recall'].get('0.95'), 'precision')} | "
+                         f"{cell(op['threshold_at_precision'].get('0.9'), 'recall')} | {cell(op['threshold_at_precision'].get('0.95'), 'recall')} |")
     rec = report.get("recommendation")
     if "target_agreement" in report:
         lines += ["", f"Target agreement {report['target_agreement']}: "
@@ -162,6 +237,28 @@ def plots(report: dict, out_base: Path) -> list[Path]:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         path = out_base.with_name(f"{out_base.stem}-{name}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    for a in arts:  # one precision/recall plot per artifact, a curve per label
+        ops = a.get("operating_points") or {}
+        if not any(ops.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, op in ops.items():
+            if op and op["curve"]:
+                auc = "" if op["roc_auc"] is None else f", ROC AUC {op['roc_auc']:.3f}"
+                ax.plot([c[2] for c in op["curve"]], [c[1] for c in op["curve"]], marker=".", markersize=3,
+                        label=f"{key}{auc}")
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{Path(a['model']).name}: threshold on P(yes) swept", fontsize=9)
+        ax.legend(fontsize=7, loc="lower left")
+        ax.grid(alpha=0.3)
+        path = out_base.with_name(f"{out_base.stem}-pr-{Path(a['model']).stem}.png")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)

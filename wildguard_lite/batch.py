@@ -17,11 +17,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .errors import InvalidInputError, WildGuardLiteError
+from .runtime import DEFAULT_N_CTX
 from .io import InputRow, ResumableWriter, check_input, item_digest, iter_rows, result_row
 
 DEFAULT_WINDOW = 512  # rows in flight: enough for a prompt's responses from several models
@@ -258,13 +259,14 @@ def run_batch(
     *,
     mode: str = "score",
     threads: int | None = None,
-    n_ctx: int = 4096,
+    n_ctx: int = DEFAULT_N_CTX,
     window: int = DEFAULT_WINDOW,
     order: str = "prefix",
     on_bad_row: str = "stop",
     ray: str | None = None,
     actors: int = 1,
     batch_size: int | None = None,
+    thresholds: Mapping[str, float] | None = None,
     progress: Callable[[BatchReport], None] | None = None,
 ) -> BatchReport:
     """Load `model` and classify `input` into `output` (see `classify_file`).
@@ -280,12 +282,12 @@ def run_batch(
 
         return classify_file_on_ray(input, output, model, address=ray, actors=actors, threads=threads,
                                     batch_size=batch_size, mode=mode, n_ctx=n_ctx, on_bad_row=on_bad_row,
-                                    progress=progress)
+                                    thresholds=thresholds, progress=progress)
     from .runtime import load
 
     # Refuse a bad input or output before the model loads (seconds at 7B).
     check_job(input, output)
-    with load(model, mode=mode, threads=threads, n_ctx=n_ctx) as clf:
+    with load(model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds) as clf:
         return classify_file(clf, input, output, window=window, order=order, on_bad_row=on_bad_row,
                              progress=progress)
 

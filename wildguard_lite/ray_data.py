@@ -26,6 +26,7 @@ from typing import Any, Callable
 from .batch import BatchReport, check_job, check_resumed, plan_window
 from .contract import LABEL_KEYS, validate_item
 from .errors import InvalidInputError, WildGuardLiteError, require
+from .runtime import DEFAULT_N_CTX
 from .io import ResumableWriter, check_encodable, item_digest, iter_rows
 
 DEFAULT_BATCH_SIZE = 64  # rows per actor call: the window each actor reorders by prefix
@@ -51,10 +52,11 @@ class WildGuardPredictor:
     already known to be bad); returns them with the result columns added (`RESULT_COLUMNS`).
     """
 
-    def __init__(self, model: str, mode: str = "score", threads: int | None = None, n_ctx: int = 4096):
+    def __init__(self, model: str, mode: str = "score", threads: int | None = None, n_ctx: int = DEFAULT_N_CTX,
+                 thresholds: dict[str, float] | None = None):
         from .runtime import load
 
-        self.clf = load(model, mode=mode, threads=threads, n_ctx=n_ctx)
+        self.clf = load(model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds)
 
     def __call__(self, batch):
         pa = require("pyarrow", "ray")
@@ -115,7 +117,8 @@ def map_batches_options(
     threads_per_actor: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     mode: str = "score",
-    n_ctx: int = 4096,
+    n_ctx: int = DEFAULT_N_CTX,
+    thresholds: dict[str, float] | None = None,
     max_restarts: int = DEFAULT_MAX_RESTARTS,
     max_task_retries: int = DEFAULT_MAX_TASK_RETRIES,
 ) -> dict[str, Any]:
@@ -127,7 +130,8 @@ def map_batches_options(
     ray_data = require("ray.data", "ray")
     threads = threads_per_actor or max(1, (os.cpu_count() or 1) // actors)
     return {
-        "fn_constructor_kwargs": {"model": str(model), "mode": mode, "threads": threads, "n_ctx": n_ctx},
+        "fn_constructor_kwargs": {"model": str(model), "mode": mode, "threads": threads, "n_ctx": n_ctx,
+                                  "thresholds": thresholds},
         "batch_size": batch_size,
         "batch_format": "pyarrow",
         "compute": ray_data.ActorPoolStrategy(size=actors),
@@ -220,8 +224,9 @@ def classify_file_on_ray(
     threads: int | None = None,
     batch_size: int | None = None,
     mode: str = "score",
-    n_ctx: int = 4096,
+    n_ctx: int = DEFAULT_N_CTX,
     on_bad_row: str = "stop",
+    thresholds: dict[str, float] | None = None,
     progress: Callable[[BatchReport], None] | None = None,
 ) -> BatchReport:
     """`batch.classify_file` with the rows spread over Ray actors; same output and resume.
@@ -232,7 +237,7 @@ def classify_file_on_ray(
     """
     ray = require("ray", "ray")
     options = {"actors": actors, "threads_per_actor": threads, "batch_size": batch_size or DEFAULT_BATCH_SIZE,
-               "mode": mode, "n_ctx": n_ctx}
+               "mode": mode, "n_ctx": n_ctx, "thresholds": thresholds}
     map_batches_options(model, **options)  # refuses bad options before any work
     check_job(input, output)
     if address == "local" and not Path(model).exists():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from .backends.base import Backend, check_threads
 from .contract import LABEL_KEYS, LABEL_VALUES, parse_output, validate_item
 from .errors import ClassifierClosedError, InputTooLongError, InvalidInputError, ModelFileError
 from .tokenization import WildGuardTokenizer
+
+if TYPE_CHECKING:
+    from .streaming import ResponseStream, StreamRule
 
 MODES = ("score", "generate")
 DEFAULT_N_CTX = 4096
@@ -43,14 +46,68 @@ class RuntimeConfig:
     flash_attn: bool = True
     use_mmap: bool = True
     repack: bool = False
+    # Per-label thresholds on P(yes) ({label: t}: "yes" when P(yes) >= t); None keeps
+    # WildGuard's own argmax. Only the reported label moves: the model is always conditioned
+    # on its own greedy answers.
+    thresholds: Mapping[str, float] | None = field(default=None, hash=False)
+    # Score mode: the three cues and guessed answers in one engine call (see score_ids).
+    one_pass: bool = True
 
     def __post_init__(self):
+        object.__setattr__(self, "thresholds", validate_thresholds(self.thresholds))
         if self.mode not in MODES:
             raise InvalidInputError(f"unknown mode '{self.mode}'; choose one of {', '.join(MODES)}")
         _check_int("n_ctx", self.n_ctx, MIN_N_CTX, MAX_N_CTX,
                    f"the default {DEFAULT_N_CTX} fits WildGuard's inputs; at most the model's trained context")
         check_threads(self.threads)
         _check_int("max_new_tokens", self.max_new_tokens, 1, self.n_ctx, "the answer needs about 17")
+
+
+def validate_thresholds(thresholds: Mapping[str, Any] | None) -> dict[str, float] | None:
+    """Check `{label: threshold}` (labels from LABEL_KEYS, numbers in [0, 1]); None or {} is
+    WildGuard's argmax."""
+    if not thresholds:
+        return None
+    if not isinstance(thresholds, Mapping):
+        raise InvalidInputError(f"thresholds must be a mapping of label to P(yes) threshold, got {type(thresholds).__name__}")
+    checked = {}
+    for label, value in thresholds.items():
+        if label not in LABEL_KEYS:
+            raise InvalidInputError(f"unknown label '{label}' in thresholds; choose from {', '.join(LABEL_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise InvalidInputError(
+                f"threshold for {label} must be a number from 0 to 1 (P(yes) at or above it reads 'yes'), got {value!r}"
+            )
+        checked[label] = float(value)
+    return checked
+
+
+def parse_threshold_specs(specs: Sequence[str] | None) -> dict[str, float] | None:
+    """`["LABEL=P", ...]` (the CLI's --threshold) -> validated `{label: P}`; None when empty."""
+    parsed: dict[str, Any] = {}
+    for spec in specs or ():
+        label, sep, value = spec.partition("=")
+        label = label.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or number is None:
+            raise InvalidInputError(f"--threshold '{spec}': expected LABEL=P, e.g. response_harmfulness=0.3")
+        if label in parsed:
+            raise InvalidInputError(f"--threshold: {label} is given twice")
+        parsed[label] = number
+    return validate_thresholds(parsed)
+
+
+def apply_thresholds(result: dict[str, Any], thresholds: Mapping[str, float] | None) -> dict[str, Any]:
+    """Relabel, in place, each thresholded label the model answered yes/no (it has a score);
+    n/a and unreadable answers are left as they are."""
+    for label, t in (thresholds or {}).items():
+        score = result["scores"].get(label)
+        if score is not None and result.get(label) is not None:
+            result[label] = LABEL_VALUES[label]["yes" if score >= t else "no"]
+    return result
 
 
 def p_yes(logits: np.ndarray, yes_id: int, no_id: int) -> float:
@@ -106,7 +163,13 @@ class Classifier:
             encoded = [self.encode(item, index=i) for i, item in enumerate(items)]
             results = []
             for i, (ids, prompt_only) in enumerate(encoded):
-                result = self._score(ids, prompt_only) if self.config.mode == "score" else self._generate(ids)
+                if self.config.mode == "generate":
+                    result = self._generate(ids)
+                elif self.config.one_pass:
+                    result = self.score_ids(ids, prompt_only)[0]
+                else:
+                    result = self._score(ids, prompt_only)
+                apply_thresholds(result, self.config.thresholds)
                 results.append(result)
                 if on_result is not None:
                     on_result(i, result)
@@ -130,6 +193,91 @@ class Classifier:
             where = "" if index is None else f"item {index}"
             raise InputTooLongError(len(ids) + budget, self.backend.n_ctx, where)
         return ids, not response
+
+    def stream(self, prompt: str, rule: "StreamRule | None" = None, interval: int | None = None) -> "ResponseStream":
+        """Moderate a response while it streams: feed it text as it arrives.
+
+        Args:
+            prompt (`str`): the user's request the response answers.
+            rule (`StreamRule`, *optional*): when to flag; default: the response is labelled
+                harmful (with this classifier's thresholds) on one check.
+            interval (`int`, *optional*): new response tokens that trigger a check; default
+                `DEFAULT_INTERVAL_TOKENS`.
+
+        Returns:
+            `ResponseStream`: `feed(text)` -> verdict or None, `close()` -> final verdict.
+        """
+        from .streaming import ResponseStream
+
+        return ResponseStream(self, prompt, rule=rule, interval=interval)
+
+    def score_ids(
+        self, ids: list[int], prompt_only: bool, guess: Sequence[Sequence[int]] | None = None
+    ) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+        """Score mode in as few engine calls as the answers allow (thresholds not applied).
+
+        One `logits_at` call evaluates the exchange, each cue and, after every cue but the
+        last, the guessed answer, and reads the logits at the cue positions. Where the model's
+        answer differs from the guess, the positions after it were conditioned on the wrong
+        answer: the rest is evaluated again from there with the true answer (one more call).
+        The token sequences are those of `_score`, so the labels and scores are its own.
+
+        Args:
+            ids: the encoded exchange (`encode`).
+            prompt_only: answer only the first cue (the response labels are n/a).
+            guess: answer ids per label (e.g. the previous check's); default " no" for each.
+
+        Returns:
+            (result, answers): the verdict and the answer ids the model chose per label, to
+            pass as the next `guess`.
+        """
+        tok = self.tokenizer
+        keys = LABEL_KEYS[: 1 if prompt_only else 3]
+        guesses = [tuple(g) for g in (guess or ())][: len(keys)]
+        guesses += [(tok.no_id,)] * (len(keys) - len(guesses))
+        result: dict[str, Any] = {key: None for key in LABEL_KEYS}
+        scores: dict[str, float | None] = {key: None for key in LABEL_KEYS}
+        answers: list[tuple[int, ...]] = []
+        seq, done, error = list(ids), 0, False
+        # An engine without its own logits_at would evaluate each position anyway: ask it for
+        # one cue at a time (the sequential path), so no position is evaluated on a wrong guess.
+        batched = type(self.backend).logits_at is not Backend.logits_at
+        while done < len(keys) and not error:
+            batch, positions = list(seq), []
+            last = len(keys) if batched else done + 1
+            for k in range(done, last):
+                batch += self._cues[k]
+                positions.append(len(batch) - 1)
+                if k < last - 1:
+                    batch += guesses[k]
+            for k, logits in zip(range(done, done + len(positions)), self.backend.logits_at(batch, positions)):
+                key = keys[k]
+                answer, label, score = self.read_answer(key, logits)
+                seq += self._cues[k]
+                done = k + 1
+                if answer is None:
+                    error = True
+                    break
+                result[key], scores[key] = label, score
+                seq += answer
+                answers.append(answer)
+                if answer != guesses[k]:
+                    break  # later positions were conditioned on the guess: evaluate them again
+        result["is_parsing_error"] = error
+        result["scores"] = scores
+        return result, answers
+
+    def read_answer(self, key: str, logits: np.ndarray) -> tuple[tuple[int, ...] | None, str | None, float | None]:
+        """What greedy generation writes after a cue: (answer ids, label, P(yes)); answer ids
+        None where it would write neither yes/no nor (for response labels) n/a."""
+        tok = self.tokenizer
+        top = int(np.argmax(logits))
+        if top in self._is_answer:
+            label = LABEL_VALUES[key]["yes" if top == tok.yes_id else "no"]
+            return (top,), label, p_yes(logits, tok.yes_id, tok.no_id)
+        if key != "prompt_harmfulness" and top == tok.na_ids[0]:
+            return tuple(tok.na_ids), None, None
+        return None, None, None
 
     def close(self) -> None:
         """Free the engine; later calls raise ClassifierClosedError. Safe to call twice."""

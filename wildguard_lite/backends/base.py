@@ -52,5 +52,24 @@ class Backend(ABC):
     def next_logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits (float32, shape `(n_vocab,)`) for the token that follows `ids`."""
 
+    def logits_at(self, ids: Sequence[int], positions: Sequence[int]) -> list[np.ndarray]:
+        """Logits at several positions of `ids` (the logits at position `i` predict the token
+        after `ids[: i + 1]`), ideally from one evaluation of all the new tokens.
+
+        Engines that can read several positions of one batch override this; the default
+        evaluates each prefix in turn (one engine call per position, same values).
+        """
+        return [self.next_logits(list(ids)[: p + 1]) for p in check_positions(ids, positions)]
+
     def close(self) -> None:
         """Release the engine's memory (optional)."""
+
+
+def check_positions(ids: Sequence[int], positions: Sequence[int]) -> list[int]:
+    """Positions for `logits_at`: integers inside `ids`, in increasing order."""
+    out = [int(p) for p in positions]
+    if not out:
+        raise ValueError("logits_at needs at least one position")
+    if any(p < 0 or p >= len(ids) for p in out) or out != sorted(out):
+        raise ValueError(f"positions must increase within 0..{len(ids) - 1}, got {out}")
+    return out

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from ..utils import capture_stderr, quiet_stderr
-from .base import Backend, check_threads, common_prefix_length
+from .base import Backend, check_positions, check_threads, common_prefix_length
 
 
 # Kept for callers outside this module (convert/quantize.py); the helper lives in utils.
@@ -196,6 +196,46 @@ class LlamaCppBackend(Backend):
             self.prefix_cache.put(ids, self._save_sequence())
         ptr = self._llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float32, copy=True)
+
+    def logits_at(self, ids: Sequence[int], positions: Sequence[int]) -> list[np.ndarray]:
+        """Logits at `positions` of `ids` from one evaluation of everything after the kept
+        prefix (one llama_decode per n_batch tokens, logits requested only where asked)."""
+        ids = [int(i) for i in ids]
+        positions = check_positions(ids, positions)
+        if len(ids) > self.n_ctx:
+            raise ValueError(f"{len(ids)} tokens exceed the context of {self.n_ctx}")
+        live = common_prefix_length(self._evaluated, ids)
+        keep = min(live, positions[0])  # every asked position must be evaluated in this call
+        new_sequence = self.prefix_cache is not None and (not self._evaluated or live < len(self._evaluated))
+        if new_sequence:
+            keep = self._restore_longest(ids[: positions[0] + 1], keep)
+        self._llm.n_tokens = keep
+        self._evaluated = []  # unknown until the decode succeeds
+        found = self._decode_at(ids[keep:], [p - keep for p in positions])
+        self.tokens_evaluated += len(ids) - keep
+        self._evaluated = ids
+        if new_sequence:
+            self.prefix_cache.put(ids, self._save_sequence())
+        return [found[p - keep] for p in positions]
+
+    def _decode_at(self, tokens: list[int], offsets: list[int]) -> dict[int, np.ndarray]:
+        """Llama.eval with logits kept at `offsets` (Llama.eval keeps only the last row)."""
+        llm, want, found = self._llm, set(offsets), {}
+        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+        for start in range(0, len(tokens), llm.n_batch):
+            chunk = tokens[start : start + llm.n_batch]
+            n_past = llm.n_tokens
+            llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=False)
+            for j in range(len(chunk)):
+                llm._batch.batch.logits[j] = (start + j) in want or j == len(chunk) - 1
+            llm._ctx.decode(llm._batch)
+            llm.input_ids[n_past : n_past + len(chunk)] = chunk
+            llm.n_tokens += len(chunk)
+            for j in range(len(chunk)):
+                if start + j in want:
+                    ptr = self._llama_cpp.llama_get_logits_ith(llm.ctx, j)
+                    found[start + j] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float32, copy=True)
+        return found
 
     def _restore_longest(self, ids: list[int], keep: int) -> int:
         """Load the cached state sharing the longest prefix with `ids` if it beats the live

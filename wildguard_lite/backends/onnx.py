@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelFileError, require
-from .base import Backend, check_threads, common_prefix_length
+from .base import Backend, check_positions, check_threads, common_prefix_length
 
 MODEL_FILE = "model.onnx"
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
@@ -169,6 +169,36 @@ class OnnxBackend(Backend):
         self._evaluated, self._past = ids, present
         self.tokens_evaluated += len(ids) - keep
         return np.asarray(logits[0, -1], dtype=np.float32)
+
+    def logits_at(self, ids: Sequence[int], positions: Sequence[int]) -> list[np.ndarray]:
+        """Logits at `positions` of `ids` from one session run (the graph returns every
+        position's logits)."""
+        ids = [int(i) for i in ids]
+        positions = check_positions(ids, positions)
+        if len(ids) > self.n_ctx:
+            raise ValueError(f"{len(ids)} tokens exceed the context of {self.n_ctx}")
+        keep = min(common_prefix_length(self._evaluated, ids), positions[0])
+        logits = self._run(ids, keep)
+        return [np.asarray(logits[0, p - keep], dtype=np.float32) for p in positions]
+
+    def _run(self, ids: list[int], keep: int) -> np.ndarray:
+        """Evaluate ids[keep:] on the cache of ids[:keep]; returns logits [1, new, vocab]."""
+        if self._past is None or keep == 0:
+            past = self._empty_past()
+        elif keep < len(self._evaluated):
+            past = [np.ascontiguousarray(p[:, :, :keep]) for p in self._past]
+        else:
+            past = self._past
+        new = np.asarray([ids[keep:]], dtype=np.int64)
+        feed = {"input_ids": new, "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        if self._has_positions:
+            feed["position_ids"] = np.arange(keep, len(ids), dtype=np.int64)[None, :]
+        feed.update(zip(self._past_names, past))
+        # Drop the old state first: a failed run must not leave a cache that disagrees with ids.
+        self._evaluated, self._past = [], None
+        logits, *present = self._session.run(self._outputs, feed)
+        self._evaluated, self._past = ids, present
+        return logits
 
     def close(self) -> None:
         self._session = None

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or 'auto' joins a running cluster; the model path must be readable on every node")
     b.add_argument("--actors", type=int, default=1, help="Ray actors, each loading the model once (default 1)")
     b.add_argument("--batch-size", type=int, help=f"rows per Ray batch (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--threshold", action="append", metavar="LABEL=P",
+                   help="label 'yes' when P(yes) >= P, e.g. response_harmfulness=0.3 (repeatable; default: the model's argmax)")
     return p
 
 
@@ -66,7 +68,7 @@ def _single(args, clf) -> int:
     return 0
 
 
-def _batch(args) -> int:
+def _batch(args, thresholds) -> int:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -84,7 +86,8 @@ def _batch(args) -> int:
 
         report = run_batch(args.input, args.output, args.model, mode=args.mode, threads=args.threads,
                            n_ctx=args.n_ctx, window=args.window, order=args.order, on_bad_row=args.on_bad_row,
-                           ray=args.ray, actors=args.actors, batch_size=args.batch_size, progress=progress)
+                           ray=args.ray, actors=args.actors, batch_size=args.batch_size, thresholds=thresholds,
+                           progress=progress)
     if report.resumed:
         console.print(f"resuming: {report.resumed} of {report.rows} rows already in {args.output}")
     console.print(report.summary(), highlight=False)
@@ -115,7 +118,7 @@ def check_output_path(output: Path) -> None:
 def _classify(args) -> int:
     from ..contract import check_text
     from ..errors import InvalidInputError
-    from ..runtime import load
+    from ..runtime import load, parse_threshold_specs
 
     single = args.prompt is not None
     if single == (args.input is not None):
@@ -133,10 +136,11 @@ def _classify(args) -> int:
         check_output_path(args.output)
     if single and args.ray is not None:
         raise InvalidInputError("--ray goes with --input/--output (a batch)")
+    thresholds = parse_threshold_specs(args.threshold)
     if not single:
         # The batch writes nothing before its first result: a refusal up front leaves no file.
-        return _batch(args)
-    with load(args.model, mode=args.mode, threads=args.threads, n_ctx=args.n_ctx) as clf:
+        return _batch(args, thresholds)
+    with load(args.model, mode=args.mode, threads=args.threads, n_ctx=args.n_ctx, thresholds=thresholds) as clf:
         return _single(args, clf)
 
 

@@ -124,6 +124,6 @@ def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
         from ..runtime import load
 
         return load(settings.model, mode=settings.mode, threads=threads, n_ctx=settings.n_ctx,
-                    prefix_cache=prefix_cache)
+                    prefix_cache=prefix_cache, thresholds=settings.thresholds)
 
     return make

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InvalidInputError
-from ..runtime import MODES, RuntimeConfig
+from ..backends.base import check_threads
+from ..runtime import MODES, RuntimeConfig, parse_threshold_specs, validate_thresholds
 
 # How a harmful verdict shows in OpenAI's category names (see docs/serving.md).
 OPENAI_CATEGORY_MODES = ("all", "illicit", "none")
@@ -43,11 +44,12 @@ def read_api_key(path: str | os.PathLike) -> str:
 
 
 def option(default: Any, flag: str, help: str, *, type: Callable | None = None, choices: tuple | None = None,
-           convert: Callable | None = None, show_default: bool = True, **kwargs) -> Any:
+           convert: Callable | None = None, show_default: bool = True, action: str | None = None,
+           **kwargs) -> Any:
     """A settings field with its command-line flag. `convert` maps the parsed flag value to the
     field value (e.g. a key file to the key); `type` parses the flag's text."""
     meta = {"flag": flag, "help": help, "type": type, "choices": choices, "convert": convert,
-            "show_default": show_default}
+            "show_default": show_default, "action": action}
     return field(default=default, metadata=meta, **kwargs)
 
 
@@ -81,6 +83,10 @@ class ServeSettings:
         "category (category-based clients block whatever categories they check), 'illicit' only "
         "'illicit', 'none' leaves them false (only 'flagged' and the WildGuard keys carry it)",
         choices=OPENAI_CATEGORY_MODES)
+    thresholds: dict[str, float] | None = option(
+        None, "--threshold", "label 'yes' when P(yes) >= P, as LABEL=P (repeatable; see 'classify --help'; "
+        "default: the model's argmax)", convert=parse_threshold_specs, show_default=False, action="append",
+        hash=False)
     api_key: str | None = option(None, "--api-key-file", "require 'Authorization: Bearer <key>' (or "
                                  "'x-api-key: <key>') with the key on this file's first line", type=Path,
                                  convert=read_api_key, show_default=False, repr=False)
@@ -89,8 +95,6 @@ class ServeSettings:
         checks = [
             (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
             (self.max_queue >= 0, f"--max-queue must be 0 or more, got {self.max_queue}"),
-            (self.threads is None or 1 <= self.threads <= 1024,
-             f"--threads must be 1-1024 (about the cores of this machine: {available_cores()}), got {self.threads}"),
             (0 <= self.port <= 65535, f"--port must be 0-65535 (0: any free port), got {self.port}"),
             (self.request_timeout_s > 0, f"--timeout must be positive, got {self.request_timeout_s}"),
             (self.body_timeout_s > 0, f"--body-timeout must be positive, got {self.body_timeout_s}"),
@@ -106,6 +110,8 @@ class ServeSettings:
         for ok, message in checks:
             if not ok:
                 raise InvalidInputError(message)
+        check_threads(self.threads)
+        object.__setattr__(self, "thresholds", validate_thresholds(self.thresholds))
 
     @property
     def threads_per_worker(self) -> int:
@@ -122,6 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser, required: tuple[str, ...] = (
         meta = f.metadata
         help_ = meta["help"] + (f" (default {f.default})" if meta["show_default"] else "")
         kwargs: dict[str, Any] = {"dest": f.name, "help": help_}
+        if meta["action"] is not None:
+            kwargs["action"] = meta["action"]
         if meta["type"] is not None:
             kwargs["type"] = meta["type"]
         if meta["choices"] is not None:
