@@ -392,7 +392,7 @@ def test_prefix_cache_stays_under_its_memory_cap(model_path, toy_tokenizer):
         (["--model", "{model}", "--workers", "0"], "--workers must be at least 1"),  # no workers
         (["--model", "{model}", "--api-key-file", "{empty}"], "the file is empty"),  # empty key file
         (["--model", "{model}", "--max-queue", "-1"], "--max-queue must be 0 or more"),  # negative queue
-        (["--model", "{model}", "--threads", "50000"], "--threads must be 1-1024"),  # would abort llama.cpp
+        (["--model", "{model}", "--threads", "50000"], "threads must be between 1 and 512"),  # would abort llama.cpp
         (["--model", "{model}", "--body-timeout", "0"], "--body-timeout must be positive"),  # no time to send
     ],
 )
