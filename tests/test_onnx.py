@@ -270,7 +270,7 @@ def test_memory_precheck_refuses_with_both_numbers(toy_dir, tmp_path, monkeypatc
     from wildguard_lite.cli import main
     from wildguard_lite.convert import onnx_export
 
-    monkeypatch.setattr(onnx_export, "_available_bytes", lambda: 2**20)  # 1 MiB free
+    monkeypatch.setattr(onnx_export, "available_bytes", lambda: 2**20)  # 1 MiB free
     assert main(["convert", str(toy_dir), "--format", "onnx", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "needs about" in err and "0.0 GiB is available" in err and "--format gguf" in err and "--force" in err

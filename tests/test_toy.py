@@ -55,7 +55,7 @@ def test_reference_bos_once_and_answers(reference, heldout):
 
 
 def test_heldout_layout(toy_dir, heldout):
-    from wildguard_lite.convert.toy import make_dataset
+    from wildguard_lite.toy.data import make_dataset
 
     assert 150 <= len(heldout) <= 300
     for row in heldout:
@@ -106,7 +106,7 @@ def test_nonlegacy_tokenizer_differs_after_control_tokens(toy_dir, toy_dir_nonle
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
-    from wildguard_lite.convert.toy import toy_cache_dir
+    from wildguard_lite.toy import toy_cache_dir
 
     monkeypatch.setenv("WILDGUARD_LITE_CACHE", str(tmp_path / "c"))
     assert toy_cache_dir() == tmp_path / "c"

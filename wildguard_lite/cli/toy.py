@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..convert.toy import build_toy
+    from ..toy import build_toy
 
     if args.seed < 0:
         raise InvalidInputError(f"--seed must be >= 0, got {args.seed}")
