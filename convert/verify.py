@@ -70,7 +70,7 @@ def compare_logits(ref, ours, backend, relative_tolerance: float) -> dict:
             return {"status": "failed", "reason": "token ids differ from the slow reference tokenizer"}
         ids = ids + list(ours.cue_ids[0])
         a, b = np.asarray(ref.last_logits(ids)), np.asarray(backend.next_logits(ids))
-        for who, logits in (("the exported model", b), ("the transformers reference", a)):
+        for who, logits in (("the transformers reference", a), ("the exported model", b)):
             bad = int(np.size(logits) - np.count_nonzero(np.isfinite(logits)))
             if bad:
                 return {"status": "failed", "items": len(VERIFY_ITEMS),
