@@ -295,7 +295,8 @@ def write_gguf(
         if raw is not None and data.dtype != np.uint16:
             data = _f32_to_bf16_bits(data)
         elif raw is None:
-            data = data.astype(dtype, copy=False)
+            with np.errstate(over="ignore"):  # an f16 overflow is reported just below
+                data = data.astype(dtype, copy=False)
         if not _all_finite(data):
             # Written NaN/inf makes every logit NaN: refuse, saying whether the source has them.
             if not _all_finite(ref.load_raw() if ref.dtype == "BF16" else ref.load_f32()):
