@@ -35,10 +35,103 @@ def read_config(folder: Path) -> dict:
             "this converter handles Mistral/Llama checkpoints such as allenai/wildguard"
         )
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
-        if not isinstance(config.get(key), int):
-            raise ModelFileError(f"{path}: missing integer '{key}'")
+        value = config.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ModelFileError(f"{path}: '{key}' must be a positive integer, got {value!r}")
+    for key in ("num_key_value_heads", "head_dim"):
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ModelFileError(f"{path}: '{key}' must be a positive integer or absent, got {value!r}")
+    n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    if n_head % n_kv:
+        raise ModelFileError(f"{path}: num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_kv}")
+    if head_dim(config) % 2:
+        raise ModelFileError(f"{path}: the head size {head_dim(config)} must be even for rotary embeddings")
     if config.get("rope_scaling"):
         raise ModelFileError(f"{path}: rope_scaling is not supported by this converter")
+    return config
+
+
+def head_dim(config: dict) -> int:
+    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
+def tied_embeddings(config: dict) -> bool:
+    # transformers' default for Mistral/Llama configs is untied.
+    return bool(config.get("tie_word_embeddings", False))
+
+
+def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Mistral/Llama checkpoint with this config holds, with its shape
+    (lm_head.weight only when the embeddings are not tied)."""
+    hidden, ffn, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    n_head = config["num_attention_heads"]
+    n_kv = config.get("num_key_value_heads") or n_head
+    q, kv = n_head * head_dim(config), n_kv * head_dim(config)
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    if not tied_embeddings(config):
+        shapes["lm_head.weight"] = (vocab, hidden)
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        layer = {"input_layernorm.weight": (hidden,), "post_attention_layernorm.weight": (hidden,),
+                 "self_attn.q_proj.weight": (q, hidden), "self_attn.k_proj.weight": (kv, hidden),
+                 "self_attn.v_proj.weight": (kv, hidden), "self_attn.o_proj.weight": (hidden, q),
+                 "mlp.gate_proj.weight": (ffn, hidden), "mlp.up_proj.weight": (ffn, hidden),
+                 "mlp.down_proj.weight": (hidden, ffn)}
+        if config.get("attention_bias"):  # Llama variants; Mistral has none
+            layer.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
+                          "self_attn.v_proj.bias": (kv,), "self_attn.o_proj.bias": (hidden,)})
+        if config.get("mlp_bias"):
+            layer.update({"mlp.gate_proj.bias": (ffn,), "mlp.up_proj.bias": (ffn,), "mlp.down_proj.bias": (hidden,)})
+        shapes.update({p + k: v for k, v in layer.items()})
+    return shapes
+
+
+def _names(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(sorted(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def validate_tensors(folder: Path, config: dict, refs) -> None:
+    """Refuse a checkpoint whose tensors do not match its config.json: missing, extra or
+    misshaped tensors would make a file llama.cpp cannot load, or one that loads and is wrong.
+    `refs`: objects with `name` and `shape` (safetensors or any other reader)."""
+    expected = expected_shapes(config)
+    # Tied: transformers ignores a stored lm_head.weight and uses the embeddings, and so do we.
+    present = {r.name: tuple(r.shape) for r in refs
+               if not r.name.endswith("rotary_emb.inv_freq")
+               and not (r.name == "lm_head.weight" and tied_embeddings(config))}
+    n_layer = config["num_hidden_layers"]
+    if "lm_head.weight" in expected and "lm_head.weight" not in present:
+        raise ModelFileError(
+            f"{folder}: no lm_head.weight, and config.json does not set tie_word_embeddings; the checkpoint "
+            "is incomplete (copy all its safetensors shards), or set \"tie_word_embeddings\": true if its "
+            "output layer is the embedding matrix")
+    missing = [n for n in expected if n not in present]
+    if missing:
+        raise ModelFileError(f"{folder}: {len(missing)} tensor(s) missing for the {n_layer} layers config.json "
+                             f"declares: {_names(missing)}; copy every safetensors shard of the checkpoint")
+    extra = [n for n in present if n not in expected]
+    if extra:
+        raise ModelFileError(f"{folder}: {len(extra)} tensor(s) that a Mistral/Llama model with {n_layer} layers "
+                             f"does not have: {_names(extra)}; config.json does not match the weights")
+    for name, shape in present.items():
+        if shape != expected[name]:
+            raise ModelFileError(f"{folder}: tensor '{name}' has shape {list(shape)} but config.json implies "
+                                 f"{list(expected[name])}; config.json does not match the weights")
+
+
+def check_checkpoint(folder: Path) -> dict:
+    """Everything a conversion can check before writing anything: config, tokenizer and tensor
+    layout. Returns the config."""
+    config = read_config(folder)
+    try:
+        spec = TokenizerSpec.from_hf_folder(folder)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelFileError(f"{folder / 'tokenizer_config.json'}: unexpected content ({exc!r}); "
+                             "use the checkpoint's original tokenizer_config.json") from None
+    _load_sentencepiece(folder, spec, config["vocab_size"])
+    validate_tensors(folder, config, checkpoint_tensors(folder))
     return config
 
 
@@ -61,14 +154,33 @@ def _f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     return (rounded >> np.uint32(16)).astype(np.uint16)
 
 
-def _vocab(spec: TokenizerSpec, vocab_size: int):
+def _all_finite(data: np.ndarray) -> bool:
+    """No NaN/inf; uint16 arrays are bf16 bits (all exponent bits set means inf or NaN)."""
+    if data.dtype == np.uint16:
+        return not bool(((data & np.uint16(0x7F80)) == np.uint16(0x7F80)).any())
+    return bool(np.isfinite(data).all())
+
+
+def _load_sentencepiece(folder: Path, spec: TokenizerSpec, vocab_size: int):
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor()
-    sp.LoadFromSerializedProto(spec.sp_model)
+    try:
+        sp.LoadFromSerializedProto(spec.sp_model)
+    except Exception as exc:  # sentencepiece raises RuntimeError/OSError variants
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{folder / 'tokenizer.model'}: not a SentencePiece model ({first}); "
+                             "copy the checkpoint's tokenizer.model again") from None
     n = sp.get_piece_size()
     if n != vocab_size:
-        raise ModelFileError(f"tokenizer.model has {n} pieces but config.json says vocab_size {vocab_size}")
+        raise ModelFileError(f"{folder / 'tokenizer.model'}: {n} pieces but config.json says vocab_size "
+                             f"{vocab_size}; the tokenizer does not belong to these weights")
+    return sp
+
+
+def _vocab(folder: Path, spec: TokenizerSpec, vocab_size: int):
+    sp = _load_sentencepiece(folder, spec, vocab_size)
+    n = sp.get_piece_size()
     pieces, scores, types = [], [], []
     for i in range(n):
         pieces.append(sp.id_to_piece(i).encode("utf-8"))
@@ -98,22 +210,24 @@ def write_gguf(
     gguf = require("gguf", "convert")
     if out_type not in FLOAT_TYPES:
         raise ValueError(out_type)
-    config = read_config(folder)
+    config = check_checkpoint(folder)
     spec = TokenizerSpec.from_hf_folder(folder)
-    sp, pieces, scores, types = _vocab(spec, config["vocab_size"])
+    sp, pieces, scores, types = _vocab(folder, spec, config["vocab_size"])
     refs = checkpoint_tensors(folder)  # safetensors preferred, else pickle via weights_only
 
     n_layer = config["num_hidden_layers"]
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_head
     hidden = config["hidden_size"]
-    head_dim = config.get("head_dim") or hidden // n_head
+    n_rot = head_dim(config)
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
 
     plan: list[tuple[TensorRef, str]] = []
     for ref in refs:
         if ref.name.endswith("rotary_emb.inv_freq"):
             continue  # recomputed by llama.cpp
+        if ref.name == "lm_head.weight" and tied_embeddings(config):
+            continue  # no output.weight: llama.cpp then uses token_embd, as transformers does
         new = name_map.get_name(ref.name, try_suffixes=(".weight", ".bias"))
         if new is None:
             raise ModelFileError(f"{folder}: unexpected tensor '{ref.name}' for a Mistral/Llama model")
@@ -129,10 +243,10 @@ def write_gguf(
     writer.add_feed_forward_length(config["intermediate_size"])
     writer.add_head_count(n_head)
     writer.add_head_count_kv(n_kv)
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != hidden // n_head:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(n_rot)
+    if n_rot != hidden // n_head:
+        writer.add_key_length(n_rot)
+        writer.add_value_length(n_rot)
     writer.add_rope_freq_base(_rope_theta(config))
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-5)))
     writer.add_vocab_size(config["vocab_size"])
@@ -182,9 +296,14 @@ def write_gguf(
         if raw is not None and data.dtype != np.uint16:
             data = _f32_to_bf16_bits(data)
         elif raw is None:
-            data = data.astype(dtype, copy=False)
-            if dtype == np.float16 and not np.isfinite(data).all():
-                raise ModelFileError(f"tensor '{ref.name}' overflows float16; convert with --quant bf16 instead")
+            with np.errstate(over="ignore"):  # an f16 overflow is reported just below
+                data = data.astype(dtype, copy=False)
+        if not _all_finite(data):
+            # Written NaN/inf makes every logit NaN: refuse, saying whether the source has them.
+            if not _all_finite(ref.load_raw() if ref.dtype == "BF16" else ref.load_f32()):
+                raise ModelFileError(f"{ref.file}: tensor '{ref.name}' holds NaN or infinite values; "
+                                     "the checkpoint is corrupt (download or copy it again)")
+            raise ModelFileError(f"tensor '{ref.name}' overflows {out_type}; convert with --quant bf16 or f32 instead")
         writer.write_tensor_data(np.ascontiguousarray(data))
         del data
         if progress:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 from wildguard_lite.contract import TEMPLATE_VERSION
 from wildguard_lite.errors import WildGuardLiteError
+from wildguard_lite.convert.tempfiles import forget, make_temp_file, umask
 
 MANIFEST = "manifest.json"
 
@@ -34,21 +34,18 @@ def tool_versions() -> dict[str, str]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write via a temp file in the same folder and rename: never a half-written file. The
+    file gets the umask's usual mode (0644 under umask 022), like any file the user writes."""
+    tmp = make_temp_file(path.parent, path.name, ".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-
-
-def umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    finally:
+        forget(tmp)
 
 
 def publishable(folder: Path) -> None:

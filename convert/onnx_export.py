@@ -14,7 +14,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
@@ -24,7 +23,8 @@ import numpy as np
 
 from wildguard_lite.errors import MissingDependencyError, WildGuardLiteError
 from wildguard_lite.convert.manifest import publishable, sha256_file
-from wildguard_lite.convert.verify import _available_bytes, compare_logits
+from wildguard_lite.convert.tempfiles import forget, make_temp_dir, reap, register, spawn, temp_prefix
+from wildguard_lite.convert.verify import available_bytes, compare_logits
 
 ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
 DEFAULT_ONNX_QUANTS = ("fp32", "int8", "int4")
@@ -80,7 +80,7 @@ def check_export_memory(folder: Path, quants: tuple[str, ...], force: bool) -> d
     """Refuse before exporting when the estimated peak exceeds available memory (unless force)."""
     params = count_parameters(folder)
     need, step = estimate_memory(params, quants)
-    have = _available_bytes()
+    have = available_bytes()
     record = {"parameters": params, "estimated_bytes": need, "peak_step": step, "available_bytes": have}
     if have and need > have and not force:
         what = "optimum's export" if step == "export" else f"the {step} quantization"
@@ -109,15 +109,24 @@ main_export(sys.argv[1], output=sys.argv[2], task="text-generation-with-past", d
 
 
 def run_optimum_export(folder: Path, out: Path) -> dict:
-    """optimum's export in a child process; returns its seconds and peak RSS."""
+    """optimum's export in a child process; returns its seconds and peak RSS. The child dies
+    with this process (tempfiles.spawn), whatever kills it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     t0 = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run([sys.executable, "-c", _EXPORT_SCRIPT, str(folder), str(out)],
-                          capture_output=True, text=True, env=env)
+    proc = spawn([sys.executable, "-c", _EXPORT_SCRIPT, str(folder), str(out)],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _, stderr = proc.communicate()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        reap(proc)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode != 0 or not (out / "model.onnx").is_file():
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
         raise WildGuardLiteError(f"optimum's ONNX export failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
     # ru_maxrss of children is the largest child so far: exact when this is the largest.
     return {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_bytes": max(peak, before) * 1024}
@@ -191,11 +200,13 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     publishable(tmp)
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        old = register(final.with_name(temp_prefix(final.name) + "old"))
         os.replace(final, old)
     os.replace(tmp, final)
+    forget(tmp)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+        forget(old)
 
 
 def _record(out_dir: Path, folder: Path, quant: str, config: OnnxQuantConfig, seconds: float) -> dict:
@@ -220,8 +231,8 @@ class _Reference:
             self.reason = "torch/transformers not installed (pip install 'wildguard-lite[convert]')"
             return
         need = count_parameters(folder) * 4 * 1.3
-        if need > _available_bytes():
-            self.reason = f"transformers fp32 needs ~{need / 2**30:.1f} GiB, {_available_bytes() / 2**30:.1f} GiB available"
+        if need > available_bytes():
+            self.reason = f"transformers fp32 needs ~{need / 2**30:.1f} GiB, {available_bytes() / 2**30:.1f} GiB available"
 
     def get(self):
         if self.ref is None and self.reason is None:
@@ -255,7 +266,7 @@ def export_onnx(folder: Path, out_dir: Path, base: str, quants: tuple[str, ...],
     console = console or Console(stderr=True)
     _require_exporter()
     memory = check_export_memory(folder, quants, force)
-    work = Path(tempfile.mkdtemp(prefix=f".{base}-onnx-work.", dir=out_dir))
+    work = make_temp_dir(out_dir, f"{base}-onnx-work")  # removed on a kill, or by the next run
     artifacts: list[dict] = []
     reference = _Reference(folder) if verify else None
     try:
@@ -265,7 +276,7 @@ def export_onnx(folder: Path, out_dir: Path, base: str, quants: tuple[str, ...],
                       f"peak RSS {export['peak_rss_bytes'] / 2**30:.2f} GiB")
         for quant in quants:
             t0 = time.perf_counter()
-            tmp = Path(tempfile.mkdtemp(prefix=f".{base}-onnx-{quant}.", dir=out_dir))
+            tmp = make_temp_dir(out_dir, f"{base}-onnx-{quant}")
             try:
                 with console.status(f"writing ONNX {quant}"):
                     write_variant(work / "export" / "model.onnx", tmp, quant, config, work)
@@ -286,4 +297,5 @@ def export_onnx(folder: Path, out_dir: Path, base: str, quants: tuple[str, ...],
                           f"[{style}]verification {verification['status']}[/{style}]")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        forget(work)
     return artifacts, {"export": {**export, "memory_check": memory, "exporter": "optimum (text-generation-with-past)"}}

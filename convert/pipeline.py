@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import re
 import resource
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wildguard_lite.errors import InvalidInputError, WildGuardLiteError
-from wildguard_lite.convert.gguf_export import FLOAT_TYPES, read_config, write_gguf
+from wildguard_lite.convert.gguf_export import FLOAT_TYPES, check_checkpoint, write_gguf
 from wildguard_lite.convert.hub import resolve_source
-from wildguard_lite.convert.manifest import sha256_file, umask, update_manifest
+from wildguard_lite.convert.manifest import sha256_file, update_manifest
 from wildguard_lite.convert.quantize import QUANTS, quantize
+from wildguard_lite.convert.tempfiles import make_temp_file, remove_stale_temps
 
 FORMATS = ("gguf", "onnx")
 DEFAULT_QUANTS = ("f16", "q8_0", "q4_k_m")
@@ -89,8 +89,9 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
         from wildguard_lite.convert.model_card import read_accuracy_report
 
         read_accuracy_report(options.accuracy_report)  # refuse a bad report before converting
+    remove_stale_temps(out_dir)  # left by earlier runs that were killed
     folder, source_info = resolve_source(options.source, options.revision, options.token)
-    read_config(folder)  # refuse unsupported architectures before any work
+    check_checkpoint(folder)  # refuse unsupported or inconsistent checkpoints before any work
     base = _base_name(options, folder, source_info)
     from wildguard_lite.convert.onnx_export import ONNX_QUANTS
 
@@ -114,13 +115,8 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
         return out_dir / f"{base}-{q}.gguf"
 
     def temp(q: str) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".{base}-{q}.", suffix=".gguf.tmp", dir=out_dir)
-        # mkstemp makes 0600 files; artifacts get the usual umask mode (a server running as
-        # another user, e.g. in the Docker image, must be able to read them).
-        os.fchmod(fd, 0o666 & ~umask())
-        os.close(fd)
-        temps.append(Path(name))
-        return Path(name)
+        temps.append(make_temp_file(out_dir, f"{base}-{q}", ".gguf"))  # umask mode, removed on a kill
+        return temps[-1]
 
     def record(path: Path, q: str, seconds: float) -> None:
         artifacts.append({"file": path.name, "format": "gguf", "quant": q, "bytes": path.stat().st_size,

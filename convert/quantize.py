@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from pathlib import Path
 
 from wildguard_lite.errors import InvalidInputError, WildGuardLiteError, require
@@ -31,10 +32,21 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> No
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTS[quant])
     params.nthread = threads or (os.cpu_count() or 1)
-    from wildguard_lite.backends.llama import _quiet_stderr
+    from wildguard_lite.utils import quiet_stderr
+
+    # The C call runs in a worker thread: the main thread stays free to run signal handlers
+    # (cleanup_on_signals), which would otherwise wait minutes for the call to return at 7B.
+    result: dict[str, int] = {}
+
+    def work() -> None:
+        result["rc"] = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
 
     # llama.cpp logs a line per tensor to stderr; the CLI shows its own progress instead.
-    with _quiet_stderr():
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with quiet_stderr():
+        worker = threading.Thread(target=work, name="llama-quantize", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    rc = result.get("rc", -1)
     if rc != 0:
         raise WildGuardLiteError(f"llama.cpp failed to quantize {src.name} to {quant} (code {rc})")

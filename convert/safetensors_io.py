@@ -42,28 +42,57 @@ class TensorRef:
         return raw.astype(np.float32, copy=False)
 
 
+def _int_list(value, length: int | None = None) -> list[int] | None:
+    """`value` as a list of non-negative ints, or None when it is not one."""
+    if not isinstance(value, list) or (length is not None and len(value) != length):
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        return None
+    return value
+
+
 def _read_header(path: Path) -> list[TensorRef]:
+    """The tensors of one file, after checking that every tensor's byte range matches its
+    shape and dtype, lies inside the file and overlaps no other."""
+    size = path.stat().st_size
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100_000_000:
-                raise ValueError(f"header length {n} is implausible")
+            if n > min(size - 8, 100_000_000):
+                raise ValueError(f"header length {n} is implausible for a {size}-byte file")
             header = json.loads(f.read(n))
     except (OSError, ValueError, struct.error) as exc:
         raise ModelFileError(f"{path}: not a valid safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: not a valid safetensors file (the header is not a JSON object)")
     base = 8 + n
-    size = path.stat().st_size
     refs = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        where = f"{path}: tensor '{name}'"
+        if not isinstance(info, dict):
+            raise ModelFileError(f"{where}: header entry is not an object; the file is corrupt")
         dtype = info.get("dtype")
         if dtype not in _DTYPES:
-            raise ModelFileError(f"{path}: tensor '{name}' has dtype {dtype}; only F32, F16 and BF16 are supported")
-        start, end = (base + int(x) for x in info["data_offsets"])
+            raise ModelFileError(f"{where} has dtype {dtype}; only F32, F16 and BF16 are supported")
+        shape, offsets = _int_list(info.get("shape")), _int_list(info.get("data_offsets"), 2)
+        if shape is None or offsets is None or offsets[0] > offsets[1]:
+            raise ModelFileError(f"{where}: shape {info.get('shape')!r} or data_offsets "
+                                 f"{info.get('data_offsets')!r} is malformed; the file is corrupt")
+        need = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
+        if offsets[1] - offsets[0] != need:
+            raise ModelFileError(f"{where}: data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} "
+                                 f"in {dtype} needs {need}; the file is corrupt")
+        start, end = base + offsets[0], base + offsets[1]
         if end > size:
             raise ModelFileError(f"{path}: truncated (tensor '{name}' ends at byte {end}, file has {size})")
-        refs.append(TensorRef(name, path, dtype, tuple(int(d) for d in info["shape"]), start, end))
+        refs.append(TensorRef(name, path, dtype, tuple(shape), start, end))
+    ordered = sorted(refs, key=lambda r: (r.start, r.end))
+    for a, b in zip(ordered, ordered[1:]):
+        if b.start < a.end:
+            raise ModelFileError(f"{path}: tensors '{a.name}' and '{b.name}' overlap (bytes {b.start}-{a.end}); "
+                                 "the file is corrupt")
     return refs
 
 

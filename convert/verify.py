@@ -20,7 +20,7 @@ VERIFY_ITEMS = [
 TOLERANCE = {"f32": 0.01, "bf16": 0.05, "f16": 0.02}
 
 
-def _available_bytes() -> int:
+def available_bytes() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -45,10 +45,10 @@ def verify_gguf(folder: Path, gguf_path: Path, out_type: str, threads: int | Non
 
     params = sum(int(np.prod(r.shape)) for r in checkpoint_tensors(folder))
     need = params * 4 * 1.3
-    if need > _available_bytes():
+    if need > available_bytes():
         return {"status": "skipped",
                 "reason": f"transformers fp32 needs ~{need / 2**30:.1f} GiB, "
-                          f"{_available_bytes() / 2**30:.1f} GiB available"}
+                          f"{available_bytes() / 2**30:.1f} GiB available"}
     ref = TransformersReference(folder, device="cpu")
     backend = LlamaCppBackend(gguf_path, n_ctx=2048, threads=threads, flash_attn=False)
     try:
@@ -60,14 +60,21 @@ def verify_gguf(folder: Path, gguf_path: Path, out_type: str, threads: int | Non
 
 def compare_logits(ref, ours, backend, relative_tolerance: float) -> dict:
     """Last-position logits at the first answer cue, reference against `backend`, on
-    VERIFY_ITEMS (token ids checked equal first). A manifest record; never raises on mismatch."""
+    VERIFY_ITEMS (token ids checked equal first). A manifest record; never raises on mismatch.
+    Any NaN or infinite logit fails: NaN compares false with everything, so a plain max()
+    would let an all-NaN model pass."""
     worst, scale, top1 = 0.0, 0.0, 0
-    for item in VERIFY_ITEMS:
+    for i, item in enumerate(VERIFY_ITEMS):
         ids = ref.token_ids(item["prompt"], item.get("response"))
         if ids != ours.encode_exchange(item["prompt"], item.get("response")):
             return {"status": "failed", "reason": "token ids differ from the slow reference tokenizer"}
         ids = ids + list(ours.cue_ids[0])
-        a, b = ref.last_logits(ids), backend.next_logits(ids)
+        a, b = np.asarray(ref.last_logits(ids)), np.asarray(backend.next_logits(ids))
+        for who, logits in (("the transformers reference", a), ("the exported model", b)):
+            bad = int(np.size(logits) - np.count_nonzero(np.isfinite(logits)))
+            if bad:
+                return {"status": "failed", "items": len(VERIFY_ITEMS),
+                        "reason": f"{who} produced {bad} NaN/infinite logits on verification item {i}"}
         worst = max(worst, float(np.max(np.abs(a - b))))
         scale = max(scale, float(np.max(np.abs(a))))
         top1 += int(np.argmax(a) == np.argmax(b))

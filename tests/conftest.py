@@ -10,14 +10,14 @@ import pytest
 
 @pytest.fixture(scope="session")
 def toy_dir() -> Path:
-    from wildguard_lite.convert.toy import ensure_toy
+    from wildguard_lite.toy import ensure_toy
 
     return ensure_toy()
 
 
 @pytest.fixture(scope="session")
 def toy_dir_nonlegacy(toy_dir) -> Path:
-    from wildguard_lite.convert.toy import ensure_toy
+    from wildguard_lite.toy import ensure_toy
 
     return ensure_toy(legacy=False)
 

@@ -22,7 +22,8 @@ def build_tokenizer(folder):
     """A WildGuard tokenizer shaped like the toy's (its recipe, trained in seconds on the toy's
     data; no model, no torch), so the fake-backend tests need no trained toy."""
     from wildguard_lite.contract import format_prompt
-    from wildguard_lite.convert.toy import answer_text, make_dataset, train_tokenizer, write_tokenizer_config
+    from wildguard_lite.toy.data import answer_text, make_dataset
+    from wildguard_lite.toy.train import train_tokenizer, write_tokenizer_config
     from wildguard_lite.tokenization import load_tokenizer_from_folder
 
     train, _, _ = make_dataset(seed=0, n_train=1500, n_val=0, n_heldout=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -270,7 +271,7 @@ def test_memory_precheck_refuses_with_both_numbers(toy_dir, tmp_path, monkeypatc
     from wildguard_lite.cli import main
     from wildguard_lite.convert import onnx_export
 
-    monkeypatch.setattr(onnx_export, "_available_bytes", lambda: 2**20)  # 1 MiB free
+    monkeypatch.setattr(onnx_export, "available_bytes", lambda: 2**20)  # 1 MiB free
     assert main(["convert", str(toy_dir), "--format", "onnx", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "needs about" in err and "0.0 GiB is available" in err and "--format gguf" in err and "--force" in err
@@ -324,3 +325,74 @@ def test_convert_cli_writes_manifest(toy_onnx):
         from wildguard_lite.convert.onnx_export import OnnxQuantConfig
 
         OnnxQuantConfig(int4_block_size=8)
+
+
+# -- a killed ONNX conversion: optimum's child dies with it, temp folders go -------------------
+
+
+def _children_of(pid: int) -> list[int]:
+    """Live (non-zombie) processes whose parent is `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2] != "Z"
+
+
+def _wait(predicate, timeout: float):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.mark.parametrize(
+    "sig, cleaned_by_handler",
+    [
+        (signal.SIGTERM, True),  # the handler kills the child and removes the work folder
+        (signal.SIGINT, True),  # Ctrl-C: the same
+        (signal.SIGKILL, False),  # no handler runs: the kernel kills the child (PR_SET_PDEATHSIG)
+    ],
+)
+def test_killed_onnx_conversion_ends_its_child(toy_dir, tmp_path, sig, cleaned_by_handler):
+    from wildguard_lite.convert.tempfiles import remove_stale_temps
+
+    out = tmp_path / "out"
+    code = "import sys; from wildguard_lite.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "convert", str(toy_dir), "--out", str(out),
+                             "--format", "onnx", "--quant", "fp32", "--no-verify"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        children = _wait(lambda: _children_of(proc.pid), 120)
+        assert children, proc.stderr.read() if proc.poll() is not None else "no optimum child appeared"
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        assert _wait(lambda: not any(_alive(c) for c in children), 10), "optimum's child outlived the conversion"
+    finally:
+        proc.kill()
+        proc.wait()
+    temps = [p.name for p in out.iterdir() if p.name.startswith(".wgl-tmp-")]
+    if cleaned_by_handler:
+        assert proc.returncode == 128 + sig and temps == []
+    else:
+        assert temps  # the work folder stays behind a SIGKILL ...
+        remove_stale_temps(out)  # ... and the next conversion's start removes it
+        assert not [p for p in out.iterdir() if p.name.startswith(".wgl-tmp-")]

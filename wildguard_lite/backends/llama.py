@@ -18,8 +18,6 @@ from ..utils import capture_stderr, quiet_stderr
 from .base import Backend, check_positions, check_threads, common_prefix_length
 
 
-# Kept for callers outside this module (convert/quantize.py); the helper lives in utils.
-_quiet_stderr = quiet_stderr
 
 
 _PARAMS_LOCK = threading.Lock()

@@ -152,7 +152,7 @@ def _standin(args) -> int:
     from ..benchmarks.standin import build_standin
 
     if args.tokenizer is None:
-        from ..convert.toy import ensure_toy
+        from ..toy import ensure_toy
 
         args.tokenizer = ensure_toy()
     overrides = {"num_hidden_layers": args.layers} if args.layers else None

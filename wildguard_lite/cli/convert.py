@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import InvalidInputError
 from . import run
 
 
@@ -34,11 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_formats(text: str) -> tuple[str, ...]:
+    """--format: known names only, checked before the quants (whose choices depend on it)."""
+    from ..convert.pipeline import FORMATS
+
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        what = f"unknown --format '{unknown[0]}'" if unknown else "--format is empty"
+        raise InvalidInputError(f"{what}; choose from {', '.join(FORMATS)} (comma-separated for several)")
+    return formats
+
+
 def _convert(args) -> int:
     from ..convert.onnx_export import DEFAULT_ONNX_QUANTS, OnnxQuantConfig
     from ..convert.pipeline import DEFAULT_QUANTS, ConvertOptions, convert_checkpoint, parse_quants
+    from ..convert.tempfiles import cleanup_on_signals
 
-    formats = tuple(f.strip().lower() for f in args.format.split(",") if f.strip())
+    formats = parse_formats(args.format)
     default = (*(DEFAULT_QUANTS if "gguf" in formats else ()), *(DEFAULT_ONNX_QUANTS if "onnx" in formats else ()))
     defaults = OnnxQuantConfig()
     onnx = OnnxQuantConfig(
@@ -61,7 +75,9 @@ def _convert(args) -> int:
         push_to_hub=args.push_to_hub,
         accuracy_report=args.accuracy_report,
     )
-    manifest = convert_checkpoint(options)
+    # A kill (SIGTERM, SIGINT, SIGHUP) removes the temp files and folders and ends optimum's child.
+    with cleanup_on_signals():
+        manifest = convert_checkpoint(options)
     print(f"manifest: {args.out / 'manifest.json'} ({len(manifest['artifacts'])} artifacts)")
     failed = manifest.get("verification", {}).get("status") == "failed" or any(
         a.get("verification", {}).get("status") == "failed" for a in manifest["artifacts"])

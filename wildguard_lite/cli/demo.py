@@ -54,7 +54,7 @@ def _demo(args) -> int:
 
     from ..convert.manifest import load_manifest
     from ..convert.pipeline import ConvertOptions, convert_checkpoint
-    from ..convert.toy import ensure_toy, toy_cache_dir
+    from ..toy import ensure_toy, toy_cache_dir
     from ..runtime import load
 
     console = Console()

@@ -37,17 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..convert.toy import build_toy
+    from ..toy import build_toy
 
     if args.seed < 0:
         raise InvalidInputError(f"--seed must be >= 0, got {args.seed}")
     report = build_toy(args.dir, seed=args.seed, legacy=args.legacy, quiet=args.quiet)
     acc = report["accuracy"]
-    print(f"toy WildGuard in {args.dir}: {report['n_params']:,} parameters, vocab {report['vocab_size']}, "
+    print(f"toy WildGuard v{report['toy_version']} in {args.dir}: {report['n_params']:,} parameters, vocab {report['vocab_size']}, "
           f"built in {report['build_s']} s")
-    print(f"held-out ({report['n_heldout']} rows, official procedure):")
+    aug = report["accuracy_augmented"]
+    print(f"held-out ({report['n_heldout']} rows): official procedure / augmented split (hardened ids)")
     for title, key in _TASKS:
-        print(f"  {title + ':':<17} {acc[key]:.1%}")
+        print(f"  {title + ':':<17} {acc[key]:7.1%} / {aug[key]:.1%}")
+    flips = report["neutral_suffix_flips"]
+    print(f"a neutral sentence appended to each prompt changed the verdict of {flips['rows']}/{flips['of_rows']} rows")
     if not report["passed"]:
         print("warning: held-out accuracy is below 95%", file=sys.stderr)
     return 0
