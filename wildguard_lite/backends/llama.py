@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelFileError, require
-from ..utils import capture_stderr, quiet_stderr
+from ..utils import capture_stderr
 from .base import Backend, check_positions, check_threads, common_prefix_length
 
 
