@@ -31,6 +31,7 @@ import numpy as np
 
 from wildguard_lite.backends.base import Backend, common_prefix_length
 from wildguard_lite.contract import validate_item
+from wildguard_lite.defaults import DEFAULT_N_CTX
 
 TARGETS = {"evaluated_over_unique": 1.05, "speedup_over_ideal": 0.8, "rss_growth_mb": 50.0, "ray1_over_local_per_core": 0.9}
 
@@ -40,7 +41,7 @@ class EchoBackend(Backend):
     results), with the real engines' KV reuse: only tokens after the common prefix with the
     previous call count as evaluated."""
 
-    def __init__(self, tokenizer, n_ctx: int = 4096):
+    def __init__(self, tokenizer, n_ctx: int = DEFAULT_N_CTX):
         self.n_ctx, self.n_vocab = n_ctx, tokenizer.vocab_size
         self.yes_id, self.no_id = tokenizer.yes_id, tokenizer.no_id
         self.tokens_evaluated, self._last = 0, []

@@ -16,6 +16,8 @@ import statistics
 import time
 from pathlib import Path
 
+from wildguard_lite.defaults import DEFAULT_MODE, MODES
+
 KEYS = ("prompt_harmfulness", "response_refusal", "response_harmfulness")
 
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=240)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--mode", default="score", choices=("score", "generate"))
+    p.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     args = p.parse_args(argv)
     items = _items(args.toy / "heldout.jsonl", args.limit)
     from wildguard_lite.convert.reference import TransformersReference

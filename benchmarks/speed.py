@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from wildguard_lite.contract import LABEL_KEYS
+from wildguard_lite.defaults import default_threads
 from wildguard_lite.errors import WildGuardLiteError
 
 TARGETS = {"speedup_prompt_only": 2.5, "speedup_full_exchange": 1.15, "score_over_limit": 1.10, "rss_over_file": 1.15}
@@ -83,7 +84,7 @@ def measure_one(config: SpeedConfig) -> dict[str, Any]:
     tok = clf.tokenizer
     gguf = path.suffix == ".gguf"
     out: dict[str, Any] = {"model": str(path), "bytes": artifact_bytes(path), "load_s": round(load_s, 3),
-                           "threads": config.threads or min(os.cpu_count() or 1, 8), "n_ctx": config.n_ctx,
+                           "threads": config.threads or default_threads(), "n_ctx": config.n_ctx,
                            "rss_after_load_bytes": rss_after_load, "score": _summary(score)}
     tails = [_score_tail(tok, lab, prompt_only) for lab, (_, prompt_only) in zip(labels, encoded)]
     out["score_tokens_mean"] = {
@@ -116,7 +117,7 @@ def _baselines(path, items, encoded, cached, labels, tails, config) -> dict[str,
 
     from wildguard_lite.backends.llama import _model_params
 
-    threads = config.threads or min(os.cpu_count() or 1, 8)
+    threads = config.threads or default_threads()
     with _model_params(use_extra_bufts=False):  # the same setting as the runtime's default
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=config.n_ctx, n_batch=512, n_threads=threads,
                               n_threads_batch=threads, flash_attn=True, verbose=False)

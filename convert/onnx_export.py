@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wildguard_lite.defaults import DEFAULT_N_CTX
 from wildguard_lite.errors import MissingDependencyError, WildGuardLiteError
 from wildguard_lite.convert.manifest import publishable, sha256_file
 from wildguard_lite.convert.tempfiles import forget, make_temp_dir, reap, register, spawn, temp_prefix
@@ -251,7 +252,7 @@ def verify_variant(reference: _Reference, model: Path, quant: str, threads: int 
     from wildguard_lite.tokenization import load_tokenizer_from_folder
 
     ours = load_tokenizer_from_folder(model.parent)
-    backend = OnnxBackend(model, n_ctx=4096, threads=threads)
+    backend = OnnxBackend(model, n_ctx=DEFAULT_N_CTX, threads=threads)
     try:
         return compare_logits(ref, ours, backend, TOLERANCE[quant])
     finally:

@@ -7,6 +7,16 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures that build or load the trained toy (minutes the first time, torch): any test using
+# one, directly or through another fixture, is `slow`. `pytest -m "not slow"` is the fast tier.
+TOY_FIXTURES = {"toy_dir", "toy_dir_nonlegacy", "toy_gguf", "heldout", "reference"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TOY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def toy_dir() -> Path:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import InvalidInputError, WildGuardLiteError
-from .runtime import DEFAULT_N_CTX
+from .defaults import DEFAULT_N_CTX
 from .io import InputRow, ResumableWriter, check_input, item_digest, iter_rows, result_row
 
 DEFAULT_WINDOW = 512  # rows in flight: enough for a prompt's responses from several models

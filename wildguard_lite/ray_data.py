@@ -26,7 +26,7 @@ from typing import Any, Callable
 from .batch import BatchReport, check_job, check_resumed, plan_window
 from .contract import LABEL_KEYS, validate_item
 from .errors import InvalidInputError, WildGuardLiteError, require
-from .runtime import DEFAULT_N_CTX
+from .defaults import DEFAULT_N_CTX, default_threads
 from .io import ResumableWriter, check_encodable, item_digest, iter_rows
 
 DEFAULT_BATCH_SIZE = 64  # rows per actor call: the window each actor reorders by prefix
@@ -128,7 +128,7 @@ def map_batches_options(
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
     ray_data = require("ray.data", "ray")
-    threads = threads_per_actor or max(1, (os.cpu_count() or 1) // actors)
+    threads = threads_per_actor or default_threads(share=actors)
     return {
         "fn_constructor_kwargs": {"model": str(model), "mode": mode, "threads": threads, "n_ctx": n_ctx,
                                   "thresholds": thresholds},

@@ -19,12 +19,7 @@ from .tokenization import WildGuardTokenizer
 if TYPE_CHECKING:
     from .streaming import ResponseStream, StreamRule
 
-MODES = ("score", "generate")
-DEFAULT_N_CTX = 4096
-MIN_N_CTX = 64  # the template alone is ~80 tokens with WildGuard's vocabulary
-# llama.cpp stores n_ctx as uint32 and wraps larger values silently (2**32+300 became 512);
-# the model's own trained context is checked at load and is always far below this.
-MAX_N_CTX = 2**31 - 1
+from .defaults import DEFAULT_N_CTX, MAX_N_CTX, MIN_N_CTX, MODES  # noqa: F401 (re-exported)
 
 
 def _check_int(name: str, value: Any, low: int, high: int, hint: str) -> None:

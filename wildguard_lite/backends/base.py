@@ -12,7 +12,7 @@ from ..errors import InvalidInputError
 
 # llama.cpp's own cap on threads (GGML_MAX_N_THREADS in ggml.h); far more than any CPU this runs
 # on has cores, and above it llama.cpp dies (std::bad_alloc at 50000) instead of refusing.
-MAX_THREADS = 512
+from ..defaults import MAX_THREADS
 
 
 def check_threads(threads: int | None) -> None:

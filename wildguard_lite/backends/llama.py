@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelFileError, require
+from ..defaults import default_threads
 from ..utils import capture_stderr
 from .base import Backend, check_positions, check_threads, common_prefix_length
 
@@ -135,7 +136,7 @@ class LlamaCppBackend(Backend):
         # otherwise), also when a backend is made without load().
         read_gguf_info(path)
         check_threads(threads)
-        threads = threads or max(1, min(os.cpu_count() or 1, 8))
+        threads = threads or default_threads()
         # verbose=True only while loading, into a captured stderr: with verbose=False
         # llama-cpp-python sends llama.cpp's load log to /dev/null, and a failed load would say
         # nothing about why. The tail goes into the error; on success the log is dropped.

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ModelFileError, require
+from ..defaults import default_threads
 from .base import Backend, check_positions, check_threads, common_prefix_length
 
 MODEL_FILE = "model.onnx"
@@ -107,7 +108,7 @@ class OnnxBackend(Backend):
         check_model_file(path)
         ort = require("onnxruntime", "onnx")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or max(1, min(os.cpu_count() or 1, 8))
+        options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # errors only; warnings about unused initializers are noise

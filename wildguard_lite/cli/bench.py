@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from ..defaults import DEFAULT_MODE, MODES
+
 from . import run
 
 
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--model", required=True, action="append", type=Path, help="artifact (.gguf or ONNX); repeatable")
     a.add_argument("--dataset", required=True)
     a.add_argument("--report", required=True, type=Path, help="JSON report (a .md and PNG plots are written beside it)")
-    a.add_argument("--mode", choices=("score", "generate"), default="score")
+    a.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
     a.add_argument("--target-agreement", type=float, help="name the smallest artifact meeting this agreement")
     a.add_argument("--limit", type=int)
     a.add_argument("--threads", type=int)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..batch import BAD_ROW_POLICIES, DEFAULT_WINDOW, ORDERS
 from ..ray_data import DEFAULT_BATCH_SIZE
-from ..runtime import DEFAULT_N_CTX
+from ..defaults import DEFAULT_MODE, DEFAULT_N_CTX, MODES
 from . import run
 
 _ANSWER = {"harmful": "yes", "unharmful": "no", "refusal": "yes", "compliance": "no", None: "n/a"}
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="batch input, streamed: .jsonl (objects with prompt/response/id), .csv or .parquet")
     p.add_argument("--output", type=Path, help="batch output, .jsonl or .parquet, in input order (resumable: a rerun skips done rows)")
     p.add_argument("--json", action="store_true", help="print one JSON object (single exchange)")
-    p.add_argument("--mode", choices=("score", "generate"), default="score",
+    p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
                    help="score: read the answers' probabilities (default); generate: greedy, as the official package")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores, at most 8)")
     p.add_argument("--n-ctx", type=int, default=DEFAULT_N_CTX,

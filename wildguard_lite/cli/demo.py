@@ -10,6 +10,8 @@ import argparse
 import time
 from pathlib import Path
 
+from ..defaults import MODES
+
 from . import run
 
 EXCHANGES = [
@@ -74,7 +76,7 @@ def _demo(args) -> int:
     results = {}
     timing = {}
     for q in ("f16", "q4_k_m"):
-        for mode in ("score", "generate"):
+        for mode in MODES:
             with load(have[q], mode=mode, threads=args.threads) as clf:
                 tokenizer = clf.tokenizer
                 t = time.perf_counter()

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from ..errors import InvalidInputError
 from ..backends.base import check_threads
+from ..defaults import available_cores
 from ..runtime import MODES, RuntimeConfig, parse_threshold_specs, validate_thresholds
 
 # How a harmful verdict shows in OpenAI's category names (see docs/serving.md).
@@ -24,11 +25,6 @@ OPENAI_CATEGORY_MODES = ("all", "illicit", "none")
 _RUNTIME_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RuntimeConfig)}
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
 
 
 def read_api_key(path: str | os.PathLike) -> str:

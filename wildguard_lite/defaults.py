@@ -1,0 +1,37 @@
+"""Defaults and limits that several modules share, each declared once here.
+
+The CLI flags, `RuntimeConfig`, `ServeSettings`, the backends, batch jobs and benchmarks read
+these names; change a default here and every entry point follows.
+"""
+
+from __future__ import annotations
+
+import os
+
+MODES = ("score", "generate")  # score: read the answers' probabilities; generate: greedy + parser
+DEFAULT_MODE = "score"
+
+DEFAULT_N_CTX = 4096  # fits WildGuard's inputs with room for the answer
+MIN_N_CTX = 64  # the template alone is ~80 tokens with WildGuard's vocabulary
+# llama.cpp stores n_ctx as uint32 and wraps larger values silently (2**32+300 became 512);
+# the model's own trained context is checked at load and is always far below this.
+MAX_N_CTX = 2**31 - 1
+
+# llama.cpp's GGML_MAX_N_THREADS: 50000 threads aborted the process with std::bad_alloc.
+MAX_THREADS = 512
+# More threads than this gained nothing on memory-bound prefill of a 7B model on the CPUs measured.
+DEFAULT_MAX_THREADS = 8
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_threads(share: int = 1) -> int:
+    """Engine threads when none are given: the available cores split `share` ways, at most
+    DEFAULT_MAX_THREADS each, at least 1."""
+    return max(1, min(available_cores() // max(1, share), DEFAULT_MAX_THREADS))
