@@ -153,23 +153,7 @@ class OnnxBackend(Backend):
             raise ValueError(f"{len(ids)} tokens exceed the context of {self.n_ctx}")
         # Keep the cache of the common prefix; at least one token is evaluated for logits.
         keep = min(common_prefix_length(self._evaluated, ids), len(ids) - 1)
-        if self._past is None or keep == 0:
-            past = self._empty_past()
-        elif keep < len(self._evaluated):
-            past = [np.ascontiguousarray(p[:, :, :keep]) for p in self._past]
-        else:
-            past = self._past
-        new = np.asarray([ids[keep:]], dtype=np.int64)
-        feed = {"input_ids": new, "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
-        if self._has_positions:
-            feed["position_ids"] = np.arange(keep, len(ids), dtype=np.int64)[None, :]
-        feed.update(zip(self._past_names, past))
-        # Drop the old state first: a failed run must not leave a cache that disagrees with ids.
-        self._evaluated, self._past = [], None
-        logits, *present = self._session.run(self._outputs, feed)
-        self._evaluated, self._past = ids, present
-        self.tokens_evaluated += len(ids) - keep
-        return np.asarray(logits[0, -1], dtype=np.float32)
+        return np.asarray(self._run(ids, keep)[0, -1], dtype=np.float32)
 
     def logits_at(self, ids: Sequence[int], positions: Sequence[int]) -> list[np.ndarray]:
         """Logits at `positions` of `ids` from one session run (the graph returns every
@@ -199,6 +183,7 @@ class OnnxBackend(Backend):
         self._evaluated, self._past = [], None
         logits, *present = self._session.run(self._outputs, feed)
         self._evaluated, self._past = ids, present
+        self.tokens_evaluated += len(ids) - keep
         return logits
 
     def close(self) -> None:
