@@ -75,19 +75,21 @@ def _batch(args, thresholds) -> int:
     from ..batch import run_batch
 
     console = Console(stderr=True)
-    # A live line on a terminal only: logs and pipes get the summary alone.
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("classifying", total=None)
+    options = dict(mode=args.mode, threads=args.threads, n_ctx=args.n_ctx, window=args.window, order=args.order,
+                   on_bad_row=args.on_bad_row, ray=args.ray, actors=args.actors, batch_size=args.batch_size,
+                   thresholds=thresholds)
+    if not console.is_terminal:  # logs and pipes get the summary alone
+        report = run_batch(args.input, args.output, args.model, **options)
+    else:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("classifying", total=None)
 
-        def progress(report) -> None:
-            bar.update(task, description=f"{report.resumed + report.classified + report.errors} rows written "
-                                         f"({report.classified} classified now)")
+            def progress(report) -> None:
+                bar.update(task, description=f"{report.resumed + report.classified + report.errors} rows written "
+                                             f"({report.classified} classified now)")
 
-        report = run_batch(args.input, args.output, args.model, mode=args.mode, threads=args.threads,
-                           n_ctx=args.n_ctx, window=args.window, order=args.order, on_bad_row=args.on_bad_row,
-                           ray=args.ray, actors=args.actors, batch_size=args.batch_size, thresholds=thresholds,
-                           progress=progress)
+            report = run_batch(args.input, args.output, args.model, progress=progress, **options)
     if report.resumed:
         console.print(f"resuming: {report.resumed} of {report.rows} rows already in {args.output}")
     console.print(report.summary(), highlight=False)
