@@ -320,7 +320,8 @@ def test_lone_surrogate_in_a_jsonl_batch(toy_gguf, tmp_path):
     out = tmp_path / "out.jsonl"
     proc = child(["-c", CLI, "classify", "--model", str(toy_gguf["f16"]), "--input", str(src), "--output", str(out)])
     assert_clean_cli_error(proc, r"line 2: .*field 'prompt' is not valid text")
-    assert not out.exists() and not out.with_name("out.jsonl.partial").exists()
+    # The batch streams: the row before the bad one is kept for a resume, nothing after it.
+    assert not out.exists() and len(out.with_name("out.jsonl.partial").read_text().splitlines()) == 1
 
 
 # -- the classifier's lifecycle and concurrency ------------------------------------------------
@@ -344,7 +345,13 @@ items = [{"prompt": f"question {i} " * (1 + i % 7), **({"response": "answer " * 
 alone = [clf.classify([item])[0] for item in items]
 with ThreadPoolExecutor(8) as pool:
     together = list(pool.map(lambda item: clf.classify([item])[0], items))
-print(json.dumps({"same": together == alone}))
+# The KV cache keeps the previous call's prefix, and which tokens are re-evaluated (so llama.cpp's
+# batch shapes, so the last float bits) depends on the order: labels must match exactly, P(yes)
+# to float noise.
+labels = lambda rs: [{k: v for k, v in r.items() if k != "scores"} for r in rs]
+diff = max((abs((a["scores"][k] or 0) - (b["scores"][k] or 0)) for a, b in zip(alone, together) for k in a["scores"]),
+           default=0.0)
+print(json.dumps({"same": labels(together) == labels(alone) and diff < 1e-3, "max_diff": diff}))
 """
 
 
@@ -354,7 +361,7 @@ def test_one_classifier_from_many_threads(toy_gguf, mode):
     # equal the same items classified one after another.
     proc = child(["-c", CONCURRENT, str(toy_gguf["f16"]), mode])
     assert proc.returncode == 0, f"status {proc.returncode}: {proc.stderr.decode()[-2000:]}"
-    assert json.loads(proc.stdout.decode())["same"]
+    assert json.loads(proc.stdout.decode())["same"], proc.stdout.decode()
 
 
 # -- the score-mode length budget at the exact boundary ----------------------------------------
@@ -418,12 +425,12 @@ def test_bad_output_paths(toy_gguf, tmp_path, output, message):
 
 
 def test_no_empty_partial_after_an_up_front_refusal(toy_gguf, tmp_path):
-    # A row too long for the context is refused before any work: nothing may be left behind.
+    # The first row is too long for the context: refused before any result, nothing left behind.
     src = tmp_path / "in.jsonl"
-    src.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"prompt": "word " * 5000}) + "\n")
+    src.write_text(json.dumps({"prompt": "word " * 5000}) + "\n" + json.dumps({"prompt": "ok"}) + "\n")
     out = tmp_path / "out.jsonl"
     proc = child(["-c", CLI, "classify", "--model", str(toy_gguf["f16"]), "--input", str(src), "--output", str(out)])
-    assert_clean_cli_error(proc, r"line 2: input is \d+ tokens")
+    assert_clean_cli_error(proc, r"line 1: input is \d+ tokens")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 

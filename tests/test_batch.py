@@ -76,7 +76,7 @@ def test_first_results_are_written_before_the_input_is_read(tokenizer, tmp_path)
         # broken JSON after a good line
         ("in.jsonl", '{"prompt": "ok"}\n{"prompt": "x"\n', "stop", r"in.jsonl line 2: invalid JSON"),
         # a lone surrogate escape is not text
-        ("in.jsonl", '{"prompt": "ok"}\n{"prompt": "\\ud800"}\n', "record", r"line 2: field 'prompt' holds an unpaired surrogate"),
+        ("in.jsonl", '{"prompt": "ok"}\n{"prompt": "\\ud800"}\n', "record", r"line 2: field 'prompt' is not valid text"),
         # invalid UTF-8 on one JSONL line
         ("in.jsonl", b'{"prompt": "ok"}\n{"prompt": "\xff"}\n', "record", r"line 2: not UTF-8 text"),
         # too long for the context: refused by the classifier, nothing truncated

@@ -270,7 +270,7 @@ BAD_CHECKPOINTS = [
     (lambda s: _write(s / "tokenizer.model", b"\x00garbage" * 64), "not a SentencePiece model"),  # garbage tokenizer
     (lambda s: _edit_config(s, vocab_size=2048), "pieces but config.json says vocab_size 2048"),  # wrong tokenizer
     (lambda s: _write(s / "tokenizer_config.json", json.dumps({"added_tokens_decoder": {"3": {}}})),
-     "unexpected content"),  # a malformed tokenizer config
+     "malformed added token"),  # a malformed tokenizer config
     (lambda s: _edit_tensors(s, _nan), "holds NaN or infinite values"),  # a corrupt weight, found while writing
 ]
 

@@ -131,7 +131,8 @@ def test_classify_cli_threshold(toy_gguf, capsys):
 
 
 def test_serve_threshold(toy_gguf, capsys):
-    from wildguard_lite.server import ServeSettings, default_factory
+    from wildguard_lite.server import ServeSettings
+    from wildguard_lite.server.pool import default_factory
 
     settings = ServeSettings(model=toy_gguf["f16"], thresholds={"response_harmfulness": 0.0})
     clf = default_factory(settings, None)(0, 1)

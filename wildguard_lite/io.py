@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .contract import LABEL_KEYS, validate_item
+from .contract import LABEL_KEYS, check_text, validate_item
 from .errors import InvalidInputError, WildGuardLiteError, require
 
 INPUT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -85,11 +85,7 @@ def check_encodable(item: dict[str, Any]) -> None:
     for field in ("prompt", "response"):
         value = item.get(field)
         if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InvalidInputError(f"field '{field}' holds an unpaired surrogate (e.g. \\ud800), "
-                                        "which is not text; fix the escape") from None
+            check_text(value, f"field '{field}'")
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
