@@ -163,15 +163,21 @@ def _fake_hf_cache(root: Path, repo: str, commit: str, src: Path) -> None:
     (repo_dir / "refs" / "main").write_text(commit)
 
 
-def test_hub_id_resolves_from_cache_offline(toy_dir, tmp_path, monkeypatch):
+def test_hub_id_resolves_from_cache_offline(toy_dir, tmp_path, monkeypatch, request):
     commit = "0123456789abcdef0123456789abcdef01234567"
     _fake_hf_cache(tmp_path / "hub", "allenai/wildguard", commit, toy_dir)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Imported before the environment changes: huggingface_hub reads it once at import, and a
+    # first import here would leave the module offline for every later test.
     import huggingface_hub.constants as constants
 
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    # huggingface_hub caches its HTTP session, built offline here: drop it after this test.
+    from huggingface_hub.utils import reset_sessions
+
+    request.addfinalizer(reset_sessions)
     folder, info = resolve_source("allenai/wildguard", revision=commit)
     assert folder.name == commit and (folder / "config.json").is_file()
     assert info == {"repo": "allenai/wildguard", "revision": commit, "commit": commit}
