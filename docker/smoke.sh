@@ -100,7 +100,7 @@ if unwanted or missing:
 step "runtime venv: no pip/setuptools/wheel/httpx/torch; llama_cpp, fastapi, uvicorn present"
 
 # -- the toy model as a q8_0 GGUF, made with the project's own commands ---------------------------
-toy="$("$PYTHON" -c 'from wildguard_lite.convert.toy import ensure_toy; print(ensure_toy())')" \
+toy="$("$PYTHON" -c 'from wildguard_lite.toy import ensure_toy; print(ensure_toy())')" \
     || fail "could not build or find the toy model (wildguard-lite's convert extra installed?)"
 models="$work/models"
 (umask 022 && "$(dirname "$PYTHON")/wildguard-lite" convert "$toy" --quant q8_0 --out "$models" --name toy \
