@@ -12,7 +12,8 @@ from pathlib import Path
 from wildguard_lite.errors import InvalidInputError, WildGuardLiteError
 from wildguard_lite.convert.gguf_export import FLOAT_TYPES, check_checkpoint, write_gguf
 from wildguard_lite.convert.hub import resolve_source
-from wildguard_lite.convert.manifest import sha256_file, update_manifest
+from wildguard_lite.convert.manifest import update_manifest
+from wildguard_lite.utils import sha256_file
 from wildguard_lite.convert.quantize import QUANTS, quantize
 from wildguard_lite.convert.tempfiles import make_temp_file, remove_stale_temps
 

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from wildguard_lite.convert.hub import resolve_source
-from wildguard_lite.convert.manifest import sha256_file
+from wildguard_lite.utils import sha256_file
 from wildguard_lite.convert.pipeline import ConvertOptions, convert_checkpoint, parse_quants
 from wildguard_lite.errors import InvalidInputError, ModelFileError, WildGuardLiteError
 

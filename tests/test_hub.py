@@ -19,7 +19,8 @@ from hub_server import FakeRepo, HubServer  # noqa: E402
 
 from wildguard_lite.benchmarks.data import to_item  # noqa: E402
 from wildguard_lite.errors import InvalidInputError, ModelFileError, WildGuardLiteError  # noqa: E402
-from wildguard_lite.hub import pull, sha256_of  # noqa: E402
+from wildguard_lite.hub import pull  # noqa: E402
+from wildguard_lite.utils import sha256_file  # noqa: E402
 from wildguard_lite.convert.model_card import push_to_hub, render_card, upload_plan  # noqa: E402
 
 REPO = "acme/wildguard-toy-gguf"
@@ -51,7 +52,7 @@ def test_pull_fetches_only_the_asked_artifact_into_the_hf_cache(published, toy_g
     assert path == repo_dir / "snapshots" / COMMIT / artifact["file"]
     assert path.is_symlink() and path.resolve().parent == repo_dir / "blobs"  # huggingface_hub's own layout
     assert (repo_dir / "refs" / "main").read_text() == COMMIT
-    assert sha256_of(path) == artifact["sha256"]
+    assert sha256_file(path) == artifact["sha256"]
     fetched = {r.split("/")[-1] for r in hub.requests if r.startswith("GET")}
     assert fetched == {"manifest.json", artifact["file"]}  # not the other quants
 

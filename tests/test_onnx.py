@@ -52,7 +52,7 @@ def reference_results(reference, heldout):
 
 
 def test_manifest_lists_verified_onnx_variants(toy_onnx):
-    from wildguard_lite.convert.manifest import sha256_file
+    from wildguard_lite.utils import sha256_file
 
     manifest = toy_onnx["manifest"]
     assert [a["quant"] for a in manifest["artifacts"]] == list(QUANTS)

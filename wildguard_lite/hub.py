@@ -11,12 +11,12 @@ Hub errors become one message that says what to do (`hub_error`); convert/hub.py
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 
 from .errors import InvalidInputError, ModelFileError, WildGuardLiteError, require
+from .utils import sha256_file
 
 HF_SCHEME = "hf://"
 MANIFEST = "manifest.json"
@@ -82,14 +82,6 @@ def hub_error(exc: Exception, repo: str, revision: str | None, what: str = "") -
     return WildGuardLiteError(f"{where}: download failed ({type(exc).__name__}: {exc})")
 
 
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def choose_artifact(manifest: dict, quant: str, where: str) -> dict:
     """The manifest's GGUF artifact for `quant`, or an error naming those available."""
     artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None
@@ -152,7 +144,7 @@ def pull(repo: str, quant: str = DEFAULT_PULL_QUANT, revision: str | None = None
                                        **common))
     except Exception as exc:
         raise hub_error(exc, repo, commit, artifact["file"]) from None
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != artifact["sha256"]:
         raise ModelFileError(
             f"{where}: {artifact['file']} in the cache ({path}) has sha256 {actual}, but the manifest says "

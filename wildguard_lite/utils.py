@@ -84,3 +84,14 @@ def remove_if_left_empty(path: Path) -> Iterator[None]:
             if not existed and path.is_file() and path.stat().st_size == 0:
                 path.unlink()
         raise
+
+
+def sha256_file(path, chunk: int = 1 << 22) -> str:
+    """The file's sha256 (hex), read in 4 MiB blocks: the manifest's and `pull`'s digest."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
