@@ -22,7 +22,8 @@ import wildguard_lite
 from wildguard_lite.backends.base import Backend
 from wildguard_lite.errors import ClassifierClosedError, InputTooLongError, InvalidInputError, ModelFileError
 from wildguard_lite.gguf_meta import KEY_TOKENIZER_CONFIG
-from wildguard_lite.runtime import Classifier, RuntimeConfig
+from wildguard_lite.config import RuntimeConfig
+from wildguard_lite.runtime import Classifier
 from wildguard_lite.tokenization import load_tokenizer_from_folder
 
 CHILD_TIMEOUT = 300  # seconds; generous for a busy 2-core machine

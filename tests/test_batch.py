@@ -12,7 +12,8 @@ import pytest
 
 from wildguard_lite.batch import classify_file
 from wildguard_lite.errors import InvalidInputError, WildGuardLiteError
-from wildguard_lite.runtime import Classifier, RuntimeConfig
+from wildguard_lite.config import RuntimeConfig
+from wildguard_lite.runtime import Classifier
 from wildguard_lite.tokenization import load_tokenizer_from_folder
 
 from wildguard_lite.benchmarks.batch import EchoBackend, HashClassifier, eval_layout  # noqa: E402

@@ -8,7 +8,8 @@ import pytest
 import wildguard_lite
 from wildguard_lite.backends.base import Backend
 from wildguard_lite.errors import InputTooLongError, InvalidInputError, ModelFileError
-from wildguard_lite.runtime import Classifier, RuntimeConfig
+from wildguard_lite.config import RuntimeConfig
+from wildguard_lite.runtime import Classifier
 from wildguard_lite.tokenization import load_tokenizer_from_folder
 
 from wildguard_lite.benchmarks.data import to_item  # noqa: E402

@@ -17,7 +17,8 @@ from wildguard_lite.backends.base import Backend, check_positions
 from wildguard_lite.benchmarks.data import to_item
 from wildguard_lite.contract import LABEL_KEYS
 from wildguard_lite.errors import InputTooLongError, InvalidInputError
-from wildguard_lite.runtime import Classifier, RuntimeConfig
+from wildguard_lite.config import RuntimeConfig
+from wildguard_lite.runtime import Classifier
 from wildguard_lite.streaming import StreamRule
 from wildguard_lite.tokenization import load_tokenizer_from_folder
 

@@ -9,7 +9,8 @@ from wildguard_lite.benchmarks.data import to_item
 from wildguard_lite.cli import main
 from wildguard_lite.contract import LABEL_KEYS
 from wildguard_lite.errors import InvalidInputError
-from wildguard_lite.runtime import RuntimeConfig, apply_thresholds, parse_threshold_specs, validate_thresholds
+from wildguard_lite.config import RuntimeConfig
+from wildguard_lite.thresholds import apply_thresholds, parse_threshold_specs, validate_thresholds
 
 
 @pytest.mark.parametrize(

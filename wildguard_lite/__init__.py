@@ -18,7 +18,9 @@ if _os.path.isfile(_os.path.join(_root, "convert", "__init__.py")):
 
 from .contract import TEMPLATE_VERSION, WILDGUARD_TEMPLATE, format_prompt, parse_output
 from .errors import WildGuardLiteError
-from .runtime import Classifier, RuntimeConfig, load
+from .config import RuntimeConfig
+from .loading import load
+from .runtime import Classifier
 
 from ._version import __version__
 

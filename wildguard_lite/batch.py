@@ -283,7 +283,7 @@ def run_batch(
         return classify_file_on_ray(input, output, model, address=ray, actors=actors, threads=threads,
                                     batch_size=batch_size, mode=mode, n_ctx=n_ctx, on_bad_row=on_bad_row,
                                     thresholds=thresholds, progress=progress)
-    from .runtime import load
+    from .loading import load
 
     # Refuse a bad input or output before the model loads (seconds at 7B).
     check_job(input, output)

@@ -54,7 +54,7 @@ class WildGuardPredictor:
 
     def __init__(self, model: str, mode: str = "score", threads: int | None = None, n_ctx: int = DEFAULT_N_CTX,
                  thresholds: dict[str, float] | None = None):
-        from .runtime import load
+        from .loading import load
 
         self.clf = load(model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds)
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .contract import LABEL_KEYS, LABEL_VALUES, validate_item
 from .errors import InvalidInputError
+from .thresholds import apply_thresholds
 
 if TYPE_CHECKING:
     from .runtime import Classifier
@@ -159,8 +160,6 @@ class ResponseStream:
         return _Release(self._busy)
 
     def _check(self) -> dict[str, Any]:
-        from .runtime import apply_thresholds
-
         clf = self.classifier
         ids, prompt_only = clf.encode({"prompt": self.prompt, "response": self.response})
         result, self._answers = clf.score_ids(ids, prompt_only, guess=self._answers)

@@ -73,7 +73,7 @@ def _accuracy(args) -> int:
     from ..benchmarks.data import load_rows, to_item
     from ..benchmarks.speed import artifact_bytes
     from ..errors import InvalidInputError
-    from ..runtime import load
+    from ..loading import load
 
     rows = load_rows(args.dataset)[: args.limit]
     ref_path = Path(args.reference)

@@ -120,7 +120,8 @@ def check_output_path(output: Path) -> None:
 def _classify(args) -> int:
     from ..contract import check_text
     from ..errors import InvalidInputError
-    from ..runtime import load, parse_threshold_specs
+    from ..loading import load
+    from ..thresholds import parse_threshold_specs
 
     single = args.prompt is not None
     if single == (args.input is not None):

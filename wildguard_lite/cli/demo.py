@@ -57,7 +57,7 @@ def _demo(args) -> int:
     from ..convert.manifest import load_manifest
     from ..convert.pipeline import ConvertOptions, convert_checkpoint
     from ..toy import ensure_toy, toy_cache_dir
-    from ..runtime import load
+    from ..loading import load
 
     console = Console()
     t0 = time.perf_counter()

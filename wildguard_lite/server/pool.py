@@ -121,7 +121,7 @@ def make_prefix_cache(settings: ServeSettings):
 def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
     """Load `settings.model` once per worker, every worker sharing one prefix cache."""
     def make(index: int, threads: int) -> Classifier:
-        from ..runtime import load
+        from ..loading import load
 
         return load(settings.model, mode=settings.mode, threads=threads, n_ctx=settings.n_ctx,
                     prefix_cache=prefix_cache, thresholds=settings.thresholds)

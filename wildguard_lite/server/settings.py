@@ -18,7 +18,9 @@ from typing import Any, Callable
 from ..errors import InvalidInputError
 from ..backends.base import check_threads
 from ..defaults import available_cores
-from ..runtime import MODES, RuntimeConfig, parse_threshold_specs, validate_thresholds
+from ..config import RuntimeConfig
+from ..defaults import MODES
+from ..thresholds import parse_threshold_specs, validate_thresholds
 
 # How a harmful verdict shows in OpenAI's category names (see docs/serving.md).
 OPENAI_CATEGORY_MODES = ("all", "illicit", "none")

@@ -1,0 +1,47 @@
+"""RuntimeConfig: how a Classifier runs, checked once when it is made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .backends.base import check_threads
+from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, MAX_N_CTX, MIN_N_CTX, MODES
+from .errors import InvalidInputError
+from .thresholds import validate_thresholds
+
+
+def _check_int(name: str, value: Any, low: int, high: int, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise InvalidInputError(f"{name} must be between {low} and {high}, got {value}; {hint}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How to run: `mode` is "score" (read the three answers' probabilities) or "generate"
+    (greedy generation parsed like the official package)."""
+
+    mode: str = DEFAULT_MODE
+    threads: int | None = None
+    n_ctx: int = DEFAULT_N_CTX
+    max_new_tokens: int = 32
+    flash_attn: bool = True
+    use_mmap: bool = True
+    repack: bool = False
+    # Per-label thresholds on P(yes) ({label: t}: "yes" when P(yes) >= t); None keeps
+    # WildGuard's own argmax. Only the reported label moves: the model is always conditioned
+    # on its own greedy answers.
+    thresholds: Mapping[str, float] | None = field(default=None, hash=False)
+    # Score mode: the three cues and guessed answers in one engine call (see score_ids).
+    one_pass: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "thresholds", validate_thresholds(self.thresholds))
+        if self.mode not in MODES:
+            raise InvalidInputError(f"unknown mode '{self.mode}'; choose one of {', '.join(MODES)}")
+        _check_int("n_ctx", self.n_ctx, MIN_N_CTX, MAX_N_CTX,
+                   f"the default {DEFAULT_N_CTX} fits WildGuard's inputs; at most the model's trained context")
+        check_threads(self.threads)
+        _check_int("max_new_tokens", self.max_new_tokens, 1, self.n_ctx, "the answer needs about 17")
