@@ -51,23 +51,19 @@ class Counted:
                 logits[force_id] += 1e4
             return logits
 
-        def counted_next(ids):
+        def counted_next(ids, **kw):
             self.calls += 1
-            return force(next_logits(ids))
+            return force(next_logits(ids, **kw))
 
-        def counted_at(ids, positions):
+        def counted_at(ids, positions, **kw):
             self.calls += 1
-            live = _common(backend._evaluated, ids)
-            self.last_batch = (list(ids), min(live, positions[0]))
-            return [force(x) for x in logits_at(ids, positions)]
+            before = backend.tokens_evaluated
+            logits = logits_at(ids, positions, **kw)
+            # Single-threaded here: what this call evaluated is what follows the kept prefix.
+            self.last_batch = (list(ids), len(ids) - (backend.tokens_evaluated - before))
+            return [force(x) for x in logits]
 
         backend.next_logits, backend.logits_at = counted_next, counted_at
-
-
-def _common(a, b) -> int:
-    from wildguard_lite.backends.base import common_prefix_length
-
-    return common_prefix_length(a, b)
 
 
 def chunk_text(tok, text: str, rng: random.Random, low: int = 8, high: int = 16) -> list[str]:
@@ -99,8 +95,8 @@ def response_of(tok, n_tokens: int, seed_text: str = "") -> str:
 
 
 def _reset(backend) -> None:
-    """Forget the KV cache (next call re-evaluates from the first token but BOS)."""
-    backend.next_logits([1])
+    """Forget the KV cache (the next call evaluates from its first token)."""
+    backend.reset()
 
 
 def measure_checks(clf, prompt: str, response: str, interval: int, seed: int = 0,
@@ -121,15 +117,16 @@ def measure_checks(clf, prompt: str, response: str, interval: int, seed: int = 0
         if verdict is None:
             return
         ids, keep = counted.last_batch
-        # The limit: the same new tokens at the same positions, one llama.cpp batch.
-        llm = backend._llm
-        llm.n_tokens, backend._evaluated = keep, ids[:keep]
+        tokens, calls = backend.tokens_evaluated - tokens0, counted.calls - calls0
+        # The limit: the same new tokens at the same positions, one llama.cpp batch with one
+        # logits row. Both calls land on the stream's own sequence (the longest shared prefix):
+        # the first cuts it back to the kept prefix, the second is the raw prefill.
+        backend.logits_at(ids[:keep], [keep - 1])
         raw_start = time.perf_counter()
-        llm.eval(ids[keep:])
+        backend.logits_at(ids, [len(ids) - 1])
         raw = time.perf_counter() - raw_start
-        backend._evaluated = ids
-        checks.append({"text": stream.response, "new_tokens": None, "tokens": backend.tokens_evaluated - tokens0,
-                       "calls": counted.calls - calls0, "s": elapsed, "raw_prefill_s": raw,
+        checks.append({"text": stream.response, "new_tokens": None, "tokens": tokens,
+                       "calls": calls, "s": elapsed, "raw_prefill_s": raw,
                        "raw_tokens": len(ids) - keep, "response_tokens": verdict["response_tokens"]})
 
     for chunk in chunks:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .backends.base import check_threads
-from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, MAX_N_CTX, MIN_N_CTX, MODES
+from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_SLOTS, MAX_N_CTX, MAX_SLOTS, MIN_N_CTX, MODES
 from .errors import InvalidInputError
 from .thresholds import validate_thresholds
 
@@ -36,6 +36,11 @@ class RuntimeConfig:
     thresholds: Mapping[str, float] | None = field(default=None, hash=False)
     # Score mode: the three cues and guessed answers in one engine call (see score_ids).
     one_pass: bool = True
+    # llama.cpp: sequences held at once (streams and concurrent calls each keep their KV cache
+    # in one; n_ctx tokens of KV memory each). ONNX runs one sequence whatever this says.
+    slots: int = DEFAULT_SLOTS
+    # llama.cpp: KV cells the slots share (None: defaults.default_kv_tokens); at least n_ctx.
+    kv_tokens: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "thresholds", validate_thresholds(self.thresholds))
@@ -44,4 +49,7 @@ class RuntimeConfig:
         _check_int("n_ctx", self.n_ctx, MIN_N_CTX, MAX_N_CTX,
                    f"the default {DEFAULT_N_CTX} fits WildGuard's inputs; at most the model's trained context")
         check_threads(self.threads)
+        _check_int("slots", self.slots, 1, MAX_SLOTS, "each slot holds one stream's KV cache (n_ctx tokens of memory)")
+        if self.kv_tokens is not None:
+            _check_int("kv_tokens", self.kv_tokens, self.n_ctx, MAX_N_CTX, "at least n_ctx: one full context must fit")
         _check_int("max_new_tokens", self.max_new_tokens, 1, self.n_ctx, "the answer needs about 17")

@@ -17,6 +17,20 @@ MIN_N_CTX = 64  # the template alone is ~80 tokens with WildGuard's vocabulary
 # the model's own trained context is checked at load and is always far below this.
 MAX_N_CTX = 2**31 - 1
 
+# Sequences one llama.cpp context holds at once (streams, concurrent calls; each keeps its own
+# KV cache, so a stream's next check evaluates only its new tokens). They share one KV pool of
+# default_kv_tokens() cells: at WildGuard's 7B shape a cell is 128 KiB (f16 K and V, 32 layers,
+# 8 KV heads of 128), so the default 2 x 4096 cells are 1 GiB.
+DEFAULT_SLOTS = 8
+MAX_SLOTS = 64
+# Pool size in contexts: slots beyond it share the cells (streams are rarely a full context long).
+DEFAULT_KV_CONTEXTS = 2
+
+
+def default_kv_tokens(n_ctx: int, slots: int) -> int:
+    """KV cells shared by the slots: room for min(slots, DEFAULT_KV_CONTEXTS) full contexts."""
+    return n_ctx * max(1, min(slots, DEFAULT_KV_CONTEXTS))
+
 # llama.cpp's GGML_MAX_N_THREADS: 50000 threads aborted the process with std::bad_alloc.
 MAX_THREADS = 512
 # More threads than this gained nothing on memory-bound prefill of a 7B model on the CPUs measured.

@@ -31,6 +31,18 @@ class ClassifierClosedError(WildGuardLiteError, RuntimeError):
     """A Classifier was used after close()."""
 
 
+class ClassificationCancelled(WildGuardLiteError):
+    """The caller cancelled a call (its cancel event was set); the engine stopped the work."""
+
+
+class ClassificationTimeout(WildGuardLiteError, TimeoutError):
+    """A call ran past its deadline (`timeout=`); the engine stopped the work."""
+
+
+class EngineError(WildGuardLiteError, RuntimeError):
+    """The engine failed on input that passed every check (a bug or an exhausted resource)."""
+
+
 class ModelFileError(WildGuardLiteError):
     """A model file is missing, truncated, corrupt or of the wrong kind."""
 

@@ -40,8 +40,8 @@ def load(
         revision (`str`, *optional*): with "hf://": branch, tag or commit.
         legacy (`bool`, *optional*): only for a GGUF made by llama.cpp's converter (no embedded
             tokenizer): the slow tokenizer's `legacy` flag (default: gguf_vocab.LEGACY_DEFAULT).
-        **options: more `RuntimeConfig` fields (`max_new_tokens`, `flash_attn`, `use_mmap`,
-            `repack`).
+        **options: more `RuntimeConfig` fields (`slots`, `kv_tokens`, `max_new_tokens`, `flash_attn`,
+            `use_mmap`, `repack`, `thresholds`).
 
     Returns:
         `Classifier`
@@ -76,7 +76,7 @@ def load(
 
     backend = LlamaCppBackend(path, n_ctx=config.n_ctx, threads=config.threads,
                               flash_attn=config.flash_attn, use_mmap=config.use_mmap, repack=config.repack,
-                              prefix_cache=prefix_cache)
+                              slots=config.slots, kv_tokens=config.kv_tokens, prefix_cache=prefix_cache)
     if backend.n_vocab != tokenizer.vocab_size:
         backend.close()
         raise ModelFileError(f"{path}: model vocabulary ({backend.n_vocab}) does not match its tokenizer ({tokenizer.vocab_size})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .backends.base import Backend
+from .backends.scheduler import Interrupt
 from .config import RuntimeConfig
 from .contract import LABEL_KEYS, LABEL_VALUES, parse_output, validate_item
 from .errors import ClassifierClosedError, InputTooLongError
@@ -40,9 +42,13 @@ class Classifier:
         self._score_budget_prompt = len(self._cues[0])
         self._score_budget = sum(len(c) for c in self._cues) + 1 + max(1, len(tok.na_ids))
         self._is_answer = {tok.yes_id, tok.no_id}
-        # One engine context: calls from several threads must take turns (llama.cpp crashed
-        # with SIGSEGV, or hung, when two threads evaluated in one context).
-        self._lock = threading.RLock()
+        # Thread safety. A concurrent engine (llama.cpp: one sequence per caller, calls batched
+        # into rounds) takes calls from any thread; any other engine is entered by one thread at
+        # a time (llama.cpp crashed with SIGSEGV when two threads evaluated in one context
+        # without this). close() waits for the calls in flight and refuses new ones.
+        self._engine_lock = threading.Lock()
+        self._state = threading.Condition()
+        self._active = 0
         self._closed = False
 
     # -- public API --------------------------------------------------------------------------
@@ -50,13 +56,20 @@ class Classifier:
         self,
         items: Sequence[Mapping[str, Any]],
         on_result: Callable[[int, dict[str, Any]], None] | None = None,
+        *,
+        cancel: threading.Event | None = None,
+        timeout: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Classify exchanges.
+        """Classify exchanges. Thread-safe: calls from several threads share the engine (and
+        with the llama.cpp engine run batched together).
 
         Args:
             items (`list[dict]`): `{"prompt": str, "response": str}` (response optional); never
                 mutated.
             on_result (`callable`, *optional*): called with `(index, result)` as each finishes.
+            cancel (`threading.Event`, *optional*): set it from another thread to stop the call;
+                the engine stops mid-evaluation (llama.cpp) or before its next step (ONNX).
+            timeout (`float`, *optional*): seconds; past it the call stops the same way.
 
         Returns:
             `list[dict]`: per item `prompt_harmfulness`, `response_refusal`,
@@ -66,16 +79,18 @@ class Classifier:
         Raises:
             `InvalidInputError`: an item is malformed, or too long for the context (nothing is
             truncated); raised before any item is run.
+            `ClassificationCancelled` / `ClassificationTimeout`: `cancel` was set / `timeout`
+            passed; the classifier stays usable.
         """
-        with self._lock:
-            self._check_open()
+        interrupt = Interrupt.make(cancel, timeout)
+        with self._call():
             encoded = [self.encode(item, index=i) for i, item in enumerate(items)]
             results = []
             for i, (ids, prompt_only) in enumerate(encoded):
                 if self.config.mode == "generate":
-                    result = self._generate(ids)
+                    result = self._generate(ids, interrupt, prompt_only)
                 else:
-                    result = self.score_ids(ids, prompt_only)[0]
+                    result = self.score_ids(ids, prompt_only, interrupt=interrupt)[0]
                 apply_thresholds(result, self.config.thresholds)
                 results.append(result)
                 if on_result is not None:
@@ -118,8 +133,21 @@ class Classifier:
 
         return ResponseStream(self, prompt, rule=rule, interval=interval)
 
+    def score_exchange(
+        self, prompt: str, response: str, guess: Sequence[Sequence[int]] | None = None,
+        interrupt: Interrupt | None = None,
+    ) -> tuple[dict[str, Any], list[tuple[int, ...]], int]:
+        """One check of a stream: validate, encode and score (thresholds applied), counted as a
+        call in flight. Returns (result, answers for the next `guess`, exchange length in ids)."""
+        with self._call():
+            ids, prompt_only = self.encode({"prompt": prompt, "response": response})
+            result, answers = self.score_ids(ids, prompt_only, guess=guess, interrupt=interrupt)
+            apply_thresholds(result, self.config.thresholds)
+            return result, answers, len(ids)
+
     def score_ids(
-        self, ids: list[int], prompt_only: bool, guess: Sequence[Sequence[int]] | None = None
+        self, ids: list[int], prompt_only: bool, guess: Sequence[Sequence[int]] | None = None,
+        interrupt: Interrupt | None = None,
     ) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
         """Score mode in as few engine calls as the answers allow (thresholds not applied).
 
@@ -133,10 +161,16 @@ class Classifier:
             ids: the encoded exchange (`encode`).
             prompt_only: answer only the first cue (the response labels are n/a).
             guess: answer ids per label (e.g. the previous check's); default " no" for each.
+            interrupt: stops the call early (cancel event, deadline).
 
         Returns:
             (result, answers): the verdict and the answer ids the model chose per label, to
             pass as the next `guess`.
+
+        A response label the model answers " n/a" although a response is present is decided
+        from P(yes) renormalised over yes/no (listed in `na_resolved`): an exchange with a
+        response never passes without a yes/no reading. The positions after it stay
+        conditioned on " n/a", the model's own greedy answer.
         """
         tok = self.tokenizer
         keys = LABEL_KEYS[: 1 if prompt_only else 3]
@@ -145,6 +179,7 @@ class Classifier:
         result: dict[str, Any] = {key: None for key in LABEL_KEYS}
         scores: dict[str, float | None] = {key: None for key in LABEL_KEYS}
         answers: list[tuple[int, ...]] = []
+        resolved: list[str] = []
         seq, done, error = list(ids), 0, False
         # An engine without its own logits_at would evaluate each position anyway: ask it for
         # one cue at a time (the sequential path), so no position is evaluated on a wrong guess.
@@ -158,9 +193,12 @@ class Classifier:
                 positions.append(len(batch) - 1)
                 if k < last - 1:
                     batch += guesses[k]
-            for k, logits in zip(range(done, done + len(positions)), self.backend.logits_at(batch, positions)):
+            for k, logits in zip(range(done, done + len(positions)), self._logits_at(batch, positions, interrupt)):
                 key = keys[k]
                 answer, label, score = self.read_answer(key, logits)
+                if label is None and answer is not None and not prompt_only:
+                    label, score = self._resolve_na(key, logits)
+                    resolved.append(key)
                 seq += self._cues[k]
                 done = k + 1
                 if answer is None:
@@ -173,7 +211,13 @@ class Classifier:
                     break  # later positions were conditioned on the guess: evaluate them again
         result["is_parsing_error"] = error
         result["scores"] = scores
+        if resolved:
+            result["na_resolved"] = resolved
         return result, answers
+
+    def _resolve_na(self, key: str, logits: np.ndarray) -> tuple[str, float]:
+        score = p_yes(logits, self.tokenizer.yes_id, self.tokenizer.no_id)
+        return LABEL_VALUES[key]["yes" if score >= 0.5 else "no"], score
 
     def read_answer(self, key: str, logits: np.ndarray) -> tuple[tuple[int, ...] | None, str | None, float | None]:
         """What greedy generation writes after a cue: (answer ids, label, P(yes)); answer ids
@@ -188,16 +232,49 @@ class Classifier:
         return None, None, None
 
     def close(self) -> None:
-        """Free the engine; later calls raise ClassifierClosedError. Safe to call twice."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self.backend.close()
+        """Free the engine once the calls in flight (other threads, streams mid-check) have
+        finished; later calls raise ClassifierClosedError. Safe to call twice."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            while self._active:
+                self._state.wait()
+        self.backend.close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise ClassifierClosedError("this Classifier was closed (close() or the end of its 'with' block); "
                                         "load the model again with wildguard_lite.load()")
+
+    @contextlib.contextmanager
+    def _call(self):
+        """Count a call in flight (close() waits for it); refused once closing."""
+        with self._state:
+            self._check_open()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._active -= 1
+                self._state.notify_all()
+
+    def _logits_at(self, ids: list[int], positions: list[int], interrupt: Interrupt | None) -> list[np.ndarray]:
+        if self.backend.concurrent:
+            return self.backend.logits_at(ids, positions, interrupt=interrupt)
+        with self._engine_lock:
+            if interrupt is not None:
+                interrupt.check()
+            return self.backend.logits_at(ids, positions)
+
+    def _next_logits(self, ids: list[int], interrupt: Interrupt | None) -> np.ndarray:
+        if self.backend.concurrent:
+            return self.backend.next_logits(ids, interrupt=interrupt)
+        with self._engine_lock:
+            if interrupt is not None:
+                interrupt.check()
+            return self.backend.next_logits(ids)
 
     def __enter__(self) -> "Classifier":
         return self
@@ -206,29 +283,31 @@ class Classifier:
         self.close()
 
     # -- modes -------------------------------------------------------------------------------
-    def _generate(self, ids: list[int]) -> dict[str, Any]:
+    def _generate(self, ids: list[int], interrupt: Interrupt | None = None, prompt_only: bool = True) -> dict[str, Any]:
         tok = self.tokenizer
         seq = list(ids)
         generated: list[int] = []
-        answer_logits: dict[int, np.ndarray] = {}  # step -> logits when a yes/no was chosen
+        answer_logits: dict[int, np.ndarray] = {}  # step -> logits where a yes/no or n/a was chosen
         for step in range(self.config.max_new_tokens):
             if len(seq) >= self.backend.n_ctx:
                 break
-            logits = self.backend.next_logits(seq)
+            logits = self._next_logits(seq, interrupt)
             token = int(np.argmax(logits))
             if token == tok.eos_id:
                 break
-            if token in self._is_answer:
+            if token in self._is_answer or token == tok.na_ids[0]:
                 answer_logits[step] = logits
             generated.append(token)
             seq.append(token)
         # Only the generated ids are decoded and parsed: the input can never be the verdict.
         result = parse_output(tok.decode(generated))
-        result["scores"] = self._generated_scores(generated, answer_logits)
+        result["scores"] = self._generated_scores(result, generated, answer_logits, prompt_only)
         return result
 
-    def _generated_scores(self, generated: list[int], answer_logits: dict[int, np.ndarray]) -> dict[str, float | None]:
-        """P(yes) at the positions right after each cue, where the model answered yes/no."""
+    def _generated_scores(self, result: dict[str, Any], generated: list[int], answer_logits: dict[int, np.ndarray],
+                          prompt_only: bool) -> dict[str, float | None]:
+        """P(yes) at the positions right after each cue, where the model answered yes/no; an
+        n/a for a response label with a response present is resolved as in score mode."""
         tok = self.tokenizer
         scores: dict[str, float | None] = {key: None for key in LABEL_KEYS}
         pos = 0
@@ -236,8 +315,12 @@ class Classifier:
             end = _find(generated, cue, pos)
             if end is None:
                 break
-            if end in answer_logits:
-                scores[key] = p_yes(answer_logits[end], tok.yes_id, tok.no_id)
+            logits = answer_logits.get(end)
+            if logits is not None and int(np.argmax(logits)) in self._is_answer:
+                scores[key] = p_yes(logits, tok.yes_id, tok.no_id)
+            elif logits is not None and not prompt_only and key != LABEL_KEYS[0] and result.get(key) is None:
+                result[key], scores[key] = self._resolve_na(key, logits)
+                result.setdefault("na_resolved", []).append(key)
             pos = end
         return scores
 

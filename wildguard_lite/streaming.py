@@ -22,9 +22,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .contract import LABEL_KEYS, LABEL_VALUES, validate_item
+from .contract import LABEL_KEYS, LABEL_VALUES, check_text, validate_item
 from .errors import InvalidInputError
-from .thresholds import apply_thresholds
 
 if TYPE_CHECKING:
     from .runtime import Classifier
@@ -99,6 +98,9 @@ class ResponseStream:
         interval = DEFAULT_INTERVAL_TOKENS if interval is None else interval
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
             raise InvalidInputError(f"stream interval must be a positive number of tokens, got {interval!r}")
+        if rule is not None and not isinstance(rule, StreamRule):
+            raise InvalidInputError(f"rule must be a wildguard_lite.streaming.StreamRule, got {type(rule).__name__}; "
+                                    "e.g. StreamRule(label='response_harmfulness', threshold=0.3)")
         self.classifier = classifier
         self.prompt = prompt
         self.rule = rule or StreamRule()
@@ -133,6 +135,8 @@ class ResponseStream:
         with self._guard("feed"):
             if not text:
                 return None
+            # Checked before it joins the response: a bad chunk must not poison later feeds.
+            check_text(text, "feed() text")
             self.response += text
             self._pending += text
             self._unchecked = True
@@ -160,15 +164,12 @@ class ResponseStream:
         return _Release(self._busy)
 
     def _check(self) -> dict[str, Any]:
-        clf = self.classifier
-        ids, prompt_only = clf.encode({"prompt": self.prompt, "response": self.response})
-        result, self._answers = clf.score_ids(ids, prompt_only, guess=self._answers)
-        apply_thresholds(result, clf.config.thresholds)
+        result, self._answers, n_ids = self.classifier.score_exchange(self.prompt, self.response, guess=self._answers)
         self.checks += 1
         self._pending = ""
         self._unchecked = False
         self._streak = self._streak + 1 if self.rule.hit(result) else 0
-        tokens = len(ids) - self._prompt_only
+        tokens = n_ids - self._prompt_only
         if not self.flagged and self._streak >= self.rule.consecutive:
             self.flagged, self.flagged_at = True, tokens
         result["flagged"] = self.flagged

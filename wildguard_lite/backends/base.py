@@ -44,6 +44,10 @@ class Backend(ABC):
 
     n_ctx: int
     n_vocab: int
+    # True when next_logits/logits_at may be called from several threads at once and take an
+    # `interrupt=` keyword (the llama.cpp backend); otherwise the Classifier serialises calls
+    # and checks interrupts between them.
+    concurrent: bool = False
     # Tokens run through the model (not reused from the KV cache), for reports and metrics;
     # implementations add to it in next_logits.
     tokens_evaluated: int = 0

@@ -1,4 +1,19 @@
-"""llama-cpp-python engine: ids in, last-position logits out."""
+"""llama-cpp-python engine: many sequences in one context, requests batched into rounds.
+
+Each request (token ids and the positions whose logits it wants) runs on one of `slots`
+sequences of llama.cpp's KV cache. A request lands on the free sequence sharing the longest
+token prefix with it, so a stream's next check, a growing answer sent again by a gateway, or
+the next item of a batch sorted by prompt find their earlier tokens in the cache and only the
+new tail is evaluated, whatever other callers ran in between. Requests from several threads
+that are pending at the same time run as one round: one `llama_decode` per `n_batch` tokens
+with several sequences in it (backends/scheduler.py).
+
+The KV cache is unified (`kv_unified`): one pool of `kv_tokens` cells (default
+defaults.default_kv_tokens) that every sequence draws from, so a round is evaluated as one
+ubatch whatever the sequences' lengths (llama.cpp splits a non-unified round into equal-length
+pieces per sequence), and memory does not grow with `slots`: when a round needs room, the least
+recently used sequences outside it are dropped (their next call evaluates from scratch).
+"""
 
 from __future__ import annotations
 
@@ -6,44 +21,45 @@ import contextlib
 import ctypes
 import os
 import threading
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..errors import ModelFileError, require
-from ..defaults import default_threads
+from ..defaults import DEFAULT_SLOTS, MAX_SLOTS, default_kv_tokens, default_threads
+from ..errors import ClassificationCancelled, ClassificationTimeout, EngineError, InvalidInputError, ModelFileError, require
 from ..utils import capture_stderr
-from .base import Backend, check_positions, check_threads, common_prefix_length
-
-
-
+from .base import Backend, check_positions, check_threads
+from .prefix_cache import PrefixStateCache  # noqa: F401 (re-exported: the server imports it from here)
+from .scheduler import Interrupt, Request, RoundScheduler
 
 _PARAMS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _model_params(**fields):
-    """Llama() takes no argument for some model params (use_extra_bufts); set them on the
-    defaults it starts from, for the duration of one constructor call."""
+def _default_params(model: dict, context: dict):
+    """Llama() takes no argument for some params (use_extra_bufts, n_seq_max, kv_unified): set
+    them on the defaults it starts from, for the duration of one constructor call."""
     import llama_cpp.llama as module
 
     with _PARAMS_LOCK:
-        original = module.llama_cpp.llama_model_default_params
+        originals = (module.llama_cpp.llama_model_default_params, module.llama_cpp.llama_context_default_params)
 
-        def patched():
-            params = original()
-            for name, value in fields.items():
-                setattr(params, name, value)
-            return params
+        def patch(original, fields):
+            def patched():
+                params = original()
+                for name, value in fields.items():
+                    setattr(params, name, value)
+                return params
+            return patched
 
-        module.llama_cpp.llama_model_default_params = patched
+        module.llama_cpp.llama_model_default_params = patch(originals[0], model)
+        module.llama_cpp.llama_context_default_params = patch(originals[1], context)
         try:
             yield
         finally:
-            module.llama_cpp.llama_model_default_params = original
+            module.llama_cpp.llama_model_default_params, module.llama_cpp.llama_context_default_params = originals
 
 
 def _quiet_logging() -> None:
@@ -53,81 +69,36 @@ def _quiet_logging() -> None:
     set_verbose(False)
 
 
+def check_slots(slots: int) -> None:
+    if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
+        raise InvalidInputError(f"slots must be an integer from 1 to {MAX_SLOTS}, got {slots!r}; each slot holds one "
+                                "stream's or call's KV cache (memory: n_ctx tokens per slot)")
+
+
 @dataclass
-class PrefixCacheStats:
-    hits: int = 0
-    misses: int = 0
-    tokens_reused: int = 0  # tokens restored from a saved state instead of evaluated
-    evictions: int = 0
+class _Sequence:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # what the KV cache holds for this sequence
+    last_used: int = 0
 
 
-class PrefixStateCache:
-    """A bounded LRU of KV states keyed by token sequence, shared by the contexts of one model.
+@dataclass
+class EngineStats:
+    """Public counters (benchmarks, /metrics)."""
 
-    Made for the two-phase guardrail pattern: a gateway checks a prompt, then the same prompt
-    with the assistant's response, possibly on another worker and after other requests. The
-    state of the first call's sequence lets the second evaluate only what follows the common
-    prefix. States are llama.cpp sequence snapshots (KV only, no logits), restored exactly.
-    Thread-safe; entries are immutable bytes, so any context of the same model may load them.
-    """
-
-    def __init__(self, max_bytes: int, max_entries: int = 256, min_reuse: int = 8):
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
-        self.max_bytes = max_bytes
-        self.max_entries = max_entries
-        self.min_reuse = min_reuse  # below this many tokens a restore is not worth a copy
-        self.bytes = 0
-        self.stats = PrefixCacheStats()
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[int, ...], tuple[np.ndarray, bytes]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def lookup(self, ids: Sequence[int]) -> tuple[int, tuple[int, ...], bytes] | None:
-        """(reusable length, key, state) of the entry sharing the longest prefix with `ids`."""
-        query = np.asarray(ids, dtype=np.int64)
-        best: tuple[int, tuple[int, ...], bytes] | None = None
-        with self._lock:
-            for key, (array, state) in self._entries.items():
-                n = min(len(array), len(query))
-                diff = np.flatnonzero(array[:n] != query[:n])
-                common = int(diff[0]) if diff.size else n
-                if common >= self.min_reuse and (best is None or common > best[0]):
-                    best = (common, key, state)
-            if best is not None:
-                self._entries.move_to_end(best[1])
-        return best
-
-    def put(self, ids: Sequence[int], state: bytes) -> None:
-        key = tuple(ids)
-        if len(state) > self.max_bytes:
-            return
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self.bytes -= len(old[1])
-            self._entries[key] = (np.asarray(key, dtype=np.int64), state)
-            self.bytes += len(state)
-            while self.bytes > self.max_bytes or len(self._entries) > self.max_entries:
-                _, (_, evicted) = self._entries.popitem(last=False)
-                self.bytes -= len(evicted)
-                self.stats.evictions += 1
-
-    def record(self, reused: int | None) -> None:
-        with self._lock:
-            if reused is None:
-                self.stats.misses += 1
-            else:
-                self.stats.hits += 1
-                self.stats.tokens_reused += reused
+    decode_calls: int = 0  # llama_decode calls
+    rounds: int = 0  # batched rounds (one per group of coinciding requests)
+    requests: int = 0
+    aborted: int = 0  # rounds stopped inside the engine by cancellation or a deadline
+    evictions: int = 0  # idle sequences dropped to make room in the KV pool
 
 
 class LlamaCppBackend(Backend):
+    concurrent = True
+
     def __init__(self, path: str | os.PathLike, *, n_ctx: int, threads: int | None, flash_attn: bool = True,
-                 use_mmap: bool = True, repack: bool = False, n_batch: int = 512,
-                 prefix_cache: PrefixStateCache | None = None):
+                 use_mmap: bool = True, repack: bool = False, n_batch: int = 512, slots: int = DEFAULT_SLOTS,
+                 kv_tokens: int | None = None, prefix_cache: PrefixStateCache | None = None):
         llama_cpp = require("llama_cpp", "gguf")
         self._llama_cpp = llama_cpp
         from ..gguf_meta import read_gguf_info
@@ -136,19 +107,24 @@ class LlamaCppBackend(Backend):
         # otherwise), also when a backend is made without load().
         read_gguf_info(path)
         check_threads(threads)
+        check_slots(slots)
+        kv_tokens = default_kv_tokens(n_ctx, slots) if kv_tokens is None else kv_tokens
+        if isinstance(kv_tokens, bool) or not isinstance(kv_tokens, int) or kv_tokens < n_ctx:
+            raise InvalidInputError(f"kv_tokens must be an integer of at least n_ctx ({n_ctx}), got {kv_tokens!r}")
         threads = threads or default_threads()
         # verbose=True only while loading, into a captured stderr: with verbose=False
         # llama-cpp-python sends llama.cpp's load log to /dev/null, and a failed load would say
         # nothing about why. The tail goes into the error; on success the log is dropped.
         try:
             # repack=False: the CPU backend's repacked weight copies crashed (SIGSEGV) on
-            # multi-token batches of Q8_0/Q4_K files on this AMX machine, and they add a
-            # second copy of the weights to RSS (docs/decisions.md: 7.8 GB for a 4.4 GB file).
-            with capture_stderr() as log, _model_params(use_extra_bufts=repack):
+            # multi-token batches of Q8_0/Q4_K files on an AMX machine, and they add a second
+            # copy of the weights to RSS (docs/decisions.md: 7.8 GB for a 4.4 GB file).
+            with capture_stderr() as log, _default_params({"use_extra_bufts": repack},
+                                                          {"n_seq_max": slots, "kv_unified": True}):
                 try:
                     self._llm = llama_cpp.Llama(
                         model_path=str(Path(path)),
-                        n_ctx=n_ctx,
+                        n_ctx=kv_tokens,
                         n_batch=min(n_batch, n_ctx),
                         n_threads=threads,
                         n_threads_batch=threads,
@@ -164,81 +140,188 @@ class LlamaCppBackend(Backend):
             tail = log.tail()
             raise ModelFileError(f"{path}: llama.cpp could not load this model ({exc})"
                                  + (f"; llama.cpp said: {tail}" if tail else "")) from None
-        self.n_ctx = self._llm.n_ctx()
+        self.n_ctx = n_ctx  # per sequence: what one call may use
         self.n_vocab = self._llm.n_vocab()
-        self._evaluated: list[int] = []
+        self.slots = slots
+        self.kv_tokens = kv_tokens
+        self.n_batch = min(n_batch, n_ctx)
+        self.kv_bytes_per_token = self._kv_bytes_per_token()
+        self._ctx = self._llm.ctx
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._sequences = [_Sequence(s) for s in range(slots)]
+        self._clock = 0
+        # Abort without the GIL: llama.cpp calls the callback between graph nodes from a compute
+        # thread; a Python callback there would wait for the GIL behind any busy Python thread.
+        # libc's strlen over a one-byte flag buffer answers "abort" (1) or "go on" (0) in C.
+        self._abort_flag = ctypes.create_string_buffer(2)
+        self._abort_lock = threading.Lock()
+        self._round: list[Request] | None = None
+        self._abort_fn = _strlen_callback(llama_cpp)
+        if self._abort_fn is not None:  # without it, calls stop between rounds only
+            llama_cpp.llama_set_abort_callback(self._ctx, self._abort_fn, ctypes.cast(self._abort_flag, ctypes.c_void_p))
+        self.stats = EngineStats()
+        self._scheduler = RoundScheduler(self._run_round, max_round=slots, abort=self._request_abort)
         # Opt-in; may be assigned after construction and shared between backends of one model.
         self.prefix_cache = prefix_cache
         self.tokens_evaluated = 0  # a counter for benchmarks and metrics
 
-    def next_logits(self, ids: Sequence[int]) -> np.ndarray:
-        ids = list(ids)
+    def _kv_bytes_per_token(self) -> int:
+        """f16 K and V per token over all layers (what one more token of context costs)."""
+        cpp, model = self._llama_cpp, self._llm._model.model
+        n_head = max(1, cpp.llama_model_n_head(model))
+        head_dim = cpp.llama_model_n_embd(model) // n_head
+        return cpp.llama_model_n_layer(model) * 2 * cpp.llama_model_n_head_kv(model) * head_dim * 2
+
+    # -- the Backend API -----------------------------------------------------------------------
+    def next_logits(self, ids: Sequence[int], interrupt: Interrupt | None = None) -> np.ndarray:
+        ids = [int(i) for i in ids]
         if not ids:
             raise ValueError("next_logits needs at least one token")
-        if len(ids) > self.n_ctx:
-            raise ValueError(f"{len(ids)} tokens exceed the context of {self.n_ctx}")
-        # Keep the KV cache of the common prefix; at least one token must be evaluated to
-        # produce logits.
-        live = common_prefix_length(self._evaluated, ids)
-        keep = min(live, len(ids) - 1)
-        # A call that cuts into the live sequence starts a new one (a new item): only then is
-        # the shared prefix cache consulted, and the new sequence saved once evaluated.
-        new_sequence = self.prefix_cache is not None and (not self._evaluated or live < len(self._evaluated))
-        if new_sequence:
-            keep = self._restore_longest(ids, keep)
-        self._llm.n_tokens = keep
-        self._evaluated = self._evaluated[:keep]
-        self._llm.eval(ids[keep:])
-        self.tokens_evaluated += len(ids) - keep
-        self._evaluated = ids
-        if new_sequence:
-            self.prefix_cache.put(ids, self._save_sequence())
-        ptr = self._llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float32, copy=True)
+        return self.logits_at(ids, [len(ids) - 1], interrupt=interrupt)[0]
 
-    def logits_at(self, ids: Sequence[int], positions: Sequence[int]) -> list[np.ndarray]:
-        """Logits at `positions` of `ids` from one evaluation of everything after the kept
-        prefix (one llama_decode per n_batch tokens, logits requested only where asked)."""
+    def logits_at(self, ids: Sequence[int], positions: Sequence[int],
+                  interrupt: Interrupt | None = None) -> list[np.ndarray]:
+        """Logits at `positions` of `ids`, evaluating only what follows the longest prefix a
+        free sequence already holds; thread-safe, batched with concurrent callers."""
         ids = [int(i) for i in ids]
         positions = check_positions(ids, positions)
         if len(ids) > self.n_ctx:
             raise ValueError(f"{len(ids)} tokens exceed the context of {self.n_ctx}")
-        live = common_prefix_length(self._evaluated, ids)
-        keep = min(live, positions[0])  # every asked position must be evaluated in this call
-        new_sequence = self.prefix_cache is not None and (not self._evaluated or live < len(self._evaluated))
-        if new_sequence:
-            keep = self._restore_longest(ids[: positions[0] + 1], keep)
-        self._llm.n_tokens = keep
-        self._evaluated = []  # unknown until the decode succeeds
-        found = self._decode_at(ids[keep:], [p - keep for p in positions])
-        self.tokens_evaluated += len(ids) - keep
-        self._evaluated = ids
-        if new_sequence:
-            self.prefix_cache.put(ids, self._save_sequence())
-        return [found[p - keep] for p in positions]
+        return self._scheduler.submit(Request(ids, positions, interrupt))
 
-    def _decode_at(self, tokens: list[int], offsets: list[int]) -> dict[int, np.ndarray]:
-        """Llama.eval with logits kept at `offsets` (Llama.eval keeps only the last row)."""
-        llm, want, found = self._llm, set(offsets), {}
-        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
-        for start in range(0, len(tokens), llm.n_batch):
-            chunk = tokens[start : start + llm.n_batch]
-            n_past = llm.n_tokens
-            llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=False)
-            for j in range(len(chunk)):
-                llm._batch.batch.logits[j] = (start + j) in want or j == len(chunk) - 1
-            llm._ctx.decode(llm._batch)
-            llm.input_ids[n_past : n_past + len(chunk)] = chunk
-            llm.n_tokens += len(chunk)
-            for j in range(len(chunk)):
-                if start + j in want:
-                    ptr = self._llama_cpp.llama_get_logits_ith(llm.ctx, j)
-                    found[start + j] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float32, copy=True)
-        return found
+    def reset(self) -> None:
+        """Drop every sequence's KV cache: the next calls evaluate from their first token
+        (benchmarks compare against re-scoring from scratch this way)."""
+        with self._scheduler.idle():
+            for seq in self._sequences:
+                self._llama_cpp.llama_memory_seq_rm(self._mem, seq.seq_id, 0, -1)
+                seq.tokens = []
 
-    def _restore_longest(self, ids: list[int], keep: int) -> int:
-        """Load the cached state sharing the longest prefix with `ids` if it beats the live
-        KV cache; returns how many tokens need no evaluation."""
+    # -- rounds ----------------------------------------------------------------------------------
+    def _request_abort(self, batch: list[Request]) -> None:
+        with self._abort_lock:  # a late watchdog must not stop the next round
+            if self._round is batch:
+                self._abort_flag[0] = b"x"
+
+    def _assign(self, batch: list[Request]) -> None:
+        """Give each request its own sequence: the one sharing the longest prefix with it, the
+        least recently used on a tie; set how many of its tokens are kept."""
+        free = list(self._sequences)
+        for request in batch:
+            query = np.asarray(request.ids, dtype=np.int64)
+            best, best_common = None, -1
+            for seq in free:
+                common = _common_prefix(seq.tokens, query)
+                if common > best_common or (common == best_common and seq.last_used < best.last_used):
+                    best, best_common = seq, common
+            free.remove(best)
+            self._clock += 1
+            best.last_used = self._clock
+            keep = min(best_common, request.positions[0])  # every asked position is evaluated now
+            request.extra.update(seq=best, keep=keep, saved=False)
+            if self.prefix_cache is not None and (not best.tokens or best_common < len(best.tokens)):
+                request.extra["keep"] = self._restore_longest(best, request, keep)
+                request.extra["saved"] = True  # a new sequence: saved to the cache once evaluated
+
+    def _run_round(self, batch: list[Request]) -> None:
+        # A round must fit the KV pool whole; if its requests alone are too long, halve it.
+        if len(batch) > 1 and sum(len(r.ids) for r in batch) > self.kv_tokens:
+            half = len(batch) // 2
+            self._run_round(batch[:half])
+            self._run_round(batch[half:])
+            return
+        self._run_fitting_round(batch)
+
+    def _make_room(self, batch: list[Request]) -> None:
+        """Evict the least recently used sequences outside the round until the round's tokens
+        fit the pool beside what stays cached."""
+        in_round = {id(r.extra["seq"]) for r in batch}
+        need = sum(len(r.ids) - r.extra["keep"] for r in batch)
+        held = sum(len(s.tokens) for s in self._sequences)
+        for seq in sorted(self._sequences, key=lambda s: s.last_used):
+            if held + need <= self.kv_tokens:
+                break
+            if id(seq) not in in_round and seq.tokens:
+                held -= len(seq.tokens)
+                self._llama_cpp.llama_memory_seq_rm(self._mem, seq.seq_id, 0, -1)
+                seq.tokens = []
+                self.stats.evictions += 1
+
+    def _run_fitting_round(self, batch: list[Request]) -> None:
+        cpp, mem = self._llama_cpp, self._mem
+        with self._abort_lock:
+            self._round = batch
+            self._abort_flag[0] = b"\0"
+        self._assign(batch)
+        rows = []  # (request index, position) per token in the round
+        for index, request in enumerate(batch):
+            seq, keep = request.extra["seq"], request.extra["keep"]
+            cpp.llama_memory_seq_rm(mem, seq.seq_id, keep, -1)
+            seq.tokens = request.ids[:keep]
+            request.result = {}
+        self._make_room(batch)
+        for index, request in enumerate(batch):
+            keep = request.extra["keep"]
+            rows.extend((index, pos) for pos in range(keep, len(request.ids)))
+        wanted = [set(r.positions) for r in batch]
+        try:
+            for start in range(0, len(rows), self.n_batch):
+                chunk = rows[start : start + self.n_batch]
+                self._decode(batch, chunk, wanted)
+        except BaseException as exc:
+            for request in batch:  # what was decoded before the failure is not trusted
+                seq = request.extra["seq"]
+                cpp.llama_memory_seq_rm(mem, seq.seq_id, 0, -1)
+                seq.tokens = []
+            if not isinstance(exc, _Aborted):
+                raise
+            # Only rounds whose every request was interrupted are aborted: each gets its reason.
+            self.stats.aborted += 1
+            for request in batch:
+                request.error, request.done = _interrupt_error(request.interrupt), True
+            return
+        finally:
+            with self._abort_lock:
+                self._round = None
+        self.stats.rounds += 1
+        self.stats.requests += len(batch)
+        for request in batch:
+            seq = request.extra["seq"]
+            seq.tokens = list(request.ids)
+            self.tokens_evaluated += len(request.ids) - request.extra["keep"]
+            request.result = [request.result[p] for p in request.positions]
+            if request.extra["saved"]:
+                self.prefix_cache.put(request.ids, self._save_sequence(seq.seq_id))
+            request.done = True
+
+    def _decode(self, batch: list[Request], chunk: list[tuple[int, int]], wanted: list[set[int]]) -> None:
+        cpp, b = self._llama_cpp, self._batch
+        for j, (index, pos) in enumerate(chunk):
+            request = batch[index]
+            b.token[j] = request.ids[pos]
+            b.pos[j] = pos
+            b.n_seq_id[j] = 1
+            b.seq_id[j][0] = request.extra["seq"].seq_id
+            b.logits[j] = pos in wanted[index]
+        b.n_tokens = len(chunk)
+        self.stats.decode_calls += 1
+        code = cpp.llama_decode(self._ctx, b)
+        if code == 2:
+            raise _Aborted()
+        if code != 0:
+            raise EngineError(f"llama_decode failed with code {code} on a round of {len(batch)} request(s), "
+                              f"{len(chunk)} tokens; the classifier stays usable (these sequences were reset)")
+        for j, (index, pos) in enumerate(chunk):
+            if pos in wanted[index]:
+                ptr = cpp.llama_get_logits_ith(self._ctx, j)
+                batch[index].result[pos] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float32, copy=True)
+
+    # -- the shared prefix cache ------------------------------------------------------------------
+    def _restore_longest(self, seq: _Sequence, request: Request, keep: int) -> int:
+        """Load the cached state sharing the longest prefix with the request into `seq` if it
+        beats what `seq` holds; returns how many tokens need no evaluation."""
+        ids = request.ids[: request.positions[0] + 1]
         found = self.prefix_cache.lookup(ids)
         reusable = None if found is None else min(found[0], len(ids) - 1)
         if reusable is None or reusable <= keep:
@@ -246,23 +329,58 @@ class LlamaCppBackend(Backend):
             return keep
         _, key, state = found
         buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if not self._llama_cpp.llama_state_seq_set_data(self._llm.ctx, buffer, len(state), 0):
+        if not self._llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(state), seq.seq_id):
             self.prefix_cache.record(None)
-            self._llm.n_tokens, self._evaluated = 0, []  # the KV cache is in an unknown state
+            self._llama_cpp.llama_memory_seq_rm(self._mem, seq.seq_id, 0, -1)
+            seq.tokens = []
             return 0
-        self._evaluated = list(key)
+        seq.tokens = list(key)
         self.prefix_cache.record(reusable)
         return reusable
 
-    def _save_sequence(self) -> bytes:
-        ctx = self._llm.ctx
-        size = self._llama_cpp.llama_state_seq_get_size(ctx, 0)
+    def _save_sequence(self, seq_id: int) -> bytes:
+        size = self._llama_cpp.llama_state_seq_get_size(self._ctx, seq_id)
         buffer = (ctypes.c_uint8 * size)()
-        written = self._llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        written = self._llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, seq_id)
         return bytes(buffer)[:written]
 
     def close(self) -> None:
+        """Wait for the running round, fail queued calls, free the model."""
+        scheduler = getattr(self, "_scheduler", None)
+        if scheduler is not None:
+            scheduler.close()
         llm = getattr(self, "_llm", None)
         if llm is not None:
+            self._llama_cpp.llama_batch_free(self._batch)
             llm.close()
             self._llm = None
+
+
+def _strlen_callback(llama_cpp):
+    """The C library's strlen as a ggml_abort_callback, or None where it cannot be found."""
+    try:
+        libc = ctypes.CDLL(None) if os.name != "nt" else ctypes.cdll.msvcrt
+        return llama_cpp.ggml_abort_callback(ctypes.cast(libc.strlen, ctypes.c_void_p).value)
+    except (OSError, AttributeError):
+        return None
+
+
+class _Aborted(Exception):
+    """llama_decode returned 2: the abort callback stopped it."""
+
+
+def _interrupt_error(interrupt: Interrupt | None) -> BaseException:
+    try:
+        if interrupt is not None:
+            interrupt.check()
+    except (ClassificationCancelled, ClassificationTimeout) as exc:
+        return exc
+    return ClassificationCancelled("the call was stopped with the others of its round")
+
+
+def _common_prefix(tokens: list[int], query: np.ndarray) -> int:
+    n = min(len(tokens), len(query))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(tokens[:n], dtype=np.int64) != query[:n])
+    return int(diff[0]) if diff.size else n

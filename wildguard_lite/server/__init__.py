@@ -7,7 +7,8 @@ worker threads, admission and the shared prefix cache), `moderation` (OpenAI's
 `serve()`). Importing this package does not import FastAPI; `create_app` does.
 """
 
-from .settings import ServeSettings, available_cores, read_api_key
+from ..defaults import available_cores
+from .settings import ServeSettings, read_api_key
 
 
 def create_app(*args, **kwargs):

@@ -103,11 +103,11 @@ class StartupErrors:
 
 
 def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | None = None, prefix_cache=None):
-    """The ASGI app. Models load when the app starts (lifespan), one per worker.
+    """The ASGI app. The model loads when the app starts (lifespan), once: the workers are
+    threads sharing it (with llama.cpp their calls run batched, each on its own KV sequence).
 
-    `classifier_factory(worker_index, threads)` makes each worker's Classifier (default: load
-    `settings.model`, every worker sharing one prefix cache, made here unless `prefix_cache`
-    is given).
+    `classifier_factory(worker_index, threads)` makes the Classifier (called once, index 0;
+    default: load `settings.model` with a prefix cache made here unless `prefix_cache` is given).
     """
     fastapi = require("fastapi", "serve")
     from fastapi import Request
@@ -124,21 +124,16 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
         if classifier_factory is None and cache is None:
             cache = make_prefix_cache(settings)
         factory = classifier_factory or default_factory(settings, cache)
-        threads = settings.threads_per_worker
-        # Loading is blocking work: keep the loop free (and load workers one after another,
-        # so peak memory during load stays that of one model file being opened).
-        classifiers = []
+        threads = settings.engine_threads
+        # Loading is blocking work: keep the loop free.
         try:
-            for i in range(settings.workers):
-                classifiers.append(await asyncio.to_thread(factory, i, threads))
-        except BaseException as exc:
-            for clf in classifiers:
-                clf.close()
-            if isinstance(exc, WildGuardLiteError):
-                state["startup_error"] = exc
+            classifier = await asyncio.to_thread(factory, 0, threads)
+        except WildGuardLiteError as exc:
+            state["startup_error"] = exc
             raise
+        classifiers = [classifier] * settings.workers
         state["pool"] = WorkerPool(classifiers, settings.max_queue, cache)
-        log.info("wildguard-lite serve: %d worker(s) x %d thread(s), queue %d, model %s",
+        log.info("wildguard-lite serve: %d worker(s) sharing one model (%d engine threads), queue %d, model %s",
                  settings.workers, threads, settings.max_queue, settings.model_name)
         try:
             yield

@@ -1,5 +1,6 @@
-"""The worker pool: N threads, each owning one Classifier (its own llama.cpp context;
-llama.cpp releases the GIL while it computes), one FIFO, and a bounded admission count."""
+"""The worker pool: N threads sharing one Classifier (llama.cpp: each call on its own KV
+sequence, concurrent calls batched into one engine call), one FIFO, and a bounded admission
+count. A list of distinct classifiers also works (one per worker)."""
 
 from __future__ import annotations
 
@@ -62,8 +63,11 @@ class WorkerPool:
         self._jobs.put(job)
         return job
 
+    def unique_classifiers(self) -> list[Classifier]:
+        return list({id(c): c for c in self.classifiers}.values())
+
     def tokens_evaluated(self) -> int:
-        return sum(c.backend.tokens_evaluated for c in self.classifiers)
+        return sum(c.backend.tokens_evaluated for c in self.unique_classifiers())
 
     def _work(self, clf: Classifier) -> None:
         while True:
@@ -95,7 +99,7 @@ class WorkerPool:
             self._jobs.put(None)
         for thread in self._threads:
             thread.join()
-        for clf in self.classifiers:
+        for clf in self.unique_classifiers():
             clf.close()
 
 
@@ -124,6 +128,6 @@ def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
         from ..loading import load
 
         return load(settings.model, mode=settings.mode, threads=threads, n_ctx=settings.n_ctx,
-                    prefix_cache=prefix_cache, thresholds=settings.thresholds)
+                    slots=settings.slots, prefix_cache=prefix_cache, thresholds=settings.thresholds)
 
     return make

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from ..errors import InvalidInputError
 from ..backends.base import check_threads
-from ..defaults import available_cores
+from ..defaults import DEFAULT_MAX_THREADS, MAX_SLOTS, default_threads
 from ..config import RuntimeConfig
 from ..defaults import MODES
 from ..thresholds import parse_threshold_specs, validate_thresholds
@@ -59,9 +59,13 @@ class ServeSettings:
                                 "variant it made)", type=Path, show_default=False)
     host: str = option("127.0.0.1", "--host", "address to bind (0.0.0.0 for all)")
     port: int = option(8000, "--port", "port (0: any free port)", type=int)
-    workers: int = option(1, "--workers", "model workers, each its own llama.cpp context and memory", type=int)
-    threads: int | None = option(None, "--threads", "CPU threads per worker (default: the cores divided "
-                                 "among workers)", type=int, show_default=False)
+    workers: int = option(_RUNTIME_DEFAULTS["slots"], "--workers", "requests classified at once, sharing the "
+                          "one loaded model (their engine calls run batched)", type=int)
+    slots: int = option(_RUNTIME_DEFAULTS["slots"], "--slots", "KV sequences the model keeps: conversations "
+                        "whose growing answers are checked incrementally at once (memory: see docs/serving.md)",
+                        type=int)
+    threads: int | None = option(None, "--threads", "CPU threads of the engine (default: the cores, at most "
+                                 f"{DEFAULT_MAX_THREADS})", type=int, show_default=False)
     max_queue: int = option(16, "--max-queue", "requests waiting beyond the busy workers before answering 429",
                             type=int)
     request_timeout_s: float = option(60.0, "--timeout", "seconds a request may queue and run before 504",
@@ -92,6 +96,7 @@ class ServeSettings:
     def __post_init__(self):
         checks = [
             (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
+            (1 <= self.slots <= MAX_SLOTS, f"--slots must be from 1 to {MAX_SLOTS}, got {self.slots}"),
             (self.max_queue >= 0, f"--max-queue must be 0 or more, got {self.max_queue}"),
             (0 <= self.port <= 65535, f"--port must be 0-65535 (0: any free port), got {self.port}"),
             (self.request_timeout_s > 0, f"--timeout must be positive, got {self.request_timeout_s}"),
@@ -112,8 +117,8 @@ class ServeSettings:
         object.__setattr__(self, "thresholds", validate_thresholds(self.thresholds))
 
     @property
-    def threads_per_worker(self) -> int:
-        return self.threads or max(1, available_cores() // self.workers)
+    def engine_threads(self) -> int:
+        return self.threads or default_threads()
 
     @property
     def model_name(self) -> str:

@@ -1,0 +1,168 @@
+"""Many threads, one engine: the requests pending at the same moment run as one round.
+
+There is no scheduler thread. A caller queues its request and, when the engine is idle,
+becomes the round's runner: it takes every pending request (up to `max_round`), runs them in
+one engine call, hands each its result and wakes the others; requests queued meanwhile form
+the next round. Under load rounds therefore fill up by themselves (continuous batching), and a
+lone caller pays no hand-off to another thread.
+
+Cancellation: a request carries an `Interrupt` (a cancel event and/or a deadline). A waiting
+caller whose request is interrupted gets control back at once (its result, if computed, is
+dropped). A running round is stopped inside the engine (`abort`) only when every request in
+it is interrupted, since the others still want their results; a watchdog thread checks that
+every few milliseconds while such a round runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import ClassificationCancelled, ClassificationTimeout, ClassifierClosedError
+
+# How often a waiting caller or the watchdog looks at cancel events and deadlines (seconds).
+POLL_S = 0.005
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """Why a call may stop early: `cancel` (a threading.Event set by the caller) and/or
+    `deadline` (a time.monotonic() value)."""
+
+    cancel: threading.Event | None = None
+    deadline: float | None = None
+
+    @classmethod
+    def make(cls, cancel: threading.Event | None = None, timeout: float | None = None) -> "Interrupt | None":
+        if cancel is None and timeout is None:
+            return None
+        return cls(cancel, None if timeout is None else time.monotonic() + timeout)
+
+    def reason(self) -> str | None:
+        if self.cancel is not None and self.cancel.is_set():
+            return "cancelled"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "timeout"
+        return None
+
+    def check(self) -> None:
+        """Raise the matching error when interrupted."""
+        why = self.reason()
+        if why == "cancelled":
+            raise ClassificationCancelled("the call was cancelled; the engine stopped its work")
+        if why == "timeout":
+            raise ClassificationTimeout("the call ran past its deadline; the engine stopped its work")
+
+
+def interrupted(interrupt: Interrupt | None) -> bool:
+    return interrupt is not None and interrupt.reason() is not None
+
+
+@dataclass(eq=False)
+class Request:
+    """One engine call: logits of `ids` at `positions`."""
+
+    ids: list[int]
+    positions: list[int]
+    interrupt: Interrupt | None = None
+    result: Any = None
+    error: BaseException | None = None
+    done: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # the engine's own per-request notes
+
+
+class RoundScheduler:
+    """Runs requests from many threads in rounds; see the module docstring."""
+
+    def __init__(self, run_round: Callable[[list[Request]], None], max_round: int,
+                 abort: Callable[[list[Request]], None] | None = None):
+        self._run_round = run_round
+        self.max_round = max_round
+        self._abort = abort
+        self._cv = threading.Condition()
+        self._pending: list[Request] = []
+        self._current: list[Request] = []
+        self._running = False
+        self._closed = False
+        self.rounds = 0  # engine rounds run (a round is one batched engine call)
+        self.requests = 0
+
+    def submit(self, request: Request) -> Any:
+        """Queue `request`, wait for (or run) its round, and return its result."""
+        with self._cv:
+            if self._closed:
+                raise ClassifierClosedError("the engine was closed; load the model again")
+            self._pending.append(request)
+            while not request.done:
+                if interrupted(request.interrupt):
+                    # Still queued: drop it. In the running round: its result will be ignored.
+                    if request in self._pending:
+                        self._pending.remove(request)
+                    request.interrupt.check()
+                if not self._running and self._pending:
+                    self._lead()
+                    continue
+                self._cv.wait(POLL_S if request.interrupt is not None else None)
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _lead(self) -> None:
+        """Run one round of pending requests (called with the condition held)."""
+        batch = self._pending[: self.max_round]
+        del self._pending[: len(batch)]
+        self._running, self._current = True, batch
+        self.rounds += 1
+        self.requests += len(batch)
+        finished = threading.Event()
+        if self._abort is not None and any(r.interrupt is not None for r in batch):
+            threading.Thread(target=self._watch, args=(batch, finished), daemon=True,
+                             name="wildguard-abort-watch").start()
+        self._cv.release()
+        try:
+            self._run_round(batch)
+        except BaseException as exc:  # a failed round fails its requests, not the runner's thread
+            for r in batch:
+                if not r.done:
+                    r.error, r.done = exc, True
+        finally:
+            finished.set()
+            self._cv.acquire()
+            for r in batch:
+                r.done = True
+            self._running, self._current = False, []
+            self._cv.notify_all()
+
+    def _watch(self, batch: list[Request], finished: threading.Event) -> None:
+        while not finished.wait(POLL_S):
+            if all(interrupted(r.interrupt) for r in batch):
+                self._abort(batch)
+                return
+
+    def idle(self):
+        """A context in which no round runs (for maintenance such as dropping the KV cache)."""
+        scheduler = self
+
+        class _Idle:
+            def __enter__(self):
+                scheduler._cv.acquire()
+                while scheduler._running:
+                    scheduler._cv.wait()
+
+            def __exit__(self, *exc):
+                scheduler._cv.release()
+
+        return _Idle()
+
+    def close(self) -> None:
+        """Refuse new requests, fail the queued ones, and wait for the running round."""
+        with self._cv:
+            self._closed = True
+            for r in self._pending:
+                r.error, r.done = ClassifierClosedError("the engine was closed while this call waited"), True
+            self._pending.clear()
+            self._cv.notify_all()
+            while self._running:
+                self._cv.wait()
