@@ -42,6 +42,8 @@ class Classifier:
         self._score_budget_prompt = len(self._cues[0])
         self._score_budget = sum(len(c) for c in self._cues) + 1 + max(1, len(tok.na_ids))
         self._is_answer = {tok.yes_id, tok.no_id}
+        if hasattr(backend, "extension_slack"):
+            backend.extension_slack = self._extension_slack()
         # Thread safety. A concurrent engine (llama.cpp: one sequence per caller, calls batched
         # into rounds) takes calls from any thread; any other engine is entered by one thread at
         # a time (llama.cpp crashed with SIGSEGV when two threads evaluated in one context
@@ -281,6 +283,16 @@ class Classifier:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _extension_slack(self) -> int:
+        """Tokens a stream's next check drops from its previous one: the template after the
+        answer, the first cue, and two answer tokens that may re-tokenize."""
+        a = self.tokenizer.encode_exchange("q", "alpha")
+        b = self.tokenizer.encode_exchange("q", "beta gamma delta")
+        tail = 0
+        while tail < min(len(a), len(b)) and a[-1 - tail] == b[-1 - tail]:
+            tail += 1
+        return tail + len(self._cues[0]) + 2
 
     # -- modes -------------------------------------------------------------------------------
     def _generate(self, ids: list[int], interrupt: Interrupt | None = None, prompt_only: bool = True) -> dict[str, Any]:

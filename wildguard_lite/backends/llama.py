@@ -35,6 +35,11 @@ from .prefix_cache import PrefixStateCache  # noqa: F401 (re-exported: the serve
 from .scheduler import Interrupt, Request, RoundScheduler
 
 _PARAMS_LOCK = threading.Lock()
+# A request continues a sequence when their common prefix reaches this close to where the
+# sequence's last request started reading logits (its "stem"). The Classifier sets the
+# backend's `extension_slack` to what a stream's next check legitimately drops: the template's
+# tail after the answer, the first cue, and a token or two of the answer that re-tokenizes.
+DEFAULT_EXTENSION_SLACK = 16
 
 
 @contextlib.contextmanager
@@ -79,6 +84,7 @@ def check_slots(slots: int) -> None:
 class _Sequence:
     seq_id: int
     tokens: list[int] = field(default_factory=list)  # what the KV cache holds for this sequence
+    stem: int = 0  # the first position the last request read logits at
     last_used: int = 0
 
 
@@ -91,6 +97,7 @@ class EngineStats:
     requests: int = 0
     aborted: int = 0  # rounds stopped inside the engine by cancellation or a deadline
     evictions: int = 0  # idle sequences dropped to make room in the KV pool
+    prefix_copies: int = 0  # prefixes shared from another sequence instead of evaluated
 
 
 class LlamaCppBackend(Backend):
@@ -143,6 +150,7 @@ class LlamaCppBackend(Backend):
         self.n_ctx = n_ctx  # per sequence: what one call may use
         self.n_vocab = self._llm.n_vocab()
         self.slots = slots
+        self.extension_slack = DEFAULT_EXTENSION_SLACK
         self.kv_tokens = kv_tokens
         self.n_batch = min(n_batch, n_ctx)
         self.kv_bytes_per_token = self._kv_bytes_per_token()
@@ -205,23 +213,43 @@ class LlamaCppBackend(Backend):
                 self._abort_flag[0] = b"x"
 
     def _assign(self, batch: list[Request]) -> None:
-        """Give each request its own sequence: the one sharing the longest prefix with it, the
-        least recently used on a tie; set how many of its tokens are kept."""
+        """Give each request its own sequence and set how many of its tokens are kept.
+
+        A request that extends what a sequence holds (its common prefix reaches within
+        `extension_slack` tokens of that sequence's stem: a stream's next check, a generation
+        step, a gateway's growing answer) continues there. Any other request takes an empty
+        sequence, else the least recently used one, and first copies into it the longest prefix
+        any sequence shares with it (llama_memory_seq_cp: in the unified pool the cells are
+        shared, nothing is evaluated), so it neither evaluates that prefix again nor destroys
+        another stream's state.
+        """
+        cpp, mem = self._llama_cpp, self._mem
         free = list(self._sequences)
         for request in batch:
             query = np.asarray(request.ids, dtype=np.int64)
-            best, best_common = None, -1
-            for seq in free:
-                common = _common_prefix(seq.tokens, query)
-                if common > best_common or (common == best_common and seq.last_used < best.last_used):
-                    best, best_common = seq, common
-            free.remove(best)
+            common = {id(seq): _common_prefix(seq.tokens, query) for seq in self._sequences}
+            extending = [s for s in free if s.tokens and common[id(s)] >= s.stem - self.extension_slack]
+            if extending:
+                target = max(extending, key=lambda s: common[id(s)])
+                keep = common[id(target)]
+            else:
+                target = min(free, key=lambda s: (bool(s.tokens), s.last_used))
+                donors = [s for s in self._sequences if s is target or s in free]
+                donor = max(donors, key=lambda s: common[id(s)])
+                keep = common[id(donor)]
+                if donor is not target:
+                    cpp.llama_memory_seq_rm(mem, target.seq_id, 0, -1)
+                    if keep:
+                        cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, 0, keep)
+                    target.tokens, target.stem = donor.tokens[:keep], 0
+                    self.stats.prefix_copies += 1
+            free.remove(target)
             self._clock += 1
-            best.last_used = self._clock
-            keep = min(best_common, request.positions[0])  # every asked position is evaluated now
-            request.extra.update(seq=best, keep=keep, saved=False)
-            if self.prefix_cache is not None and (not best.tokens or best_common < len(best.tokens)):
-                request.extra["keep"] = self._restore_longest(best, request, keep)
+            target.last_used = self._clock
+            keep = min(keep, request.positions[0])  # every asked position is evaluated now
+            request.extra.update(seq=target, keep=keep, saved=False, extends=bool(extending))
+            if self.prefix_cache is not None and not extending:
+                request.extra["keep"] = self._restore_longest(target, request, keep)
                 request.extra["saved"] = True  # a new sequence: saved to the cache once evaluated
 
     def _run_round(self, batch: list[Request]) -> None:
@@ -288,6 +316,10 @@ class LlamaCppBackend(Backend):
         self.stats.requests += len(batch)
         for request in batch:
             seq = request.extra["seq"]
+            # A request that reads on after the stem (score mode's second call, a generation
+            # step) continues the same exchange: the stem stays where that exchange ends.
+            if not (request.extra["extends"] and request.extra["keep"] >= seq.stem):
+                seq.stem = request.positions[0]
             seq.tokens = list(request.ids)
             self.tokens_evaluated += len(request.ids) - request.extra["keep"]
             request.result = [request.result[p] for p in request.positions]
