@@ -43,19 +43,24 @@ def test_score_and_generate_agree_on_heldout(f16_results):
     assert not any(r["is_parsing_error"] for r in f16_results["generate"])
 
 
+def _official(results):
+    """Labels as the official parser reads them: an n/a we resolved from P(yes) is None there."""
+    return [tuple(None if k in r.get("na_resolved", ()) else r[k] for k in KEYS) for r in results]
+
+
 def test_f16_matches_transformers_reference(f16_results, reference, heldout_items):
     ref = reference.classify(heldout_items)
-    assert _labels(f16_results["generate"]) == _labels(ref)
+    assert _official(f16_results["generate"]) == _labels(ref)
     # P(yes) read from our positions is the reference's P(yes) at its own answer positions.
     for ours, theirs in zip(f16_results["score"], ref):
         for k in KEYS:
-            if theirs["scores"][k] is not None:
+            if theirs["scores"][k] is not None and k not in ours.get("na_resolved", ()):
                 assert abs(ours["scores"][k] - theirs["scores"][k]) < 0.02
 
 
 def test_results_follow_the_contract(f16_results, heldout_items):
     for item, r in zip(heldout_items, f16_results["score"]):
-        assert set(r) == {*KEYS, "is_parsing_error", "scores"}
+        assert set(r) - {"na_resolved"} == {*KEYS, "is_parsing_error", "scores"}
         if r["is_parsing_error"]:  # the toy's answer is its own; the contract for it is tested above
             continue
         assert r["prompt_harmfulness"] in ("harmful", "unharmful")

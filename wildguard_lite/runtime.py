@@ -288,7 +288,7 @@ class Classifier:
         """Tokens a stream's next check drops from its previous one: the template after the
         answer, the first cue, and two answer tokens that may re-tokenize."""
         a = self.tokenizer.encode_exchange("q", "alpha")
-        b = self.tokenizer.encode_exchange("q", "beta gamma delta")
+        b = self.tokenizer.encode_exchange("q", "zebra crossing 42")
         tail = 0
         while tail < min(len(a), len(b)) and a[-1 - tail] == b[-1 - tail]:
             tail += 1
