@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=400, help="answer length per stream (default 400)")
     p.add_argument("--interval", type=int, default=DEFAULT_INTERVAL_TOKENS)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n-ctx", type=int, default=1024)
+    p.add_argument("--n-ctx", type=int, default=2048, help="per stream; the KV pool holds two contexts by default")
     p.add_argument("--force-answer", choices=("yes", "no"))
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)

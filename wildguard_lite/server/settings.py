@@ -64,6 +64,8 @@ class ServeSettings:
     slots: int = option(_RUNTIME_DEFAULTS["slots"], "--slots", "KV sequences the model keeps: conversations "
                         "whose growing answers are checked incrementally at once (memory: see docs/serving.md)",
                         type=int)
+    kv_tokens: int | None = option(None, "--kv-tokens", "KV cache cells the slots share (default: two "
+                                   "contexts, 2 x --n-ctx); at least --n-ctx", type=int, show_default=False)
     threads: int | None = option(None, "--threads", "CPU threads of the engine (default: the cores, at most "
                                  f"{DEFAULT_MAX_THREADS})", type=int, show_default=False)
     max_queue: int = option(16, "--max-queue", "requests waiting beyond the busy workers before answering 429",
@@ -97,6 +99,8 @@ class ServeSettings:
         checks = [
             (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
             (1 <= self.slots <= MAX_SLOTS, f"--slots must be from 1 to {MAX_SLOTS}, got {self.slots}"),
+            (self.kv_tokens is None or self.kv_tokens >= self.n_ctx,
+             f"--kv-tokens must be at least --n-ctx ({self.n_ctx}), got {self.kv_tokens}"),
             (self.max_queue >= 0, f"--max-queue must be 0 or more, got {self.max_queue}"),
             (0 <= self.port <= 65535, f"--port must be 0-65535 (0: any free port), got {self.port}"),
             (self.request_timeout_s > 0, f"--timeout must be positive, got {self.request_timeout_s}"),
