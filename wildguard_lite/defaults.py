@@ -37,6 +37,13 @@ MAX_THREADS = 512
 DEFAULT_MAX_THREADS = 8
 
 
+# How llama.cpp's OpenMP threads wait for each other (libgomp's OMP_WAIT_POLICY, read when it
+# loads): PASSIVE sleeps instead of spinning, so a guard sharing its CPU with an app or an LLM
+# does not stall (docs/embedding.md has the measurements). Set OMP_WAIT_POLICY=ACTIVE yourself
+# on a dedicated, idle machine.
+DEFAULT_OMP_WAIT_POLICY = "PASSIVE"
+
+
 def available_cores() -> int:
     """Cores this process may run on (its affinity mask where the OS has one)."""
     try:

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..defaults import DEFAULT_SLOTS, MAX_SLOTS, default_kv_tokens, default_threads
+from ..defaults import DEFAULT_OMP_WAIT_POLICY, DEFAULT_SLOTS, MAX_SLOTS, default_kv_tokens, default_threads
 from ..errors import ClassificationCancelled, ClassificationTimeout, EngineError, InvalidInputError, ModelFileError, require
 from ..utils import capture_stderr
 from .base import Backend, check_positions, check_threads
@@ -106,6 +106,11 @@ class LlamaCppBackend(Backend):
     def __init__(self, path: str | os.PathLike, *, n_ctx: int, threads: int | None, flash_attn: bool = True,
                  use_mmap: bool = True, repack: bool = False, n_batch: int = 512, slots: int = DEFAULT_SLOTS,
                  kv_tokens: int | None = None, prefix_cache: PrefixStateCache | None = None):
+        # llama-cpp-python's wheels run the CPU threads with OpenMP: between graph nodes a thread
+        # that waits spins (libgomp's default), which on a CPU shared with other work stalled
+        # calls for seconds. Passive waiting (sleep on a futex) is the polite default; it must
+        # be set before libgomp loads, and the user's own setting wins (docs/embedding.md).
+        os.environ.setdefault("OMP_WAIT_POLICY", DEFAULT_OMP_WAIT_POLICY)
         llama_cpp = require("llama_cpp", "gguf")
         self._llama_cpp = llama_cpp
         from ..gguf_meta import read_gguf_info
