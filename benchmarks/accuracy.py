@@ -24,7 +24,7 @@ def run_reference(model: str, rows: list[dict], out: Path | None, revision: str 
                   progress: Callable[[int], None] | None = None) -> list[dict]:
     """The official procedure (transformers, slow tokenizer, greedy, official parser) on rows."""
     from wildguard_lite.convert.hub import resolve_source
-    from wildguard_lite.convert.reference import TransformersReference
+    from wildguard_lite.reference import TransformersReference
 
     folder, source = resolve_source(model, revision)
     ref = TransformersReference(folder)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
     args = p.parse_args(argv)
     items = _items(args.toy / "heldout.jsonl", args.limit)
-    from wildguard_lite.convert.reference import TransformersReference
+    from wildguard_lite.reference import TransformersReference
 
     reference = TransformersReference(args.toy, device="cpu").classify(items)
     files = {**_files(args.gguf), **_files(args.onnx)}

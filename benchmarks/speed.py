@@ -16,7 +16,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -174,10 +173,8 @@ def _rss_now() -> int:
 def measure(config: SpeedConfig, timeout: float = 3600) -> dict[str, Any]:
     """Run measure_one in a child process (its own load time and peak RSS)."""
     config = SpeedConfig(**{**asdict(config), "model": str(Path(config.model).resolve())})
-    # Run from a neutral folder: `python -m` puts cwd first on sys.path, and inside a source
-    # checkout that would shadow the installed package.
     proc = subprocess.run([sys.executable, "-m", "wildguard_lite.benchmarks.speed", json.dumps(asdict(config))],
-                          capture_output=True, text=True, timeout=timeout, cwd=tempfile.gettempdir())
+                          capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise WildGuardLiteError(f"{config.model}: speed run failed ({tail[0]})")

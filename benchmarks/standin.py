@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from wildguard_lite.convert.manifest import publishable
+from wildguard_lite.utils import publishable
 
 # allenai/wildguard's config.json (Mistral-7B-v0.3 fine-tune), (docs/decisions.md, "WildGuard's shape").
 WILDGUARD_CONFIG = {

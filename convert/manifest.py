@@ -9,7 +9,7 @@ from pathlib import Path
 
 from wildguard_lite.contract import TEMPLATE_VERSION
 from wildguard_lite.errors import WildGuardLiteError
-from wildguard_lite.convert.tempfiles import forget, make_temp_file, umask
+from wildguard_lite.convert.tempfiles import forget, make_temp_file
 
 MANIFEST = "manifest.json"
 
@@ -37,15 +37,6 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
     finally:
         forget(tmp)
-
-
-def publishable(folder: Path) -> None:
-    """mkdtemp and some writers make private modes (0700/0600); give a finished folder and its
-    files the umask's usual ones, so another user (a server in a container) can read them."""
-    mask = umask()
-    os.chmod(folder, 0o777 & ~mask)
-    for path in folder.iterdir():
-        os.chmod(path, 0o666 & ~mask)
 
 
 def load_manifest(out_dir: Path) -> dict | None:

@@ -23,8 +23,7 @@ import numpy as np
 
 from wildguard_lite.defaults import DEFAULT_N_CTX
 from wildguard_lite.errors import MissingDependencyError, WildGuardLiteError
-from wildguard_lite.convert.manifest import publishable
-from wildguard_lite.utils import sha256_file
+from wildguard_lite.utils import publishable, sha256_file
 from wildguard_lite.convert.tempfiles import forget, make_temp_dir, reap, register, spawn, temp_prefix
 from wildguard_lite.convert.verify import available_bytes, compare_logits
 
@@ -238,7 +237,7 @@ class _Reference:
 
     def get(self):
         if self.ref is None and self.reason is None:
-            from wildguard_lite.convert.reference import TransformersReference
+            from wildguard_lite.reference import TransformersReference
 
             self.ref = TransformersReference(self.folder, device="cpu")
         return self.ref

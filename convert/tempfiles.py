@@ -21,6 +21,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from wildguard_lite.utils import umask
+
 TEMP_PREFIX = ".wgl-tmp-"
 _TEMP_NAME = re.compile(r"^\.wgl-tmp-(\d+)-")
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -28,12 +30,6 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # What a signal must clean up: paths (files or folders) and child process ids.
 _paths: set[Path] = set()
 _children: set[int] = set()
-
-
-def umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def temp_prefix(what: str) -> str:

@@ -40,7 +40,7 @@ def verify_gguf(folder: Path, gguf_path: Path, out_type: str, threads: int | Non
         return {"status": "skipped", "reason": "torch/transformers not installed (pip install 'wildguard-lite[convert]')"}
     from wildguard_lite.backends.llama import LlamaCppBackend
     from wildguard_lite.tokenization import load_tokenizer_from_folder
-    from wildguard_lite.convert.reference import TransformersReference
+    from wildguard_lite.reference import TransformersReference
     from wildguard_lite.convert.pickle_io import checkpoint_tensors
 
     params = sum(int(np.prod(r.shape)) for r in checkpoint_tensors(folder))

@@ -7,6 +7,26 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """The tests exercise this checkout: the package and the folders setuptools maps into it
+    (convert/, benchmarks/) must come from here, i.e. an editable install."""
+    import importlib
+
+    expected = {"wildguard_lite": ROOT / "wildguard_lite", "wildguard_lite.convert": ROOT / "convert",
+                "wildguard_lite.benchmarks": ROOT / "benchmarks"}
+    for name, folder in expected.items():
+        try:
+            found = Path(importlib.import_module(name).__file__).parent
+        except ImportError as exc:
+            found = f"not importable ({exc})"
+        if found != folder:
+            raise pytest.UsageError(f"{name} is {found}, not this checkout's {folder}: the tests run against an "
+                                    f"editable install of the checkout: pip install -e '.[all]' (see CONTRIBUTING.md)")
+
+
 # Fixtures that build or load the trained toy (minutes the first time, torch): any test using
 # one, directly or through another fixture, is `slow`. `pytest -m "not slow"` is the fast tier.
 TOY_FIXTURES = {"toy_dir", "toy_dir_nonlegacy", "toy_gguf", "heldout", "reference"}
@@ -56,6 +76,6 @@ def heldout(toy_dir) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def reference(toy_dir):
-    from wildguard_lite.convert.reference import TransformersReference
+    from wildguard_lite.reference import TransformersReference
 
     return TransformersReference(toy_dir, device="cpu")

@@ -25,7 +25,6 @@ from wildguard_lite.convert.model_card import push_to_hub, render_card, upload_p
 
 REPO = "acme/wildguard-toy-gguf"
 COMMIT = "c0ffee" * 6 + "c0ff"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def published(toy_gguf) -> FakeRepo:
 
 def _offline(args: list[str], cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_ENDPOINT": "http://127.0.0.1:9"}
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_pull_fetches_only_the_asked_artifact_into_the_hf_cache(published, toy_gguf, tmp_path):
@@ -75,7 +74,7 @@ def test_offline_pull_and_load_hf_uri_use_the_cache_alone(published, toy_gguf, h
               "print(json.dumps(clf.classify(json.loads(sys.stdin.read()))))\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     run = subprocess.run([sys.executable, "-c", script], input=json.dumps(items), env=env, capture_output=True,
-                         text=True, timeout=300, cwd=ROOT)
+                         text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     from wildguard_lite import load
 
@@ -156,8 +155,7 @@ def _resolve_in_subprocess(hub: HubServer, cache: Path, repo: str) -> subprocess
               f"sys.exit(run(lambda: print(resolve_source({repo!r}, token='hf_x')[0])))\n")
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache)}
     env.pop("HF_HUB_OFFLINE", None)
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_source_download_prefers_safetensors_and_falls_back_to_pickle(toy_dir, tmp_path):

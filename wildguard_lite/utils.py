@@ -1,4 +1,5 @@
-"""Small shared helpers with no heavy imports: process-level stderr capture, files left empty."""
+"""Small shared helpers with no heavy imports: process-level stderr capture, files left empty,
+file modes and digests."""
 
 from __future__ import annotations
 
@@ -95,3 +96,19 @@ def sha256_file(path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it: set it back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publishable(folder: Path) -> None:
+    """mkdtemp and some writers make private modes (0700/0600); give a finished folder and its
+    files the umask's usual ones, so another user (a server in a container) can read them."""
+    mask = umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for path in folder.iterdir():
+        os.chmod(path, 0o666 & ~mask)

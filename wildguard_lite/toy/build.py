@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wildguard_lite.convert.manifest import publishable
+from wildguard_lite.utils import publishable
 from wildguard_lite.errors import MissingDependencyError, WildGuardLiteError, require
 from wildguard_lite.toy.data import augmented_heldout, make_dataset, neutral_suffixed, tokenizer_lines
 from wildguard_lite.toy.train import (TARGET_ACCURACY, accuracy, classify_hardened, encode_rows, label_flips,
@@ -49,7 +49,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def evaluate(out: Path, seed: int, heldout: list[dict[str, Any]], log) -> dict[str, Any]:
     """Held-out accuracy with the official procedure; accuracy on the augmented held-out split
     (hardened ids, as the runtime reads them); verdicts moved by one appended neutral sentence."""
-    from wildguard_lite.convert.reference import TransformersReference
+    from wildguard_lite.reference import TransformersReference
     from wildguard_lite.tokenization import load_tokenizer_from_folder
 
     reference = TransformersReference(out, device="cpu")
