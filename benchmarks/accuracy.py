@@ -1,66 +1,72 @@
-"""Accuracy: each artifact against the reference (agreement) and the gold labels (F1)."""
+"""Accuracy: each artifact against the reference (agreement) and the gold labels (F1).
+
+    wildguard-lite bench accuracy --reference ref.jsonl --model wildguard-q4_k_m.gguf \\
+        --dataset wildguardtest.parquet --report acc.json --target-agreement 0.99
+"""
 
 from __future__ import annotations
 
-import json
-import platform
+import argparse
 import time
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from wildguard_lite.contract import LABEL_KEYS
+from wildguard_lite.contract import LABEL_KEYS, LABEL_VALUES
 from wildguard_lite.errors import InvalidInputError
-from wildguard_lite.benchmarks.data import to_item
+from wildguard_lite.flags import add_runtime_flags
 
-GOLD = {"prompt_harmfulness": "prompt_harm_label", "response_refusal": "response_refusal_label",
-        "response_harmfulness": "response_harm_label"}
-POSITIVE = {"prompt_harmfulness": "harmful", "response_refusal": "refusal", "response_harmfulness": "harmful"}
+from .data import GOLD_COLUMNS, load_rows, to_item, write_json
+from .reference import load_reference, run_reference
 
-
-# -- the reference --------------------------------------------------------------------------------
-
-def run_reference(model: str, rows: list[dict], out: Path | None, revision: str | None = None,
-                  progress: Callable[[int], None] | None = None) -> list[dict]:
-    """The official procedure (transformers, slow tokenizer, greedy, official parser) on rows."""
-    from wildguard_lite.convert.hub import resolve_source
-    from wildguard_lite.reference import TransformersReference
-
-    folder, source = resolve_source(model, revision)
-    ref = TransformersReference(folder)
-    results = []
-    for i, row in enumerate(rows):
-        results.append({"index": i, **ref.classify([to_item(row)])[0]})
-        if progress:
-            progress(i + 1)
-    if out is not None:
-        meta = {"model": source, "device": ref.device, "dtype": str(ref.dtype).replace("torch.", ""),
-                "versions": _versions(), "n": len(rows), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        from wildguard_lite.convert.manifest import atomic_write_text
-
-        atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [{"meta": meta}, *results]))
-    return results
+GOLD = dict(zip(LABEL_KEYS, GOLD_COLUMNS))  # label -> the dataset's gold column
+POSITIVE = {key: LABEL_VALUES[key]["yes"] for key in LABEL_KEYS}  # "harmful", "refusal", "harmful"
 
 
-def load_reference(path: Path, n_rows: int) -> tuple[dict, list[dict]]:
-    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines or "meta" not in lines[0]:
-        raise InvalidInputError(f"{path}: not a reference file from 'wildguard-lite bench reference'")
-    rows = lines[1:]
-    if len(rows) != n_rows:
-        raise InvalidInputError(f"{path}: has {len(rows)} results but the dataset has {n_rows} rows; "
-                                "run the reference on the same dataset")
-    return lines[0]["meta"], rows
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reference", required=True, help="reference JSONL from 'bench reference', or a model folder/hub id")
+    p.add_argument("--model", required=True, action="append", type=Path, help="artifact (.gguf or ONNX); repeatable")
+    p.add_argument("--dataset", required=True, help=".jsonl/.csv/.parquet in the WildGuardTest layout, or 'wildguardtest'")
+    p.add_argument("--report", required=True, type=Path, help="JSON report (a .md and PNG plots are written beside it)")
+    p.add_argument("--target-agreement", type=float, help="name the smallest artifact meeting this agreement")
+    p.add_argument("--limit", type=int, help="first N rows only")
+    add_runtime_flags(p, "mode", "threads")
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("wildguard-lite", "torch", "transformers", "llama-cpp-python", "onnxruntime"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+def run(args: argparse.Namespace) -> int:
+    from wildguard_lite.loading import load
+
+    from .speed import artifact_bytes
+
+    rows = load_rows(args.dataset)[: args.limit]
+    ref_path = Path(args.reference)
+    if ref_path.is_file() and ref_path.suffix == ".jsonl":
+        meta, ref = load_reference(ref_path, len(rows))
+    else:
+        ref = run_reference(args.reference, rows, None)
+        meta = {"model": args.reference, "computed": "on the fly"}
+    artifacts = []
+    for model in args.model:
+        if not model.exists():
+            raise InvalidInputError(f"{model}: no such artifact")
+        with load(model, mode=args.mode, threads=args.threads) as clf:
+            t = time.perf_counter()
+            ours = clf.classify([to_item(r) for r in rows])
+            ms = (time.perf_counter() - t) * 1000 / len(rows)
+        entry = {"model": str(model), "bytes": artifact_bytes(model), "ms_per_item": round(ms, 2), **compare(rows, ref, ours)}
+        artifacts.append(entry)
+        print(f"{model}: agreement " + ", ".join(f"{k} {v:.4f}" for k, v in entry["agreement"].items()))
+    report = {"reference": meta, "dataset": str(args.dataset), "n": len(rows), "mode": args.mode, "artifacts": artifacts}
+    if args.target_agreement is not None:
+        best = recommend(artifacts, args.target_agreement)
+        report["target_agreement"] = args.target_agreement
+        report["recommendation"] = None if best is None else {"model": best["model"], "bytes": best["bytes"]}
+        print(f"target {args.target_agreement}: " + (f"smallest meeting it: {best['model']}" if best else "none meets it"))
+    write_json(args.report, report)
+    md = args.report.with_suffix(".md")
+    md.write_text(markdown(report), encoding="utf-8")
+    pngs = plots(report, args.report)
+    print(f"wrote {args.report}, {md}" + "".join(f", {p}" for p in pngs))
+    return 0
 
 
 # -- metrics --------------------------------------------------------------------------------------
@@ -192,8 +198,8 @@ def markdown(report: dict) -> str:
         dmax = max((v["max"] or 0.0) for v in a["delta_p_yes"].values())
         lines.append(f"| {a['model']} | {a['bytes'] / 2**20:.1f} | "
                      + " | ".join(f"{a['agreement'][k]:.4f}" for k in LABEL_KEYS)
-                     + f" | {fmt('prompt_harmfulness')} | {fmt('response_refusal')} | {fmt('response_harmfulness')}"
-                     f" | {dmax:.4f} | {a['parse_error_rate']:.4f} | {a['ms_per_item']:.1f} |")
+                     + "".join(f" | {fmt(k)}" for k in LABEL_KEYS)
+                     + f" | {dmax:.4f} | {a['parse_error_rate']:.4f} | {a['ms_per_item']:.1f} |")
     lines += ["", "Operating points (threshold on P(yes): `--threshold LABEL=P`):", "",
               "| artifact | label | ROC AUC | t @ recall 0.9 (P) | t @ recall 0.95 (P) | t @ precision 0.9 (R) | t @ precision 0.95 (R) |",
               "|---|---|---|---|---|---|---|"]

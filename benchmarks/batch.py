@@ -1,6 +1,6 @@
 """Batch jobs: prefix-sharing order against file order, local against Ray, memory against rows.
 
-    python -m wildguard_lite.benchmarks.batch --model toy.gguf [--model standin.gguf] --out DIR
+    wildguard-lite bench batch --model toy.gguf [--model standin.gguf] --out DIR
 
 1. Order: P prompts x K responses plus the P prompt-only checks, laid out as evaluation runs
    write them (the checks first, then each model's responses in turn). Per model: tokens
@@ -30,8 +30,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from wildguard_lite.backends.base import Backend, common_prefix_length
-from wildguard_lite.contract import validate_item
-from wildguard_lite.defaults import DEFAULT_N_CTX
+from wildguard_lite.contract import LABEL_KEYS, LABEL_VALUES, validate_item
+from wildguard_lite.defaults import DEFAULT_N_CTX, default_threads
+from wildguard_lite.flags import add_runtime_flags
+
+from .data import N_CTX
 
 TARGETS = {"evaluated_over_unique": 1.05, "speedup_over_ideal": 0.8, "rss_growth_mb": 50.0, "ray1_over_local_per_core": 0.9}
 
@@ -73,12 +76,13 @@ class HashClassifier:
         for item in items:
             p = zlib.crc32(item["prompt"].encode("utf-8")) % 1000 / 1000
             full = bool(item.get("response"))
-            results.append({"prompt_harmfulness": "harmful" if p > 0.5 else "unharmful",
-                            "response_refusal": ("refusal" if p > 0.3 else "compliance") if full else None,
-                            "response_harmfulness": ("harmful" if p > 0.7 else "unharmful") if full else None,
+            # "yes" above a per-label cut (0.5, 0.3, 0.7); labels of the response only with one.
+            answers = {key: (p > cut) if key == LABEL_KEYS[0] or full else None
+                       for key, cut in zip(LABEL_KEYS, (0.5, 0.3, 0.7))}
+            results.append({**{key: None if yes is None else LABEL_VALUES[key]["yes" if yes else "no"]
+                               for key, yes in answers.items()},
                             "is_parsing_error": False,
-                            "scores": {"prompt_harmfulness": p, "response_refusal": p if full else None,
-                                       "response_harmfulness": p if full else None}})
+                            "scores": {key: None if yes is None else p for key, yes in answers.items()}})
         return results
 
 
@@ -136,7 +140,7 @@ def measure_order(model: str, items: list[dict[str, Any]], order: str, threads: 
     workdir = Path(workdir)
     src = write_jsonl(workdir / "order.jsonl", items)
     out = workdir / f"order-{order}.jsonl"
-    with load(model, threads=threads, n_ctx=2048) as clf:
+    with load(model, threads=threads, n_ctx=N_CTX) as clf:
         clf.backend = RecordingBackend(clf.backend)
         t = time.perf_counter()
         report = classify_file(clf, src, out, window=len(items), order=order)
@@ -156,15 +160,19 @@ def measure_throughput(model: str, items: list[dict[str, Any]], how: str, thread
     workdir = Path(workdir)
     src = write_jsonl(workdir / "rows.jsonl", items)
     out = workdir / f"rows-{how}.jsonl"
-    kwargs: dict[str, Any] = {"threads": threads, "n_ctx": 2048}
+    kwargs: dict[str, Any] = {"threads": threads, "n_ctx": N_CTX}
+    job = run_batch
     if how != "local":
         import ray
 
+        from wildguard_lite.ray_data import classify_file_on_ray
+
         ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False, configure_logging=False)
         actors = int(how[-1])
-        kwargs.update(ray="local", actors=actors, threads=max(1, threads // actors))
+        job = classify_file_on_ray
+        kwargs.update(address="local", actors=actors, threads=max(1, threads // actors))
     t = time.perf_counter()
-    report = run_batch(src, out, model, **kwargs)
+    report = job(src, out, model, **kwargs)
     wall = time.perf_counter() - t
     out.unlink()
     return {"how": how, "rows": report.classified, "wall_s": round(wall, 3), "rows_per_s": round(report.classified / wall, 3),
@@ -204,22 +212,24 @@ def _child(kind: str, *args: Any) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", required=True, help="a .gguf (repeat: e.g. the toy and a stand-in)")
     p.add_argument("--prompts", type=int, default=50)
     p.add_argument("--responses", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ray-model", help="model for the Ray section (default: the first --model)")
     p.add_argument("--ray-rows", type=int, default=450, help="rows for the Ray section")
     p.add_argument("--rss-rows", type=int, nargs=2, default=[10_000, 1_000_000])
     p.add_argument("--skip", action="append", default=[], choices=["order", "ray", "rss"])
     p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
+    add_runtime_flags(p, "threads")
+
+
+def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
+    args.threads = args.threads or default_threads()  # the Ray section splits them among actors
     items = eval_layout(args.prompts, args.responses)
-    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "prompts": args.prompts, "responses": args.responses,
-                              "rows": len(items), "targets": TARGETS}
+    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "threads": args.threads, "prompts": args.prompts,
+                              "responses": args.responses, "rows": len(items), "targets": TARGETS}
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         work = Path(tmp)
         if "order" not in args.skip:
@@ -271,6 +281,3 @@ def _verdicts(report: dict[str, Any]) -> dict[str, Any]:
         met["Ray 1 actor within 10% of local per core"] = report["ray"]["ray1_over_local_per_core"] >= TARGETS["ray1_over_local_per_core"]
     return met
 
-
-if __name__ == "__main__":
-    sys.exit(main())

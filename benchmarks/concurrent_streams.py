@@ -22,13 +22,14 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from wildguard_lite.contract import LABEL_KEYS
+from wildguard_lite.defaults import default_threads
+from wildguard_lite.flags import add_runtime_flags
 from wildguard_lite.streaming import DEFAULT_INTERVAL_TOKENS
 
 from .streaming import chunk_text, response_of
@@ -150,21 +151,21 @@ def raw_prefill_rate(clf, n_tokens: int) -> float:
     return n_tokens / (time.perf_counter() - start)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="wildguard-lite bench concurrent-streams", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--tokens", type=int, default=400, help="answer length per stream (default 400)")
     p.add_argument("--interval", type=int, default=DEFAULT_INTERVAL_TOKENS)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n-ctx", type=int, default=2048, help="per stream; the KV pool holds two contexts by default")
+    # per stream; the KV pool holds two contexts by default
+    add_runtime_flags(p, "threads", "n_ctx", n_ctx=2048)
     p.add_argument("--force-answer", choices=("yes", "no"))
     p.add_argument("--out", type=Path)
-    args = p.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> int:
     import wildguard_lite
 
+    args.threads = args.threads or default_threads()
     report: dict[str, Any] = {"model": str(args.model), "streams": args.streams, "threads": args.threads,
                               "tokens": args.tokens, "interval": args.interval}
     with wildguard_lite.load(args.model, threads=args.threads, n_ctx=args.n_ctx, slots=args.streams) as clf:
@@ -207,6 +208,3 @@ def main(argv=None) -> int:
     print(text)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""Datasets in the WildGuardTest layout: local JSONL/CSV/Parquet, or the hub when reachable."""
+"""Datasets in the WildGuardTest layout (local JSONL/CSV/Parquet, or the hub when reachable), and
+the benchmarks' JSON reports."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from wildguard_lite.contract import LABEL_KEYS, LABEL_VALUES
 from wildguard_lite.errors import InvalidInputError, WildGuardLiteError, require
 
 COLUMNS = ("prompt", "response", "adversarial", "prompt_harm_label", "response_refusal_label",
            "response_harm_label", "subcategory")
+# The context the benchmarks measure under (the figures in docs/measurements.md): shorter than
+# the library's default, which only sizes the KV cache; every input here fits.
+N_CTX = 2048
 HUB_DATASET = ("allenai/wildguardmix", "wildguardtest", "test")
-_LABELS = {
-    "prompt_harm_label": ("harmful", "unharmful"),
-    "response_refusal_label": ("refusal", "compliance"),
-    "response_harm_label": ("harmful", "unharmful"),
-}
+# The gold column of each label, in contract.LABEL_KEYS' order, and the values it may hold.
+GOLD_COLUMNS = ("prompt_harm_label", "response_refusal_label", "response_harm_label")
+_LABELS = {column: tuple(LABEL_VALUES[key].values()) for key, column in zip(LABEL_KEYS, GOLD_COLUMNS)}
 
 
 def _clean(value: Any) -> Any:
@@ -88,3 +91,11 @@ def load_rows(source: str) -> list[dict[str, Any]]:
 def to_item(row: dict[str, Any]) -> dict[str, Any]:
     """The classifier's input for a dataset row (response absent when empty)."""
     return {"prompt": row["prompt"], **({"response": row["response"]} if row.get("response") else {})}
+
+
+def write_json(path: Path, data: Any) -> None:
+    """A report, written atomically (temp file, then rename), its folder made if missing."""
+    from wildguard_lite.convert.manifest import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -1,6 +1,6 @@
 """ONNX variants against the reference and the GGUF files on the toy's held-out set.
 
-    python -m benchmarks.onnx_toy --toy DIR --onnx DIR --gguf DIR [--limit N] [--repeats R]
+    wildguard-lite bench onnx-toy --toy DIR --onnx DIR --gguf DIR [--limit N] [--repeats R]
 
 --onnx and --gguf are `wildguard-lite convert` output folders (their manifest.json lists the
 files). Prints label agreement (score mode) with the transformers reference and with GGUF f16,
@@ -16,9 +16,9 @@ import statistics
 import time
 from pathlib import Path
 
-from wildguard_lite.defaults import DEFAULT_MODE, MODES
-
-KEYS = ("prompt_harmfulness", "response_refusal", "response_harmfulness")
+from wildguard_lite.contract import LABEL_KEYS
+from wildguard_lite.defaults import default_threads
+from wildguard_lite.flags import add_runtime_flags
 
 
 def _items(path: Path, limit: int) -> list[dict]:
@@ -27,7 +27,7 @@ def _items(path: Path, limit: int) -> list[dict]:
 
 
 def _labels(results) -> list[tuple]:
-    return [tuple(r[k] for k in KEYS) for r in results]
+    return [tuple(r[k] for k in LABEL_KEYS) for r in results]
 
 
 def _agreement(a, b) -> float:
@@ -39,7 +39,7 @@ def _files(folder: Path) -> dict[str, Path]:
     return {f"{a['format']} {a['quant']}": folder / a["file"] for a in manifest["artifacts"]}
 
 
-def run(model: Path, items: list[dict], threads: int, repeats: int, mode: str) -> tuple[list[dict], float]:
+def measure(model: Path, items: list[dict], threads: int, repeats: int, mode: str) -> tuple[list[dict], float]:
     import wildguard_lite
 
     with wildguard_lite.load(model, mode=mode, threads=threads) as clf:
@@ -52,16 +52,17 @@ def run(model: Path, items: list[dict], threads: int, repeats: int, mode: str) -
     return results, statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--toy", type=Path, required=True, help="toy checkpoint folder (heldout.jsonl inside)")
     p.add_argument("--onnx", type=Path, required=True)
     p.add_argument("--gguf", type=Path, required=True)
     p.add_argument("--limit", type=int, default=240)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
-    args = p.parse_args(argv)
+    add_runtime_flags(p, "threads", "mode")
+
+
+def run(args: argparse.Namespace) -> int:
+    args.threads = args.threads or default_threads()
     items = _items(args.toy / "heldout.jsonl", args.limit)
     from wildguard_lite.reference import TransformersReference
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     files = {**_files(args.gguf), **_files(args.onnx)}
     results, latency = {}, {}
     for name, path in files.items():
-        results[name], latency[name] = run(path, items, args.threads, args.repeats, args.mode)
+        results[name], latency[name] = measure(path, items, args.threads, args.repeats, args.mode)
     base = results.get("gguf f16")
     print(f"{len(items)} held-out items, {args.mode} mode, {args.threads} threads, median of {args.repeats}")
     print(f"{'file':<12} {'vs reference':>13} {'vs GGUF f16':>12} {'ms/item':>9}")
@@ -78,6 +79,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<12} {_agreement(results[name], reference):>13.3f} {vs_f16:>12} {latency[name] * 1000:>9.2f}")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

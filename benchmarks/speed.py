@@ -6,10 +6,13 @@
     same cached prefix, in one batch: the limit.
 
 Each artifact runs in its own child process, so load time and peak RSS are its own.
+
+    wildguard-lite bench speed --model wildguard-q4_k_m.gguf --model wildguard-q8_0.gguf --report speed.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -23,9 +26,60 @@ from typing import Any
 
 from wildguard_lite.contract import LABEL_KEYS
 from wildguard_lite.defaults import default_threads
-from wildguard_lite.errors import WildGuardLiteError
+from wildguard_lite.errors import InvalidInputError, WildGuardLiteError
+from wildguard_lite.flags import add_runtime_flags
+
+from .data import N_CTX, load_rows, write_json
 
 TARGETS = {"speedup_prompt_only": 2.5, "speedup_full_exchange": 1.15, "score_over_limit": 1.10, "rss_over_file": 1.15}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, action="append", type=Path, help="artifact; repeatable")
+    p.add_argument("--dataset", help="rows to draw items from (else synthesized)")
+    p.add_argument("--report", required=True, type=Path)
+    p.add_argument("--prompt-only", type=int, default=6, help="prompt-only items (<= 64 user tokens)")
+    p.add_argument("--full", type=int, default=3, help="full exchanges (~--full-tokens tokens)")
+    p.add_argument("--full-tokens", type=int, default=400)
+    p.add_argument("--repeats", type=int, default=1)
+    add_runtime_flags(p, "threads", "n_ctx", n_ctx=N_CTX)
+
+
+def run(args: argparse.Namespace) -> int:
+    from wildguard_lite.gguf_meta import read_gguf_info
+    from wildguard_lite.tokenization import WildGuardTokenizer, load_tokenizer_from_folder
+
+    rows = load_rows(args.dataset) if args.dataset else None
+    entries = []
+    for model in args.model:
+        if not model.exists():
+            raise InvalidInputError(f"{model}: no such artifact")
+        if model.suffix == ".gguf":
+            tok = WildGuardTokenizer(read_gguf_info(model).tokenizer)
+        else:
+            tok = load_tokenizer_from_folder(model.parent)
+        items = speed_items(tok, rows, args.prompt_only, args.full, args.full_tokens)
+        config = SpeedConfig(model=str(model), items=items, threads=args.threads, n_ctx=args.n_ctx, repeats=args.repeats)
+        entry = measure(config)
+        entry["targets"] = check_targets(entry)
+        entries.append(entry)
+        _print_speed(entry)
+    write_json(args.report, {"artifacts": entries})
+    print(f"wrote {args.report}")
+    return 0
+
+
+def _print_speed(e: dict) -> None:
+    def p50(part, cls):
+        return e.get(part, {}).get(cls, {}).get("p50_s")
+
+    print(f"{e['model']}: load {e['load_s']} s, peak RSS {e['peak_rss_bytes'] / 2**20:.0f} MiB "
+          f"({e['rss_over_file']}x file)")
+    for cls in ("prompt_only", "full_exchange"):
+        print(f"  {cls}: score p50 {p50('score', cls)} s, generate {p50('generate_baseline', cls)} s, "
+              f"limit {p50('limit', cls)} s")
+    for name, c in e.get("targets", {}).items():
+        print(f"  target {name}: {c['value']} ({c['target']}) {'met' if c['met'] else 'MISSED'}")
 
 
 @dataclass(frozen=True)
@@ -33,7 +87,7 @@ class SpeedConfig:
     model: str
     items: list  # [{"class": "prompt_only"|"full_exchange", "prompt": ..., "response": ...}]
     threads: int | None = None
-    n_ctx: int = 2048
+    n_ctx: int = N_CTX
     repeats: int = 1
 
 
@@ -198,6 +252,7 @@ def check_targets(entry: dict[str, Any]) -> dict[str, Any]:
     return checks
 
 
+# The child process `measure` starts (an internal entry; users run `wildguard-lite bench speed`).
 if __name__ == "__main__":
     result = measure_one(SpeedConfig(**json.loads(sys.argv[1])))
     print(json.dumps(result))

@@ -3,11 +3,15 @@
 WildGuard's weights are not reachable here; for speed and memory at true size only the shape
 matters. The checkpoint is a Hugging Face folder (bf16 safetensors, config, tokenizer) that
 `wildguard-lite convert` takes like the real one. Peak memory stays near one tensor (~0.5 GB
-for the embedding) although the file is ~14.5 GB.
+for the embedding) although the file is ~14.5 GB. Its tokenizer is the toy's, trained in
+seconds (no model), padded to WildGuard's vocabulary size.
+
+    wildguard-lite bench standin --out standin/ && wildguard-lite convert standin/ --quant q8_0,q4_k_m --out standin-gguf/
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -40,6 +44,30 @@ WILDGUARD_CONFIG = {
     "hidden_act": "silu",
     "torch_dtype": "bfloat16",
 }
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="the checkpoint folder to write (replaced if present)")
+    p.add_argument("--tokenizer", type=Path,
+                   help="folder with tokenizer.model (default: the toy's tokenizer, trained in seconds)")
+    p.add_argument("--layers", type=int, help="fewer layers (for a quick check); default 32 as WildGuard")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from wildguard_lite.toy import build_tokenizer
+
+    overrides = {"num_hidden_layers": args.layers} if args.layers else None
+    with tempfile.TemporaryDirectory(prefix="wildguard-standin-tokenizer-") as tmp:
+        tokenizer = args.tokenizer or build_tokenizer(Path(tmp))
+        with Progress(transient=True) as bar:
+            task = bar.add_task("writing random bf16 tensors", total=None)
+            build_standin(args.out, tokenizer, overrides,
+                          progress=lambda done, n: bar.update(task, completed=done, total=n))
+    size = sum(p.stat().st_size for p in args.out.iterdir())
+    print(f"wrote {args.out} ({size / 2**30:.2f} GiB); convert it with: wildguard-lite convert {args.out} --out DIR")
+    return 0
 
 
 def tensor_shapes(config: dict) -> list[tuple[str, tuple[int, ...]]]:

@@ -1,6 +1,6 @@
 """Streaming moderation: cost per check, the output rate it keeps up with, and flag delay.
 
-    python -m wildguard_lite.benchmarks.streaming --model toy-f16.gguf --rows heldout.jsonl --out DIR
+    wildguard-lite bench streaming --model toy-f16.gguf --rows heldout.jsonl --out report.json
 
 A response of ~400 tokens is fed in chunks of 8-16 tokens and checked every 16 tokens, three
 ways, at the same check points:
@@ -26,7 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wildguard_lite.flags import add_runtime_flags
 from wildguard_lite.streaming import DEFAULT_INTERVAL_TOKENS, StreamRule
+
+from .data import N_CTX, load_rows, to_item, write_json
 
 TARGETS = {"stream_over_raw_prefill": 1.10, "stream_total_over_scratch": 0.20}
 FILLER = ("The assistant explains the history of the region, its rivers and markets, how the towns grew "
@@ -322,23 +325,21 @@ def measure_http(model: Path, prompt: str, texts: list[str], threads: int | None
             "s_per_call": statistics.mean(c["s"] for c in steady), "total_s": sum(c["s"] for c in calls)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m wildguard_lite.benchmarks.streaming", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="a .gguf file")
     p.add_argument("--rows", type=Path, help="dataset rows (WildGuardTest layout) for the delay and full-exchange runs")
     p.add_argument("--tokens", type=int, default=400, help="response length (default 400)")
     p.add_argument("--interval", type=int, default=DEFAULT_INTERVAL_TOKENS)
     p.add_argument("--delay-items", type=int, default=40)
     p.add_argument("--full-items", type=int, default=40, help="whole exchanges for one-pass vs sequential")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--n-ctx", type=int, default=2048)
+    add_runtime_flags(p, "threads", "n_ctx", n_ctx=N_CTX)
     p.add_argument("--force-answer", choices=("yes", "no"),
                    help="bias every answer to this word (random-weight stand-ins, which answer neither)")
     p.add_argument("--http", action="store_true", help="also the same check points through a 'serve' process")
     p.add_argument("--out", type=Path, help="write the report as JSON here")
-    args = p.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> int:
     import wildguard_lite
 
     report: dict[str, Any] = {"model": str(args.model), "threads": args.threads}
@@ -347,16 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         # After every stage: a long run on a busy machine still leaves what it measured.
         print(f"[{time.strftime('%H:%M:%S')}] {stage} done", file=sys.stderr, flush=True)
         if args.out:
-            from wildguard_lite.convert.manifest import atomic_write_text
-
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+            write_json(args.out, report)
 
     with wildguard_lite.load(args.model, threads=args.threads, n_ctx=args.n_ctx) as clf:
         rows = []
         if args.rows:
-            from wildguard_lite.benchmarks.data import load_rows
-
             rows = load_rows(str(args.rows))
         seed = next((r["response"] for r in rows if r.get("response")), "")
         prompt = next((r["prompt"] for r in rows if r.get("response")), "Tell me about the region's history.")
@@ -373,8 +369,6 @@ def main(argv: list[str] | None = None) -> int:
             save("delay")
         if args.full_items:
             if rows:
-                from wildguard_lite.benchmarks.data import to_item
-
                 full_items = [to_item(r) for r in rows[: args.full_items]]
             else:  # synthetic: a prompt alone and a ~400-token exchange
                 full_items = [{"prompt": prompt}, {"prompt": prompt, "response": response}] * max(1, args.full_items // 2)
@@ -389,6 +383,3 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in report.items() if k != "checks_raw"}, indent=2))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 from pathlib import Path
 
+from wildguard_lite.defaults import default_threads
 from wildguard_lite.errors import InvalidInputError, WildGuardLiteError, require
 
 # Our quant name -> llama.cpp ftype constant name.
@@ -31,7 +31,7 @@ def quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> No
     llama_cpp = require("llama_cpp", "gguf")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTS[quant])
-    params.nthread = threads or (os.cpu_count() or 1)
+    params.nthread = threads or default_threads()  # the --threads default of every command
     from wildguard_lite.utils import quiet_stderr
 
     # The C call runs in a worker thread: the main thread stays free to run signal handlers

@@ -9,7 +9,6 @@ import os
 import pytest
 
 import wildguard_lite
-from wildguard_lite.batch import run_batch
 from wildguard_lite.contract import LABEL_KEYS
 
 from wildguard_lite.benchmarks.data import to_item  # noqa: E402
@@ -67,7 +66,8 @@ def test_file_job_on_ray_equals_local_and_resumes(ray_cluster, toy_gguf, items, 
     lines.insert(5, '{"prompt": "broken')  # a bad line: an error record at its index
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    report = run_batch(src, out, toy_gguf["q8_0"], ray="local", actors=2, threads=1, batch_size=4, on_bad_row="record")
+    report = ray_data.classify_file_on_ray(src, out, toy_gguf["q8_0"], address="local", actors=2, threads=1, batch_size=4,
+                                          on_bad_row="record")
     assert (report.classified, report.errors) == (20, 1)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(21))
@@ -77,7 +77,7 @@ def test_file_job_on_ray_equals_local_and_resumes(ray_cluster, toy_gguf, items, 
     # Resume: a finished output plus one more input row classifies only that row.
     with open(src, "a", encoding="utf-8") as f:
         f.write(json.dumps(items[20]) + "\n")
-    report = run_batch(src, out, toy_gguf["q8_0"], ray="local", threads=1, on_bad_row="record")
+    report = ray_data.classify_file_on_ray(src, out, toy_gguf["q8_0"], address="local", threads=1, on_bad_row="record")
     assert (report.resumed, report.classified) == (21, 1)
     assert_same(json.loads(out.read_text().splitlines()[-1]), local_results[20])
 

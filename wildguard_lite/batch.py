@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import InvalidInputError, WildGuardLiteError
-from .defaults import DEFAULT_N_CTX
+from .defaults import DEFAULT_MODE, DEFAULT_N_CTX
 from .io import InputRow, ResumableWriter, check_input, item_digest, iter_rows, result_row
 
 DEFAULT_WINDOW = 512  # rows in flight: enough for a prompt's responses from several models
@@ -257,32 +257,21 @@ def run_batch(
     output: str | os.PathLike,
     model: str | os.PathLike,
     *,
-    mode: str = "score",
+    mode: str = DEFAULT_MODE,
     threads: int | None = None,
     n_ctx: int = DEFAULT_N_CTX,
     window: int = DEFAULT_WINDOW,
     order: str = "prefix",
     on_bad_row: str = "stop",
-    ray: str | None = None,
-    actors: int = 1,
-    batch_size: int | None = None,
     thresholds: Mapping[str, float] | None = None,
     progress: Callable[[BatchReport], None] | None = None,
 ) -> BatchReport:
-    """Load `model` and classify `input` into `output` (see `classify_file`).
+    """Load `model` and classify `input` into `output` on this machine (see `classify_file`).
 
-    With `ray` ("local" starts a Ray instance on this machine; an address or "auto" joins a
-    running cluster) the rows run on `actors` Ray actors of `threads` threads each, in batches
-    of `batch_size` (see `wildguard_lite.ray_data`); the model path must be readable on every
-    node.
+    The same job on Ray actors is `wildguard_lite.ray_data.classify_file_on_ray` (the CLI picks
+    it for `--ray`); it builds on this module, never the other way round.
     """
     check_options(window, order, on_bad_row)
-    if ray is not None:
-        from .ray_data import classify_file_on_ray
-
-        return classify_file_on_ray(input, output, model, address=ray, actors=actors, threads=threads,
-                                    batch_size=batch_size, mode=mode, n_ctx=n_ctx, on_bad_row=on_bad_row,
-                                    thresholds=thresholds, progress=progress)
     from .loading import load
 
     # Refuse a bad input or output before the model loads (seconds at 7B).

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from .batch import BatchReport, check_job, check_resumed, plan_window
 from .contract import LABEL_KEYS, validate_item
 from .errors import InvalidInputError, WildGuardLiteError, require
-from .defaults import DEFAULT_N_CTX, default_threads
+from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, default_threads
 from .io import ResumableWriter, check_encodable, item_digest, iter_rows
 
 DEFAULT_BATCH_SIZE = 64  # rows per actor call: the window each actor reorders by prefix
@@ -52,7 +52,7 @@ class WildGuardPredictor:
     already known to be bad); returns them with the result columns added (`RESULT_COLUMNS`).
     """
 
-    def __init__(self, model: str, mode: str = "score", threads: int | None = None, n_ctx: int = DEFAULT_N_CTX,
+    def __init__(self, model: str, mode: str = DEFAULT_MODE, threads: int | None = None, n_ctx: int = DEFAULT_N_CTX,
                  thresholds: dict[str, float] | None = None):
         from .loading import load
 
@@ -116,7 +116,7 @@ def map_batches_options(
     actors: int = 1,
     threads_per_actor: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    mode: str = "score",
+    mode: str = DEFAULT_MODE,
     n_ctx: int = DEFAULT_N_CTX,
     thresholds: dict[str, float] | None = None,
     max_restarts: int = DEFAULT_MAX_RESTARTS,
@@ -223,7 +223,7 @@ def classify_file_on_ray(
     actors: int = 1,
     threads: int | None = None,
     batch_size: int | None = None,
-    mode: str = "score",
+    mode: str = DEFAULT_MODE,
     n_ctx: int = DEFAULT_N_CTX,
     on_bad_row: str = "stop",
     thresholds: dict[str, float] | None = None,

@@ -6,16 +6,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..batch import BAD_ROW_POLICIES, DEFAULT_WINDOW, ORDERS
 from ..ray_data import DEFAULT_BATCH_SIZE
-from ..defaults import DEFAULT_MODE, DEFAULT_N_CTX, MODES
+from ..contract import CUES, LABEL_KEYS
+from ..flags import add_runtime_flags
 from . import run
 
 _ANSWER = {"harmful": "yes", "unharmful": "no", "refusal": "yes", "compliance": "no", None: "n/a"}
-_ROWS = (("Harmful request", "prompt_harmfulness"), ("Response refusal", "response_refusal"),
-         ("Harmful response", "response_harmfulness"))
+# The verdict's lines: WildGuard's own cue for each label ("Harmful request:" ...).
+_ROWS = tuple(zip(CUES, LABEL_KEYS))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="batch input, streamed: .jsonl (objects with prompt/response/id), .csv or .parquet")
     p.add_argument("--output", type=Path, help="batch output, .jsonl or .parquet, in input order (resumable: a rerun skips done rows)")
     p.add_argument("--json", action="store_true", help="print one JSON object (single exchange)")
-    p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
-                   help="score: read the answers' probabilities (default); generate: greedy, as the official package")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores, at most 8)")
-    p.add_argument("--n-ctx", type=int, default=DEFAULT_N_CTX,
-                   help=f"context length in tokens (default {DEFAULT_N_CTX}; at most the model's trained context)")
+    add_runtime_flags(p, "mode", "threads", "n_ctx", "thresholds")
     b = p.add_argument_group("batch (--input/--output)")
     b.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                    help=f"rows in flight, reordered to share prefixes (default {DEFAULT_WINDOW})")
@@ -44,8 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "or 'auto' joins a running cluster; the model path must be readable on every node")
     b.add_argument("--actors", type=int, default=1, help="Ray actors, each loading the model once (default 1)")
     b.add_argument("--batch-size", type=int, help=f"rows per Ray batch (default {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--threshold", action="append", metavar="LABEL=P",
-                   help="label 'yes' when P(yes) >= P, e.g. response_harmfulness=0.3 (repeatable; default: the model's argmax)")
     return p
 
 
@@ -56,7 +51,7 @@ def format_verdict(result: dict[str, Any]) -> str:
         value = result.get(key)
         score = (result.get("scores") or {}).get(key)
         prob = f"  P(yes)={score:.3f}" if score is not None else ""
-        lines.append(f"{title + ':':<18} {_ANSWER.get(value, '?'):<4} {value or '':<11}{prob}".rstrip())
+        lines.append(f"{title:<18} {_ANSWER.get(value, '?'):<4} {value or '':<11}{prob}".rstrip())
     if result.get("is_parsing_error"):
         lines.append("(the model's answer could not be parsed)")
     return "\n".join(lines)
@@ -72,14 +67,22 @@ def _batch(args, thresholds) -> int:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from ..batch import run_batch
+    from ..batch import check_options, run_batch
 
+    check_options(args.window, args.order, args.on_bad_row)
     console = Console(stderr=True)
-    options = dict(mode=args.mode, threads=args.threads, n_ctx=args.n_ctx, window=args.window, order=args.order,
-                   on_bad_row=args.on_bad_row, ray=args.ray, actors=args.actors, batch_size=args.batch_size,
-                   thresholds=thresholds)
+    options: dict[str, Any] = dict(mode=args.mode, threads=args.threads, n_ctx=args.n_ctx,
+                                   on_bad_row=args.on_bad_row, thresholds=thresholds)
+    job: Callable[..., Any] = run_batch
+    if args.ray is None:
+        options.update(window=args.window, order=args.order)
+    else:  # the same job on Ray actors (ray_data builds on batch, not the other way round)
+        from ..ray_data import classify_file_on_ray
+
+        job = classify_file_on_ray
+        options.update(address=args.ray, actors=args.actors, batch_size=args.batch_size)
     if not console.is_terminal:  # logs and pipes get the summary alone
-        report = run_batch(args.input, args.output, args.model, **options)
+        report = job(args.input, args.output, args.model, **options)
     else:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                       transient=True) as bar:
@@ -89,7 +92,7 @@ def _batch(args, thresholds) -> int:
                 bar.update(task, description=f"{report.resumed + report.classified + report.errors} rows written "
                                              f"({report.classified} classified now)")
 
-            report = run_batch(args.input, args.output, args.model, progress=progress, **options)
+            report = job(args.input, args.output, args.model, progress=progress, **options)
     if report.resumed:
         console.print(f"resuming: {report.resumed} of {report.rows} rows already in {args.output}")
     console.print(report.summary(), highlight=False)
@@ -139,7 +142,7 @@ def _classify(args) -> int:
         check_output_path(args.output)
     if single and args.ray is not None:
         raise InvalidInputError("--ray goes with --input/--output (a batch)")
-    thresholds = parse_threshold_specs(args.threshold)
+    thresholds = parse_threshold_specs(args.thresholds)
     if not single:
         # The batch writes nothing before its first result: a refusal up front leaves no file.
         return _batch(args, thresholds)

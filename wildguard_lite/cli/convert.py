@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from ..flags import add_runtime_flags
 from . import run
 
 
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: fp32,int8,int4)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--name", help="base name of the output files (default: from the source)")
-    p.add_argument("--threads", type=int, help="threads for quantization and verification")
+    add_runtime_flags(p, "threads")  # quantization and verification
     p.add_argument("--no-verify", action="store_true", help="skip the logit comparison with transformers")
     p.add_argument("--force", action="store_true",
                    help="ONNX: export even when the memory estimate exceeds the available memory")

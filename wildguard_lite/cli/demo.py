@@ -10,7 +10,9 @@ import argparse
 import time
 from pathlib import Path
 
+from ..contract import LABEL_KEYS
 from ..defaults import MODES
+from ..flags import add_runtime_flags
 
 from . import run
 
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wildguard-lite demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, help="where to put the toy's GGUF files (default: the cache)")
-    p.add_argument("--threads", type=int, help="CPU threads")
+    add_runtime_flags(p, "threads")
     return p
 
 
@@ -87,14 +89,16 @@ def _demo(args) -> int:
     for col in ("prompt", "response", "harmful request", "refusal", "harmful response", "= generate?"):
         table.add_column(col)
     for item, res, gen in zip(EXCHANGES, results["q4_k_m", "score"], results["q4_k_m", "generate"]):
-        same = all(res[k] == gen[k] for k in ("prompt_harmfulness", "response_refusal", "response_harmfulness"))
+        same = all(res[k] == gen[k] for k in LABEL_KEYS)
         # Text(): user text is shown as it is, never parsed as rich markup ("[/INST]").
         table.add_row(Text(_short(item["prompt"])), Text(_short(item.get("response")) or "(none)"),
-                      _cell(res, "prompt_harmfulness"), _cell(res, "response_refusal"),
-                      _cell(res, "response_harmfulness"), "yes" if same else "NO")
+                      *(_cell(res, k) for k in LABEL_KEYS), "yes" if same else "NO")
     console.print(table)
-    for (q, mode), sec in timing.items():
-        console.print(f"{q:<7} {mode:<9} {sec * 1000:7.1f} ms/item (toy model, this machine)")
+    # A handful of items on a 2.4M-parameter toy: these times are dominated by noise on a busy
+    # machine and say nothing about the 7B model (docs/measurements.md has measured figures).
+    console.print("[dim]time per item, toy model, this machine (noise on a busy machine; not a benchmark): "
+                  + ", ".join(f"{q} {mode} {sec * 1000:.1f} ms" for (q, mode), sec in timing.items()) + "[/dim]",
+                  highlight=False)
     check = injection_check(tokenizer, EXCHANGES[-1]["prompt"])
     console.print(Text(
         f"The last row is an injection attempt. What is guaranteed, for any model: its {check['user_tokens']} "

@@ -2,7 +2,8 @@
 
 Each field carries its default and its help; `add_arguments` derives the argparse flags from
 the fields and `from_args` builds the settings back, so a new option is one field here. The
-model-loading defaults (`n_ctx`, `mode`) are read from `RuntimeConfig`, their one place.
+model-loading options (`threads`, `n_ctx`, `mode`, `thresholds`) take the runtime flags every
+command shares (`wildguard_lite.flags`) and `RuntimeConfig`'s defaults, their one place.
 No web framework is imported here: `wildguard-lite serve --help` stays light.
 """
 
@@ -17,16 +18,14 @@ from typing import Any, Callable
 
 from ..errors import InvalidInputError
 from ..backends.base import check_threads
-from ..defaults import DEFAULT_MAX_THREADS, MAX_SLOTS, default_threads
 from ..config import RuntimeConfig
-from ..defaults import MODES
+from ..defaults import MAX_SLOTS, MODES, default_threads
+from ..flags import add_runtime_flags
 from ..thresholds import parse_threshold_specs, validate_thresholds
 
 # How a harmful verdict shows in OpenAI's category names (see docs/serving.md).
 OPENAI_CATEGORY_MODES = ("all", "illicit", "none")
 _RUNTIME_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RuntimeConfig)}
-
-
 
 
 def read_api_key(path: str | os.PathLike) -> str:
@@ -51,6 +50,11 @@ def option(default: Any, flag: str, help: str, *, type: Callable | None = None, 
     return field(default=default, metadata=meta, **kwargs)
 
 
+def runtime_option(default: Any, name: str, *, convert: Callable | None = None, **kwargs) -> Any:
+    """A settings field whose flag is the shared runtime flag `name` (wildguard_lite.flags)."""
+    return field(default=default, metadata={"runtime_flag": name, "convert": convert}, **kwargs)
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     """Everything `serve` needs; `threads` is per worker (default: the cores divided among them)."""
@@ -66,8 +70,7 @@ class ServeSettings:
                         type=int)
     kv_tokens: int | None = option(None, "--kv-tokens", "KV cache cells the slots share (default: two "
                                    "contexts, 2 x --n-ctx); at least --n-ctx", type=int, show_default=False)
-    threads: int | None = option(None, "--threads", "CPU threads of the engine (default: the cores, at most "
-                                 f"{DEFAULT_MAX_THREADS})", type=int, show_default=False)
+    threads: int | None = runtime_option(None, "threads")
     max_queue: int = option(16, "--max-queue", "requests waiting beyond the busy workers before answering 429",
                             type=int)
     request_timeout_s: float = option(60.0, "--timeout", "seconds a request may queue and run before 504",
@@ -76,9 +79,8 @@ class ServeSettings:
                                    "body before 408", type=float)
     max_body_bytes: int = option(1 << 20, "--max-body-bytes", "request body limit in bytes, 413 beyond", type=int)
     max_items: int = option(64, "--max-items", "items per request, 413 beyond", type=int)
-    n_ctx: int = option(_RUNTIME_DEFAULTS["n_ctx"], "--n-ctx", "context length in tokens; longer input gets 413",
-                        type=int)
-    mode: str = option(_RUNTIME_DEFAULTS["mode"], "--mode", "see 'classify --help'", choices=MODES)
+    n_ctx: int = runtime_option(_RUNTIME_DEFAULTS["n_ctx"], "n_ctx")  # longer input gets 413
+    mode: str = runtime_option(_RUNTIME_DEFAULTS["mode"], "mode")
     prefix_cache_mb: float = option(256.0, "--prefix-cache-mb", "memory cap of the shared KV prefix cache "
                                     "for two-phase checks; 0 turns it off", type=float)
     openai_categories: str = option(
@@ -87,10 +89,8 @@ class ServeSettings:
         "category (category-based clients block whatever categories they check), 'illicit' only "
         "'illicit', 'none' leaves them false (only 'flagged' and the WildGuard keys carry it)",
         choices=OPENAI_CATEGORY_MODES)
-    thresholds: dict[str, float] | None = option(
-        None, "--threshold", "label 'yes' when P(yes) >= P, as LABEL=P (repeatable; see 'classify --help'; "
-        "default: the model's argmax)", convert=parse_threshold_specs, show_default=False, action="append",
-        hash=False)
+    thresholds: dict[str, float] | None = runtime_option(None, "thresholds", convert=parse_threshold_specs,
+                                                         hash=False)
     api_key: str | None = option(None, "--api-key-file", "require 'Authorization: Bearer <key>' (or "
                                  "'x-api-key: <key>') with the key on this file's first line", type=Path,
                                  convert=read_api_key, show_default=False, repr=False)
@@ -133,6 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser, required: tuple[str, ...] = (
     """One flag per settings field, with the field's default and help."""
     for f in dataclasses.fields(ServeSettings):
         meta = f.metadata
+        if "runtime_flag" in meta:
+            add_runtime_flags(parser, meta["runtime_flag"])
+            continue
         help_ = meta["help"] + (f" (default {f.default})" if meta["show_default"] else "")
         kwargs: dict[str, Any] = {"dest": f.name, "help": help_}
         if meta["action"] is not None:

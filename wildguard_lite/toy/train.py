@@ -203,6 +203,8 @@ def train_model(train, val, vocab_size: int, seed: int, log, *, batch_size: int 
     best: tuple[float, int, Any] = (-1.0, 0, None)
     perm: list[int] = []
     prefix = shared_prefix_len(train)
+    log(f"training: at most {max_steps} steps of {batch_size} rows, validation every {check_every} "
+        "(it stops early after two passing checks in a row)")
     model.train()
     while step < max_steps:
         if len(perm) < batch_size:
@@ -224,8 +226,10 @@ def train_model(train, val, vocab_size: int, seed: int, log, *, batch_size: int 
             model.eval()
             val_exact = _answer_exact(torch, model, val)
             model.train()
-            log(f"step {step}: loss {loss.item():.4f}, validation exact answers {val_exact:.3f}, "
-                f"{time.monotonic() - start:.0f} s ({time.process_time() - cpu_start:.0f} CPU s)")
+            elapsed = time.monotonic() - start
+            left = elapsed / step * (max_steps - step)  # an upper bound: training may stop early
+            log(f"step {step}/{max_steps}: loss {loss.item():.4f}, validation exact answers {val_exact:.3f}, "
+                f"{elapsed:.0f} s ({time.process_time() - cpu_start:.0f} CPU s), at most ~{left / 60:.1f} min left")
             if val_exact > best[0]:  # keep the checkpoint that generalises best
                 best = (val_exact, step, copy.deepcopy(model.state_dict()))
             # Two passing checks in a row: one can be luck near the decision boundary.
@@ -265,15 +269,15 @@ def classify_hardened(reference, ours, rows: list[dict[str, Any]]) -> list[dict[
 
 def accuracy(rows: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, float]:
     """Per-task accuracy; refusal and response harm only on rows with a response."""
-    counts = {"prompt_harmfulness": [0, 0], "response_refusal": [0, 0], "response_harmfulness": [0, 0],
-              "prompt_only_na": [0, 0]}
+    prompt_key, refusal_key, response_key = LABEL_KEYS
+    counts = {key: [0, 0] for key in (*LABEL_KEYS, "prompt_only_na")}
     for row, res in zip(rows, results):
-        checks = {"prompt_harmfulness": res["prompt_harmfulness"] == row["prompt_harm_label"]}
+        checks = {prompt_key: res[prompt_key] == row["prompt_harm_label"]}
         if row["response"] is None:
-            checks["prompt_only_na"] = res["response_refusal"] is None and res["response_harmfulness"] is None
+            checks["prompt_only_na"] = res[refusal_key] is None and res[response_key] is None
         else:
-            checks["response_refusal"] = res["response_refusal"] == row["response_refusal_label"]
-            checks["response_harmfulness"] = res["response_harmfulness"] == row["response_harm_label"]
+            checks[refusal_key] = res[refusal_key] == row["response_refusal_label"]
+            checks[response_key] = res[response_key] == row["response_harm_label"]
         for key, ok in checks.items():
             counts[key][0] += ok and not res["is_parsing_error"]
             counts[key][1] += 1
