@@ -132,17 +132,52 @@ def test_bench_speed(toy_gguf, tmp_path, capsys):
     assert set(entry["targets"]) >= {"speedup_prompt_only", "rss_over_file"}
 
 
-def test_standin_shape_converts_and_runs(toy_dir, tmp_path):
+def test_bench_standin_trains_only_a_tokenizer(monkeypatch, tmp_path, capsys):
+    """`bench standin` without --tokenizer trains the toy's tokenizer (seconds), never the toy
+    model (minutes): ensure_toy must not be called."""
+    import wildguard_lite.toy
+    import wildguard_lite.toy.build
+    from wildguard_lite.benchmarks import standin
+
+    def no_toy(*args, **kwargs):
+        raise AssertionError("bench standin built the toy model")
+
+    seen = {}
+
+    def record(out, tokenizer, config=None, seed=0, progress=None):
+        seen["pieces"] = (tokenizer / "tokenizer.model").stat().st_size
+        seen["config"] = (tokenizer / "tokenizer_config.json").is_file()
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        return out
+
+    for module in (wildguard_lite.toy, wildguard_lite.toy.build):  # the name and its re-export
+        monkeypatch.setattr(module, "ensure_toy", no_toy)
+    monkeypatch.setattr(standin, "build_standin", record)
+    assert main(["bench", "standin", "--out", str(tmp_path / "standin"), "--layers", "1"]) == 0
+    assert seen["pieces"] > 0 and seen["config"]
+
+
+def test_toy_tokenizer_alone_equals_the_toys(toy_dir, tmp_path):
+    from wildguard_lite.toy import build_tokenizer
+
+    folder = build_tokenizer(tmp_path / "tok")
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (folder / name).read_bytes() == (toy_dir / name).read_bytes(), name
+
+
+def test_standin_shape_converts_and_runs(tmp_path):
     """The stand-in builder at a tiny size: padded vocab, bf16 safetensors, convert, classify."""
     import wildguard_lite
     from rich.console import Console
 
     from wildguard_lite.benchmarks.standin import build_standin
     from wildguard_lite.convert.pipeline import ConvertOptions, convert_checkpoint
+    from wildguard_lite.toy import build_tokenizer
 
     small = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4,
              "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 2048}
-    folder = build_standin(tmp_path / "standin", toy_dir, small)
+    folder = build_standin(tmp_path / "standin", build_tokenizer(tmp_path / "tokenizer"), small)
     manifest = convert_checkpoint(ConvertOptions(source=str(folder), out_dir=tmp_path / "gguf", quants=("q8_0",),
                                                  verify=False), Console(quiet=True))
     with wildguard_lite.load(tmp_path / "gguf" / manifest["artifacts"][0]["file"], threads=1) as clf:

@@ -103,7 +103,10 @@ def test_unwritable_output(toy_gguf, tmp_path, capsys):
 def test_demo_runs_end_to_end(toy_dir, tmp_path, capsys):
     code, out, err = run(["demo", "--out", str(tmp_path / "demo"), "--threads", "1"], capsys)
     assert code == 0, err
-    assert "injection attempt" in out and "ms/item" in out
+    assert "injection attempt" in out
+    # Per-item times of a handful of toy items are noise on a busy machine: one line that says so.
+    flat = " ".join(out.split())
+    assert flat.count(" ms") == 4 and "(noise on a busy machine; not a benchmark): f16 score" in flat
     # The demo shows the guarantee (no control ids from user text), not a toy verdict as proof.
     assert "contain 0 control ids" in " ".join(out.split())
     assert (tmp_path / "demo" / "manifest.json").is_file()

@@ -126,6 +126,73 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
         toy.main([str(tmp_path / "new"), "--legacy", "maybe"])
 
 
+# -- `toy DIR` spends minutes only when it must ---------------------------------------------------
+
+def _fake_toy(folder, *, seed=0, legacy=True, version=None):
+    """A folder shaped like a toy build (report and tokenizer config): enough to be kept or copied."""
+    from wildguard_lite.toy import TOY_VERSION
+
+    folder.mkdir(parents=True)
+    report = {"toy_version": TOY_VERSION if version is None else version, "seed": seed, "legacy": True,
+              "marker": str(folder)}
+    (folder / "toy_report.json").write_text(json.dumps(report))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"legacy": legacy}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "already, options, how",
+    [
+        (None, {}, "copied from the cache"),  # seed 0: the cached toy, no training
+        ({}, {}, "kept"),  # DIR already holds this toy
+        ({"version": 1}, {}, "copied from the cache"),  # an older recipe is replaced
+        ({}, {"legacy": False}, "copied from the cache"),  # the other tokenizer flag: the cached variant
+        ({"seed": 3}, {"seed": 3}, "kept"),
+        (None, {"seed": 3}, "built"),  # no cache for other seeds
+        ({}, {"rebuild": True}, "built"),  # asked for
+    ],
+)
+def test_toy_dir_reuses_what_it_can(monkeypatch, tmp_path, already, options, how):
+    import wildguard_lite.toy.build as build
+    from wildguard_lite.toy import provide_toy
+
+    cache = {legacy: _fake_toy(tmp_path / f"cache-{legacy}", legacy=legacy) for legacy in (True, False)}
+    monkeypatch.setattr(build, "ensure_toy", lambda legacy=True, quiet=False: cache[legacy])
+    monkeypatch.setattr(build, "build_toy", lambda out, **kw: {"built": kw})
+    out = tmp_path / "toy"
+    if already is not None:
+        _fake_toy(out, **already)
+    report, done = provide_toy(out, **options)
+    assert done == how
+    if how == "copied from the cache":
+        assert report["marker"] == str(cache[options.get("legacy", True)])
+        assert json.loads((out / "tokenizer_config.json").read_text())["legacy"] == options.get("legacy", True)
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".toy.")]  # no temporary left
+
+
+def test_evaluation_progress_counts_rows_and_time_left():
+    from wildguard_lite.toy.build import EvaluationProgress
+
+    lines = []
+    progress = EvaluationProgress(5, lines.append, chunk=2)
+    assert progress.run("plain", lambda rows: [r * 10 for r in rows], [1, 2, 3]) == [10, 20, 30]
+    assert progress.run("other", lambda rows: rows, [4, 5]) == [4, 5]
+    assert [line.split(":")[1].split(",")[0].strip() for line in lines] == ["2/5 rows", "3/5 rows", "5/5 rows"]
+    assert all("left" in line for line in lines)
+
+
+def test_training_announces_its_steps_and_time_left():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from wildguard_lite.toy.train import train_model
+
+    examples = [([1, 5, 6, 7, 2], [0.0, 0.0, 1.0, 1.0]), ([1, 5, 8, 9, 2], [0.0, 0.0, 1.0, 1.0])]
+    lines = []
+    train_model(examples, examples, 16, 0, lines.append, batch_size=2, max_steps=2, check_every=1)
+    assert "at most 2 steps" in lines[0]
+    assert lines[1].startswith("step 1/2:") and "min left" in lines[1]
+
+
 # -- the recipe's adversarial augmentation (data only: no weights involved) -------------------
 
 def _heldout_rows():

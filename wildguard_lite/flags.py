@@ -15,7 +15,7 @@ from .contract import LABEL_KEYS
 from .defaults import DEFAULT_MAX_THREADS, DEFAULT_MODE, DEFAULT_N_CTX, MODES
 
 # dest -> (flag, argparse keywords). The dest is RuntimeConfig's field name.
-_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "threads": ("--threads", {
         "type": int, "default": None,
         "help": f"CPU threads of the engine (default: the available cores, at most {DEFAULT_MAX_THREADS})"}),
@@ -31,22 +31,22 @@ _FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "help": f"label 'yes' when P(yes) >= P, e.g. {LABEL_KEYS[-1]}=0.3 (repeatable; default: the model's "
                 "argmax)"}),
 }
-RUNTIME_FLAGS = tuple(_FLAGS)
+RUNTIME_FLAGS = tuple(FLAGS)
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser | Any, *names: str, **defaults: Any) -> None:
     """Add the named runtime flags (`RUNTIME_FLAGS`) to `parser` (or an argument group), in the
     order given. `defaults` replaces a flag's default where a tool measures under other
     conditions (a benchmark's shorter context); the help shows the value in force."""
-    unknown = [n for n in names if n not in _FLAGS]
+    unknown = [n for n in names if n not in FLAGS]
     if unknown:
         raise ValueError(f"unknown runtime flag(s) {unknown}; known: {', '.join(RUNTIME_FLAGS)}")
     # Only a flag whose help prints its default may take another one: the help must not lie.
-    fixed = [n for n in defaults if n not in names or "%(default)s" not in _FLAGS[n][1]["help"]]
+    fixed = [n for n in defaults if n not in names or "%(default)s" not in FLAGS[n][1]["help"]]
     if fixed:
         raise ValueError(f"no other default for {fixed}: not added here, or its help states the library's default")
     for name in names:
-        flag, kwargs = _FLAGS[name]
+        flag, kwargs = FLAGS[name]
         kwargs = {**kwargs, "dest": name}
         if name in defaults:
             kwargs["default"] = defaults[name]

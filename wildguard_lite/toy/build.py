@@ -61,7 +61,7 @@ def evaluate(out: Path, seed: int, heldout: list[dict[str, Any]], log) -> dict[s
     total = len(heldout) + len(augmented) + len(suffixed_rows)
     log(f"evaluating {total} held-out rows by greedy generation (plain: official procedure; augmented: "
         "hardened ids; plain + a neutral sentence)")
-    progress = _Progress(total, log)
+    progress = EvaluationProgress(total, log)
     plain = progress.run("plain", reference.classify, heldout)
     aug = progress.run("augmented", lambda rows: classify_hardened(reference, ours, rows), augmented)
     by_kind = {kind: accuracy([r for r in augmented if r["augmentation"] == kind],
@@ -72,7 +72,7 @@ def evaluate(out: Path, seed: int, heldout: list[dict[str, Any]], log) -> dict[s
             "accuracy_augmented_by_kind": by_kind, "neutral_suffix_flips": label_flips(plain, suffixed)}
 
 
-class _Progress:
+class EvaluationProgress:
     """Runs per-row work in chunks and logs rows done, time and an estimate of the time left
     (the evaluation is minutes of greedy generation: it must not look hung)."""
 
