@@ -193,8 +193,9 @@ def markdown(report: dict) -> str:
              "F1 refusal (adv/van) | F1 response (adv/van) | max ΔP(yes) | parse err | ms/item |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in report["artifacts"]:
-        f = a["f1"]
-        fmt = lambda k: " / ".join("–" if f[k][s] is None else f"{f[k][s]:.3f}" for s in ("adversarial", "vanilla"))
+        def fmt(k: str, f=a["f1"]) -> str:
+            return " / ".join("–" if f[k][s] is None else f"{f[k][s]:.3f}" for s in ("adversarial", "vanilla"))
+
         dmax = max((v["max"] or 0.0) for v in a["delta_p_yes"].values())
         lines.append(f"| {a['model']} | {a['bytes'] / 2**20:.1f} | "
                      + " | ".join(f"{a['agreement'][k]:.4f}" for k in LABEL_KEYS)
@@ -203,7 +204,10 @@ def markdown(report: dict) -> str:
     lines += ["", "Operating points (threshold on P(yes): `--threshold LABEL=P`):", "",
               "| artifact | label | ROC AUC | t @ recall 0.9 (P) | t @ recall 0.95 (P) | t @ precision 0.9 (R) | t @ precision 0.95 (R) |",
               "|---|---|---|---|---|---|---|"]
-    cell = lambda hit, other: "–" if hit is None else f"{hit['threshold']:.3f} ({hit[other]:.2f})"
+
+    def cell(hit, other: str) -> str:
+        return "–" if hit is None else f"{hit['threshold']:.3f} ({hit[other]:.2f})"
+
     for a in report["artifacts"]:
         for key, op in (a.get("operating_points") or {}).items():
             if op is None:

@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
             run = runs[name]
             run["tokens_over_sequential"] = round(run["tokens"] / seq["tokens"], 3)
             run["wall_over_sequential"] = round(run["wall_s"] / seq["wall_s"], 3)
-        for name, run in runs.items():
+        for run in runs.values():
             run.update(disagreements(run.pop("finals"), oneshot))
         checks_per_stream = statistics.mean(len(c) for _, c in chats)  # chunks, an upper bound on checks
         rate_small = seq["tokens"] / seq["wall_s"]

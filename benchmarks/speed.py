@@ -129,7 +129,7 @@ def measure_one(config: SpeedConfig) -> dict[str, Any]:
     labels: list[list[str | None]] = []
     for _ in range(config.repeats):
         labels = []
-        for it, (ids, prompt_only) in zip(items, encoded):
+        for it in items:
             t = time.perf_counter()
             result = clf.classify([_item(it)])[0]
             score.setdefault(it["class"], []).append(time.perf_counter() - t)

@@ -141,7 +141,7 @@ def _write_random_safetensors(path: Path, shapes, seed: int, progress) -> None:
     rng = np.random.default_rng(seed)
     with open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little") + raw)
-        for i, (name, shape) in enumerate(shapes):
+        for i, (_, shape) in enumerate(shapes):
             if len(shape) == 1:
                 values = np.ones(shape, dtype=np.float32)  # norms: identity scale
             else:

@@ -18,6 +18,7 @@ and one-pass against sequential scoring of full exchanges.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import statistics
@@ -72,7 +73,10 @@ class Counted:
 def chunk_text(tok, text: str, rng: random.Random, low: int = 8, high: int = 16) -> list[str]:
     """Cut text at word boundaries into chunks of `low`-`high` tokens (counted alone)."""
     empty = len(tok.encode_exchange("", ""))
-    count = lambda s: len(tok.encode_exchange("", s)) - empty
+
+    def count(s: str) -> int:
+        return len(tok.encode_exchange("", s)) - empty
+
     words, chunks, current, target = text.split(" "), [], "", rng.randint(low, high)
     for i, word in enumerate(words):
         piece = word if i == 0 else " " + word
@@ -117,7 +121,7 @@ def measure_checks(clf, prompt: str, response: str, interval: int, seed: int = 0
         start = time.perf_counter()
         verdict = run_check()
         elapsed = time.perf_counter() - start
-        if verdict is None:
+        if verdict is None or counted.calls == calls0:  # no check ran (close() after the last one)
             return
         ids, keep = counted.last_batch
         tokens, calls = backend.tokens_evaluated - tokens0, counted.calls - calls0
@@ -133,9 +137,8 @@ def measure_checks(clf, prompt: str, response: str, interval: int, seed: int = 0
                        "raw_tokens": len(ids) - keep, "response_tokens": verdict["response_tokens"]})
 
     for chunk in chunks:
-        record(lambda: stream.feed(chunk))
-    if stream._unchecked:
-        record(stream.close)
+        record(functools.partial(stream.feed, chunk))
+    record(stream.close)
     previous = 0
     for c in checks:
         c["new_tokens"], previous = c["response_tokens"] - previous, c["response_tokens"]
@@ -168,7 +171,10 @@ def summarize_checks(m: dict[str, Any], interval: int) -> dict[str, Any]:
     # Steady state: every check but the first (which evaluates the prompt).
     steady = checks[1:]
     constant = [c["tokens"] - c["new_tokens"] for c in steady]
-    total = lambda rows: sum(r["s"] for r in rows)
+
+    def total(rows) -> float:
+        return sum(r["s"] for r in rows)
+
     per_check_s = statistics.mean(c["s"] for c in steady)
     out = {
         "interval": interval,
@@ -295,7 +301,7 @@ def measure_http(model: Path, prompt: str, texts: list[str], threads: int | None
             return r.read().decode()
 
     def tokens() -> float:
-        line = next(l for l in get("/metrics").splitlines() if l.startswith("wildguard_tokens_evaluated_total"))
+        line = next(x for x in get("/metrics").splitlines() if x.startswith("wildguard_tokens_evaluated_total"))
         return float(line.split()[-1])
 
     try:
@@ -305,7 +311,7 @@ def measure_http(model: Path, prompt: str, texts: list[str], threads: int | None
                 break
             except OSError:
                 if server.poll() is not None:
-                    raise RuntimeError(f"serve exited: {server.stderr.read().decode()[-500:]}")
+                    raise RuntimeError(f"serve exited: {server.stderr.read().decode()[-500:]}") from None
                 time.sleep(0.2)
         calls = []
         for text in texts:

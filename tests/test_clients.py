@@ -19,10 +19,10 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai", reason="client tests need the 'test-clients' extra")
 
-from server_fakes import HARMFUL, REFUSE, UNREADABLE, build_tokenizer, marker_app, running
-from wildguard_lite.benchmarks.litellm_proxy import (GUARDRAIL_NAMES, LITELLM_MASTER_KEY as MASTER_KEY, litellm_chat,
-                                                     litellm_config, litellm_proxy)
-from wildguard_lite.server import ServeSettings, create_app
+from server_fakes import HARMFUL, REFUSE, UNREADABLE, build_tokenizer, marker_app, running  # noqa: E402
+from wildguard_lite.benchmarks.litellm_proxy import (GUARDRAIL_NAMES, LITELLM_MASTER_KEY as MASTER_KEY,  # noqa: E402
+                                                     litellm_chat, litellm_config, litellm_proxy)
+from wildguard_lite.server import ServeSettings, create_app  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 KEY = "test-key-" + "k" * 24

@@ -21,6 +21,7 @@ __all__ = [
     "TEMPLATE_VERSION",
     "WILDGUARD_TEMPLATE",
     "WildGuardLiteError",
+    "__version__",
     "format_prompt",
     "load",
     "parse_output",

@@ -111,8 +111,10 @@ def plan_window(clf, items: Sequence[dict[str, Any]], sort: bool = True) -> Wind
             ids.append(None)
             refused[position] = str(exc)
     good = [p for p, seq in enumerate(ids) if seq is not None]
-    by_prefix = [good[k] for k in prefix_order([ids[p] for p in good])]
-    return WindowPlan(ids, refused, by_prefix if sort else good, unique_prefix_tokens([ids[p] for p in by_prefix]))
+    accepted = [seq for seq in ids if seq is not None]  # the ids at `good`, in the same order
+    order = prefix_order(accepted)
+    by_prefix = [good[k] for k in order]
+    return WindowPlan(ids, refused, by_prefix if sort else good, unique_prefix_tokens([accepted[k] for k in order]))
 
 
 def classify_file(
@@ -231,7 +233,7 @@ def _run_window(clf, batch: list[InputRow], writer: ResumableWriter, report: Bat
             next_out += 1
         return None
 
-    plan = plan_window(clf, [batch[k].item for k in good], sort)
+    plan = plan_window(clf, [row.item for row in batch if row.item is not None], sort)
     report.tokens_unique += plan.tokens_unique
     for position, message in plan.refused.items():
         k = good[position]
@@ -245,7 +247,7 @@ def _run_window(clf, batch: list[InputRow], writer: ResumableWriter, report: Bat
         if k > first_refused:
             continue  # not needed: the run stops at the refused row
         pending[k] = result_row(batch[k], clf.classify([batch[k].item])[0])
-        report.tokens_input += len(plan.ids[position])
+        report.tokens_input += len(plan.ids[position] or ())
         stop = flush()
         if stop is not None:
             return stop

@@ -14,7 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Generator, Iterator
 
 from .contract import LABEL_KEYS, check_text, validate_item
 from .errors import InvalidInputError, WildGuardLiteError, require
@@ -42,7 +42,7 @@ def input_format(path: Path) -> str:
     return fmt
 
 
-def iter_rows(path: str | os.PathLike, skip: int = 0) -> Iterator[InputRow]:
+def iter_rows(path: str | os.PathLike, skip: int = 0) -> Generator[InputRow, None, None]:
     """Stream the rows of a batch file; a bad row is yielded with its error, not raised.
 
     Errors about the whole file (missing, wrong type, no 'prompt' column, not UTF-8 where the
@@ -59,7 +59,8 @@ def iter_rows(path: str | os.PathLike, skip: int = 0) -> Iterator[InputRow]:
     return _checked_rows(reader(path), skip)
 
 
-def _checked_rows(raw_rows: Iterator[tuple[str, dict[str, Any] | str]], skip: int) -> Iterator[InputRow]:
+def _checked_rows(raw_rows: Iterator[tuple[str, dict[str, Any] | str]],
+                  skip: int) -> Generator[InputRow, None, None]:
     for index, (where, raw) in enumerate(raw_rows):
         if index < skip:
             continue

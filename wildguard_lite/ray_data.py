@@ -236,7 +236,7 @@ def classify_file_on_ray(
     `on_bad_row="stop"` the job stops at the first one (the rows before it are kept).
     """
     ray = require("ray", "ray")
-    options = {"actors": actors, "threads_per_actor": threads, "batch_size": batch_size or DEFAULT_BATCH_SIZE,
+    options: dict[str, Any] = {"actors": actors, "threads_per_actor": threads, "batch_size": batch_size or DEFAULT_BATCH_SIZE,
                "mode": mode, "n_ctx": n_ctx, "thresholds": thresholds}
     map_batches_options(model, **options)  # refuses bad options before any work
     check_job(input, output)

@@ -1,8 +1,10 @@
-"""wildguard-lite bench NAME [options]: the benchmarks, one module each in benchmarks/.
+"""wildguard-lite bench NAME [options]: accuracy, speed, batch, streaming and serving benchmarks.
 
-Each benchmark module declares its options (`add_arguments`) and runs them (`run`); this is
-their one entry point. `wildguard-lite bench NAME --help` says what a benchmark measures.
+`wildguard-lite bench NAME --help` says what a benchmark measures and how (docs/benchmarks.md).
 """
+
+# Each benchmark is one module in benchmarks/ with `add_arguments(parser)` and `run(args)`;
+# this is their one entry point.
 
 from __future__ import annotations
 
