@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib
 from pathlib import Path
 
@@ -80,9 +81,9 @@ def test_add_runtime_flags_refuses(names, defaults, message):
         add_runtime_flags(argparse.ArgumentParser(), *names, **defaults)
 
 
-def _trees():
-    for path in SOURCES:
-        yield path.relative_to(ROOT).as_posix(), ast.parse(path.read_text(encoding="utf-8"))
+@functools.lru_cache(maxsize=1)
+def _trees() -> list[tuple[str, ast.Module]]:
+    return [(path.relative_to(ROOT).as_posix(), ast.parse(path.read_text(encoding="utf-8"))) for path in SOURCES]
 
 
 def test_no_literal_mode_default():

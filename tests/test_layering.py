@@ -8,6 +8,7 @@ pyproject.toml: convert/, benchmarks/) are read under their installed names.
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def _resolve(name: str, modules: dict[str, Path]) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
 def graph() -> tuple[dict[str, set[str]], dict[str, list[tuple[str, int]]]]:
     """Edges between the package's modules, and every import of each module (external ones too)."""
     modules = _modules()

@@ -185,6 +185,19 @@ def _answer_exact(torch, model, examples, batch_size: int = 48) -> float:
     return good / len(examples)
 
 
+def plan_line(max_steps: int, batch_size: int, check_every: int) -> str:
+    return (f"training: at most {max_steps} steps of {batch_size} rows, validation every {check_every} "
+            "(it stops early after two passing checks in a row)")
+
+
+def step_line(step: int, max_steps: int, loss: float, val_exact: float, elapsed: float, cpu: float) -> str:
+    """A progress line: the step out of the most there can be, and the time left at this pace
+    (an upper bound: training may stop early)."""
+    left = elapsed / step * (max_steps - step)
+    return (f"step {step}/{max_steps}: loss {loss:.4f}, validation exact answers {val_exact:.3f}, "
+            f"{elapsed:.0f} s ({cpu:.0f} CPU s), at most ~{left / 60:.1f} min left")
+
+
 def train_model(train, val, vocab_size: int, seed: int, log, *, batch_size: int = 32,
                 max_steps: int = MAX_STEPS, lr: float = 3e-3, check_every: int = 25):
     torch = require("torch", "convert")
@@ -203,8 +216,7 @@ def train_model(train, val, vocab_size: int, seed: int, log, *, batch_size: int 
     best: tuple[float, int, Any] = (-1.0, 0, None)
     perm: list[int] = []
     prefix = shared_prefix_len(train)
-    log(f"training: at most {max_steps} steps of {batch_size} rows, validation every {check_every} "
-        "(it stops early after two passing checks in a row)")
+    log(plan_line(max_steps, batch_size, check_every))
     model.train()
     while step < max_steps:
         if len(perm) < batch_size:
@@ -226,10 +238,8 @@ def train_model(train, val, vocab_size: int, seed: int, log, *, batch_size: int 
             model.eval()
             val_exact = _answer_exact(torch, model, val)
             model.train()
-            elapsed = time.monotonic() - start
-            left = elapsed / step * (max_steps - step)  # an upper bound: training may stop early
-            log(f"step {step}/{max_steps}: loss {loss.item():.4f}, validation exact answers {val_exact:.3f}, "
-                f"{elapsed:.0f} s ({time.process_time() - cpu_start:.0f} CPU s), at most ~{left / 60:.1f} min left")
+            log(step_line(step, max_steps, loss.item(), val_exact, time.monotonic() - start,
+                          time.process_time() - cpu_start))
             if val_exact > best[0]:  # keep the checkpoint that generalises best
                 best = (val_exact, step, copy.deepcopy(model.state_dict()))
             # Two passing checks in a row: one can be luck near the decision boundary.
