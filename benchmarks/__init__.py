@@ -1,5 +1,4 @@
-"""Benchmarks of accuracy and speed against the reference (imported as `wildguard_lite.benchmarks`;
-laid out like `convert/`, see its docstring).
-
-Driven by `wildguard-lite bench`; heavy imports stay inside functions.
+"""The benchmarks, one module each (`add_arguments`, `run`), run as `wildguard-lite bench NAME`
+(wildguard_lite/cli/bench.py). Installed as `wildguard_lite.benchmarks` (`package-dir` in
+pyproject.toml). Heavy imports stay inside functions: `bench --help` imports every module.
 """

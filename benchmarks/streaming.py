@@ -279,22 +279,17 @@ def measure_full(clf, items: list[dict], force_id: int | None = None) -> dict[st
 def measure_http(model: Path, prompt: str, texts: list[str], threads: int | None, n_ctx: int) -> dict[str, Any]:
     """The gateway pattern: POST /v1/classify with the growing response at each check point,
     against a real `serve` process; tokens evaluated per call read from /metrics."""
-    import os
-    import socket
     import subprocess
     import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from .traffic import free_port, threads_args
+
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    argv = ["serve", "--model", str(model), "--port", str(port), "--n-ctx", str(n_ctx), "--workers", "1"]
-    if threads:
-        argv += ["--threads", str(threads)]
+    argv = ["serve", "--model", str(model), "--port", str(port), "--n-ctx", str(n_ctx), "--workers", "1",
+            *threads_args(threads)]
     code = f"import sys; from wildguard_lite.cli import main; sys.exit(main({argv!r}))"
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    server = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def get(path: str) -> str:
         with urllib.request.urlopen(base + path, timeout=30) as r:
