@@ -24,7 +24,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from wildguard_lite.flags import add_runtime_flags
+
 from .concurrent_streams import texts_for
+from .traffic import threads_args
 
 
 class Server:
@@ -58,7 +61,7 @@ class Server:
             return json.loads(r.read())
 
     def metric(self, name: str) -> float:
-        line = next(l for l in self.get("/metrics").splitlines() if l.startswith(name + " ") or l.startswith(name + "{"))
+        line = next(x for x in self.get("/metrics").splitlines() if x.startswith(name + " ") or x.startswith(name + "{"))
         return float(line.split()[-1])
 
     def close(self) -> None:
@@ -66,7 +69,7 @@ class Server:
         self.proc.wait(timeout=60)
 
 
-def run(model: Path, n: int, tokens: int, threads: int | None, n_ctx: int) -> dict[str, Any]:
+def measure(model: Path, n: int, tokens: int, threads: int | None, n_ctx: int) -> dict[str, Any]:
     import wildguard_lite
 
     with wildguard_lite.load(model, n_ctx=n_ctx, slots=1) as clf:  # the texts and their token counts only
@@ -74,9 +77,7 @@ def run(model: Path, n: int, tokens: int, threads: int | None, n_ctx: int) -> di
         growing = [[("".join(chunks[: k + 1])) for k in range(len(chunks))] for _, chunks in chats]
         lengths = [[len(clf.tokenizer.encode_exchange(p, t)) for t in texts] for (p, _), texts in zip(chats, growing)]
     argv = ["--model", str(model), "--n-ctx", str(n_ctx), "--workers", str(n), "--slots", str(n),
-            "--max-queue", str(4 * n)]
-    if threads:
-        argv += ["--threads", str(threads)]
+            "--max-queue", str(4 * n), *threads_args(threads)]
     server = Server(argv)
     rounds = []
     try:
@@ -111,17 +112,16 @@ def run(model: Path, n: int, tokens: int, threads: int | None, n_ctx: int) -> di
             "s_per_round": round(statistics.mean(r["wall_s"] for r in steady), 3)}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="wildguard-lite bench http-streams", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--conversations", type=int, nargs="+", default=[8, 32])
     p.add_argument("--tokens", type=int, default=200, help="answer length per conversation")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--n-ctx", type=int, default=4096, help="the KV pool holds two contexts: room for 32 x 250 tokens")
+    add_runtime_flags(p, "threads", "n_ctx")  # the KV pool holds two contexts: room for 32 x 250 tokens
     p.add_argument("--out", type=Path)
-    args = p.parse_args(argv)
-    report = {"model": str(args.model), "runs": [run(args.model, n, args.tokens, args.threads, args.n_ctx)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = {"model": str(args.model), "runs": [measure(args.model, n, args.tokens, args.threads, args.n_ctx)
                                                   for n in args.conversations]}
     text = json.dumps(report, indent=2)
     if args.out:
@@ -131,7 +131,3 @@ def main(argv=None) -> int:
         tmp.replace(args.out)
     print(text)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

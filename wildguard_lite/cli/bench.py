@@ -22,6 +22,7 @@ BENCHMARKS = {
     "batch": ("batch", "batch jobs: prefix order against file order, local against Ray, memory"),
     "streaming": ("streaming", "streaming moderation: cost per check, output rate kept up with, flag delay"),
     "concurrent-streams": ("concurrent_streams", "many chats at once: N streams on one classifier"),
+    "http-streams": ("http_streams", "N streamed conversations against one 'serve' process"),
     "load": ("load", "load test of 'serve': N concurrent clients for T seconds"),
     "two-phase": ("two_phase", "prompt, then prompt + response, with and without serve's prefix cache"),
     "batching": ("batching", "one llama.cpp batch of several sequences against one after another"),
