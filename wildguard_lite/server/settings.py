@@ -57,7 +57,8 @@ def runtime_option(default: Any, name: str, *, convert: Callable | None = None, 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Everything `serve` needs; `threads` is per worker (default: the cores divided among them)."""
+    """Everything `serve` needs; `threads` are the one shared engine's (default: the library's,
+    `defaults.default_threads()`)."""
 
     model: Path | None = option(None, "--model", "a .gguf file made by 'wildguard-lite convert' (or an ONNX "
                                 "variant it made)", type=Path, show_default=False)
