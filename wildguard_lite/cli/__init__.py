@@ -10,10 +10,10 @@ COMMANDS = {
     "classify": ("classify", "classify exchanges with a converted model"),
     "convert": ("convert", "convert a Hugging Face checkpoint to GGUF (quantized) with a manifest"),
     "pull": ("pull", "download a pre-converted GGUF from a hub repo, sha256-verified"),
-    "toy": ("toy", "build the small trained toy WildGuard used by tests and the demo"),
+    "toy": ("toy", "the small trained toy WildGuard used by tests and the demo (cached; built once)"),
     "demo": ("demo", "end to end on the toy: build, convert, classify, print a table"),
     "serve": ("serve", "moderation HTTP API (OpenAI-compatible /v1/moderations, /v1/classify)"),
-    "bench": ("bench", "accuracy and speed benchmarks against the reference"),
+    "bench": ("bench", "benchmarks: accuracy, speed, batch, streaming, serving (bench NAME)"),
 }
 
 
