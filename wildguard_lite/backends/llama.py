@@ -39,6 +39,9 @@ _PARAMS_LOCK = threading.Lock()
 # width one matrix product over a 512-token ubatch took ~0.2 s idle (up to 0.6 s on a loaded 2-core
 # machine) before a cancel took effect; 128 tokens keep it ~4x shorter at the same prefill rate.
 UBATCH = 128
+# Tokens of a sequence's state a request may cut to reuse its prefix in place: a call's own
+# previous cues and answers (score mode: ~20; a generated answer: ~17) or a short leftover.
+STEAL_MAX = 48
 
 
 @contextlib.contextmanager
@@ -210,19 +213,36 @@ class LlamaCppBackend(Backend):
                 self._abort_flag[0] = b"x"
 
     def _assign(self, batch: list[Request]) -> None:
-        """Give each request its own sequence: the one sharing the longest prefix with it, the
-        least recently used on a tie; set how many of its tokens are kept."""
+        """Give each request its own sequence and set how many of its tokens are kept.
+
+        A request takes the free sequence sharing the longest prefix with it (the least
+        recently used on a tie) when that cuts at most STEAL_MAX tokens of what the sequence
+        holds: its own previous call (a stream's next check, score mode's second call) or a
+        short leftover. Otherwise the match is another caller's state: the request takes the
+        least recently used free sequence instead, seeded with that prefix by
+        `llama_memory_seq_cp` (the unified pool shares the cells; nothing is copied). Cutting
+        the match in place made concurrent calls with similar prompts destroy each other's
+        state between rounds (~1.6x the tokens of the same calls in sequence)."""
+        cpp, mem = self._llama_cpp, self._mem
         free = list(self._sequences)
         for request in batch:
             query = np.asarray(request.ids, dtype=np.int64)
-            best, best_common = None, -1
-            for seq in free:
-                common = _common_prefix(seq.tokens, query)
-                if common > best_common or (common == best_common and seq.last_used < best.last_used):
-                    best, best_common = seq, common
+            common = {seq.seq_id: _common_prefix(seq.tokens, query) for seq in self._sequences}
+            best = max(free, key=lambda s: (common[s.seq_id], -s.last_used))
+            source = max(self._sequences, key=lambda s: common[s.seq_id])  # claimed ones too
+            victim = min(free, key=lambda s: (bool(s.tokens), s.last_used))
+            cut = len(best.tokens) - common[best.seq_id]
+            if victim is not best and (common[source.seq_id] > common[best.seq_id] or cut > STEAL_MAX):
+                best, keep = victim, min(common[source.seq_id], request.positions[0])
+                cpp.llama_memory_seq_rm(mem, best.seq_id, 0, -1)
+                if keep:
+                    cpp.llama_memory_seq_cp(mem, source.seq_id, best.seq_id, 0, keep)
+                best.tokens = request.ids[:keep]
+                common[best.seq_id] = keep
             free.remove(best)
             self._clock += 1
             best.last_used = self._clock
+            best_common = common[best.seq_id]
             keep = min(best_common, request.positions[0])  # every asked position is evaluated now
             request.extra.update(seq=best, keep=keep, saved=False)
             if self.prefix_cache is not None and (not best.tokens or best_common < len(best.tokens)):
