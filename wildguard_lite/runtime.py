@@ -18,6 +18,7 @@ from .thresholds import apply_thresholds
 from .tokenization import WildGuardTokenizer
 
 if TYPE_CHECKING:
+    from .aio import AsyncResponseStream
     from .streaming import ResponseStream, StreamRule
 
 
@@ -98,6 +99,23 @@ class Classifier:
                 if on_result is not None:
                     on_result(i, result)
             return results
+
+    async def aclassify(self, items: Sequence[Mapping[str, Any]],
+                        on_result: Callable[[int, dict[str, Any]], None] | None = None, *,
+                        timeout: float | None = None) -> list[dict[str, Any]]:
+        """`classify` for asyncio, run off the event loop (`on_result` is called on the loop).
+        Cancelling the awaiting task stops the engine, then raises `asyncio.CancelledError`;
+        `timeout` raises `ClassificationTimeout`. Concurrent awaits share the engine
+        (wildguard_lite/aio.py)."""
+        from .aio import aclassify
+
+        return await aclassify(self, items, on_result, timeout=timeout)
+
+    def astream(self, prompt: str, rule: "StreamRule | None" = None, interval: int | None = None) -> "AsyncResponseStream":
+        """`stream` for asyncio: `await s.afeed(text)`, `await s.aclose()` (wildguard_lite/aio.py)."""
+        from .aio import AsyncResponseStream
+
+        return AsyncResponseStream(self.stream(prompt, rule=rule, interval=interval))
 
     def classify_one(self, prompt: str, response: str | None = None) -> dict[str, Any]:
         """Classify one exchange; see `classify`."""

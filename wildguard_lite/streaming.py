@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .backends.scheduler import Interrupt
 from .contract import LABEL_KEYS, LABEL_VALUES, check_text, validate_item
 from .errors import InvalidInputError
 
@@ -120,8 +121,13 @@ class ResponseStream:
         self._closed = False
         self._busy = threading.Lock()
 
-    def feed(self, text: str) -> dict[str, Any] | None:
+    def feed(self, text: str, *, cancel: threading.Event | None = None,
+             timeout: float | None = None) -> dict[str, Any] | None:
         """Append response text; run a check when `interval` new tokens have arrived.
+
+        `cancel` / `timeout` stop a check as in `Classifier.classify` (raising
+        `ClassificationCancelled` / `ClassificationTimeout`); the text stays in the response,
+        unchecked: the next `feed` or `close` checks it.
 
         Returns:
             The verdict (as `classify`, plus `flagged` and `response_tokens`) when a check
@@ -144,15 +150,16 @@ class ResponseStream:
             # token from its ids in context: fine for a cadence; the check re-tokenizes all.
             if len(self.classifier.tokenizer.encode_exchange("", self._pending)) - self._empty < self.interval:
                 return None
-            return self._check()
+            return self._check(Interrupt.make(cancel, timeout))
 
-    def close(self) -> dict[str, Any]:
+    def close(self, *, cancel: threading.Event | None = None, timeout: float | None = None) -> dict[str, Any]:
         """The final verdict on the complete response (a last check if text is unchecked);
-        calling it again returns the same verdict."""
+        calling it again returns the same verdict. `cancel` / `timeout` as in `feed` (an
+        interrupted close leaves the stream open)."""
         with self._guard("close"):
             if not self._closed:
                 if self._unchecked or self.verdict is None:
-                    self._check()
+                    self._check(Interrupt.make(cancel, timeout))
                 self._closed = True
             return self.verdict
 
@@ -163,8 +170,9 @@ class ResponseStream:
             raise InvalidInputError(f"{what}() called while another call runs: feed a stream from one thread")
         return _Release(self._busy)
 
-    def _check(self) -> dict[str, Any]:
-        result, self._answers, n_ids = self.classifier.score_exchange(self.prompt, self.response, guess=self._answers)
+    def _check(self, interrupt: Interrupt | None = None) -> dict[str, Any]:
+        result, self._answers, n_ids = self.classifier.score_exchange(self.prompt, self.response, guess=self._answers,
+                                                                      interrupt=interrupt)
         self.checks += 1
         self._pending = ""
         self._unchecked = False

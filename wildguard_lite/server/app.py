@@ -208,8 +208,8 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
                 raise APIError(413, str(exc), "input_too_long", n_tokens=exc.n_tokens, limit=exc.limit) from None
             except InvalidInputError as exc:
                 raise APIError(422, str(exc)) from None
-        job.abandoned = True
-        job.future.cancel()
+        # Nobody will read the answer: stop the work so the worker is free for the next request.
+        pool.abandon(job, "client_closed" if watcher in done else "timeout")
         if watcher in done:
             raise APIError(CLIENT_CLOSED, "the client closed the connection before the answer", "client_closed")
         raise APIError(504, f"classification did not finish within {settings.request_timeout_s:g} s "

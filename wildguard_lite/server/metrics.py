@@ -7,6 +7,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from .pool import ABORT_REASONS
+
 if TYPE_CHECKING:
     from .pool import WorkerPool
 
@@ -73,6 +75,17 @@ class Metrics:
                    [("", pool.parsing_errors)])
             metric("wildguard_tokens_evaluated_total", "counter", "Tokens the model evaluated.",
                    [("", pool.tokens_evaluated())])
+            # Every reason/stage pair from the start, so a rate() sees the first abort.
+            metric("wildguard_aborted_total", "counter",
+                   "Requests whose classification was dropped because nobody would read the answer, by reason "
+                   "(client_closed, timeout) and stage (queued: never started; running: stopped in the engine).",
+                   [(f'{{reason="{r}",stage="{s}"}}', pool.aborted.get((r, s), 0))
+                    for r in ABORT_REASONS for s in ("queued", "running")])
+            rounds = [c.backend.stats.aborted for c in pool.unique_classifiers() if hasattr(c.backend, "stats")]
+            if rounds:
+                metric("wildguard_engine_aborted_rounds_total", "counter",
+                       "Engine rounds stopped inside llama_decode because every call in them was abandoned.",
+                       [("", sum(rounds))])
             cache = pool.prefix_cache
             if cache is not None:
                 stats = cache.stats

@@ -1,6 +1,10 @@
 """The worker pool: N threads sharing one Classifier (llama.cpp: each call on its own KV
 sequence, concurrent calls batched into one engine call), one FIFO, and a bounded admission
-count. A list of distinct classifiers also works (one per worker)."""
+count. A list of distinct classifiers also works (one per worker).
+
+Abandoned work stops: when a request's client leaves or its time runs out, `abandon` sets the
+job's cancel event, so a queued job is skipped and a running one stops inside the engine
+(llama.cpp: in `llama_decode`; other engines before their next step) and frees its worker."""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..errors import ClassificationCancelled
 from ..runtime import Classifier
 from .settings import ServeSettings
 
@@ -23,7 +28,13 @@ class Job:
     items: list[dict[str, Any]]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
-    abandoned: bool = False  # the request timed out or its client left: skip it if still queued
+    abandoned: bool = False  # the request timed out or its client left: skip or stop its work
+    reason: str | None = None  # why it was abandoned (ABORT_REASONS)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+# Why a job's work is dropped (the `reason` label of wildguard_aborted_total).
+ABORT_REASONS = ("client_closed", "timeout")
 
 
 class WorkerPool:
@@ -38,6 +49,12 @@ class WorkerPool:
         self.running = 0
         self.items_done = 0
         self.parsing_errors = 0
+        # (reason, stage) -> jobs whose work was dropped: "queued" skipped before it started,
+        # "running" stopped mid-classification.
+        self.aborted: dict[tuple[str, str], int] = {}
+        # False: abandoned jobs still run to the end once started (the behaviour before
+        # abandoned work was stopped; benchmarks compare the two).
+        self.abort_abandoned = True
         self._job_seconds = 1.0  # moving average, for Retry-After
         self._lock = threading.Lock()
         self._jobs: queue.Queue[Job | None] = queue.Queue()
@@ -63,6 +80,14 @@ class WorkerPool:
         self._jobs.put(job)
         return job
 
+    def abandon(self, job: Job, reason: str) -> None:
+        """The request will not use its answer (`reason` in ABORT_REASONS): stop its work."""
+        job.reason = reason
+        job.abandoned = True
+        job.future.cancel()
+        if self.abort_abandoned:
+            job.cancel.set()
+
     def unique_classifiers(self) -> list[Classifier]:
         return list({id(c): c for c in self.classifiers}.values())
 
@@ -77,21 +102,30 @@ class WorkerPool:
             with self._lock:
                 self.queued -= 1
                 if job.abandoned:
+                    self._count_abort(job, "queued")
                     continue
                 self.running += 1
             start = time.perf_counter()
             try:
-                outcome: tuple[bool, Any] = (True, clf.classify(job.items))
+                outcome: tuple[bool, Any] = (True, clf.classify(job.items, cancel=job.cancel))
             except BaseException as exc:  # handed to the request; the worker lives on
                 outcome = (False, exc)
             seconds = time.perf_counter() - start
+            stopped = not outcome[0] and isinstance(outcome[1], ClassificationCancelled) and job.abandoned
             with self._lock:
                 self.running -= 1
+                if stopped:
+                    self._count_abort(job, "running")
+                else:  # a stopped job's short run says nothing about the next job's length
+                    self._job_seconds = 0.8 * self._job_seconds + 0.2 * seconds
                 if outcome[0]:
                     self.items_done += len(job.items)
                     self.parsing_errors += sum(bool(r.get("is_parsing_error")) for r in outcome[1])
-                self._job_seconds = 0.8 * self._job_seconds + 0.2 * seconds
             job.loop.call_soon_threadsafe(settle, job.future, outcome)
+
+    def _count_abort(self, job: Job, stage: str) -> None:
+        key = (job.reason or "client_closed", stage)
+        self.aborted[key] = self.aborted.get(key, 0) + 1
 
     def close(self) -> None:
         """Finish every admitted job, then stop the workers and free the models."""
