@@ -19,7 +19,7 @@ from ..errors import InvalidInputError
 from ..backends.base import check_threads
 from ..defaults import DEFAULT_MAX_THREADS, MAX_SLOTS, default_threads
 from ..config import RuntimeConfig
-from ..defaults import MODES
+from ..defaults import MODES, OVER_CONTEXT_MODES
 from ..thresholds import parse_threshold_specs, validate_thresholds
 
 # How a harmful verdict shows in OpenAI's category names (see docs/serving.md).
@@ -76,8 +76,11 @@ class ServeSettings:
                                    "body before 408", type=float)
     max_body_bytes: int = option(1 << 20, "--max-body-bytes", "request body limit in bytes, 413 beyond", type=int)
     max_items: int = option(64, "--max-items", "items per request, 413 beyond", type=int)
-    n_ctx: int = option(_RUNTIME_DEFAULTS["n_ctx"], "--n-ctx", "context length in tokens; longer input gets 413",
-                        type=int)
+    n_ctx: int = option(_RUNTIME_DEFAULTS["n_ctx"], "--n-ctx", "context length in tokens (longer input: see "
+                        "--over-context)", type=int)
+    over_context: str = option(_RUNTIME_DEFAULTS["over_context"], "--over-context", "input longer than the "
+                               "context: 'split' judges it in overlapping windows (flagged when any window is), "
+                               "'error' answers 413", choices=OVER_CONTEXT_MODES)
     mode: str = option(_RUNTIME_DEFAULTS["mode"], "--mode", "see 'classify --help'", choices=MODES)
     prefix_cache_mb: float = option(256.0, "--prefix-cache-mb", "memory cap of the shared KV prefix cache "
                                     "for two-phase checks; 0 turns it off", type=float)
@@ -109,6 +112,8 @@ class ServeSettings:
             (self.max_items >= 1, f"--max-items must be at least 1, got {self.max_items}"),
             (self.prefix_cache_mb >= 0, f"--prefix-cache-mb must be 0 or more, got {self.prefix_cache_mb}"),
             (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got '{self.mode}'"),
+            (self.over_context in OVER_CONTEXT_MODES,
+             f"--over-context must be one of {', '.join(OVER_CONTEXT_MODES)}, got '{self.over_context}'"),
             (self.openai_categories in OPENAI_CATEGORY_MODES,
              f"--openai-categories must be one of {', '.join(OPENAI_CATEGORY_MODES)}, got '{self.openai_categories}'"),
             (self.api_key is None or len(self.api_key) >= 16,
