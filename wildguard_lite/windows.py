@@ -30,6 +30,8 @@ RESPONSE_LABELS = LABEL_KEYS[1:]
 MIN_WINDOW_TOKENS = 16
 # A cut moves back at most this share of a window to land on whitespace (not inside a word).
 SNAP_SHARE = 0.1
+# Characters read to estimate a text's characters per token (where to try the first cut).
+SAMPLE_CHARS = 16384
 
 
 @dataclass(frozen=True)
@@ -62,21 +64,17 @@ def plan_windows(tokenizer, prompt: str, response: str | None, capacity_prompt_o
         `ContextTooSmall` (an `InputTooLongError`): the context holds no useful window.
     """
     enc = tokenizer.encode_exchange
-    base_prompt = len(enc(""))
-    windows = [Window(enc(prompt[s:e]), True, PROMPT_LABELS, "prompt", s, e)
-               for s, e in split_spans(prompt, lambda t: len(enc(t)) - base_prompt,
-                                       capacity_prompt_only - base_prompt, overlap)]
+    windows = [Window(ids, True, PROMPT_LABELS, "prompt", s, e)
+               for s, e, ids in split_spans(prompt, enc, capacity_prompt_only, overlap)]
     if not response:
         return windows
     room = capacity_exchange - len(enc("", ""))
     _check_room(room)
     # The response gets up to half the room, the prompt (its end when long) the rest.
-    response_alone = len(enc("", response)) - len(enc("", ""))
-    cut = tail_start(prompt, lambda t: len(enc(t)) - base_prompt, room - min(response_alone, room // 2))
-    context = prompt[cut:]
-    base = len(enc(context, ""))
-    for s, e in split_spans(response, lambda t: len(enc(context, t)) - base, capacity_exchange - base, overlap):
-        windows.append(Window(enc(context, response[s:e]), False, RESPONSE_LABELS, "response", s, e, cut))
+    response_alone = min(length(response, lambda t: enc("", t), room), room // 2)
+    cut = tail_start(prompt, enc, capacity_exchange - response_alone)
+    for s, e, ids in split_spans(response, lambda t: enc(prompt[cut:], t), capacity_exchange, overlap):
+        windows.append(Window(ids, False, RESPONSE_LABELS, "response", s, e, cut))
     return windows
 
 
@@ -116,46 +114,71 @@ def merge_results(windows: Sequence[Window], results: Sequence[dict[str, Any]]) 
     return merged
 
 
-def split_spans(text: str, count: Callable[[str], int], capacity: int, overlap: int) -> list[tuple[int, int]]:
-    """Character spans of `text`, each counting at most `capacity` tokens (`count` measures a
-    piece as it will be encoded), neighbours sharing about `overlap` tokens; they cover every
-    character. One span when the text fits."""
-    total = count(text)
-    if total <= capacity:
-        return [(0, len(text))]
-    _check_room(capacity)
-    overlap = max(1, min(overlap, capacity // 4))
-    per_token = len(text) / max(1, total)  # characters per token, to guess where a cut falls
-    spans: list[tuple[int, int]] = []
+def split_spans(text: str, encode: Callable[[str], list[int]], capacity: int,
+                overlap: int) -> list[tuple[int, int, list[int]]]:
+    """Character spans of `text` with their ids, `encode(piece)` being the input that holds a
+    piece: each at most `capacity` ids, neighbours sharing about `overlap` tokens, together
+    covering every character. One span when the text fits."""
+    base = len(encode(""))
+    room = capacity - base
+    per_token = chars_per_token(text, encode, base)
+    if len(text) <= 2 * room * per_token:  # may fit: try it whole
+        ids = encode(text)
+        if len(ids) <= capacity:
+            return [(0, len(text), ids)]
+    _check_room(room)
+    overlap = max(1, min(overlap, room // 4))
+    spans: list[tuple[int, int, list[int]]] = []
     start = 0
     while True:
-        end = min(len(text), start + max(1, int(capacity * per_token)))
-        n = count(text[start:end])
-        while n > capacity:  # the guess was long: shrink in proportion, at least one character
-            end = start + max(1, min(end - start - 1, int((end - start) * capacity / n * 0.97)))
-            n = count(text[start:end])
-        if end < len(text):
-            end = _snap_back(text, start, end)
-        spans.append((start, end))
+        end = _cut(text, start, start + max(1, int(room * per_token)))
+        ids = encode(text[start:end])
+        while len(ids) > capacity:  # the guess was long: shrink in proportion, at least a character
+            shrunk = int((end - start) * room / max(1, len(ids) - base) * 0.97)
+            end = _cut(text, start, start + max(1, min(end - start - 1, shrunk)))
+            ids = encode(text[start:end])
+        spans.append((start, end, ids))
         if end >= len(text):
             return spans
         # Step back `overlap` tokens (at this window's density) to a word start: the next
         # window starts after this one's start and before its end, so no character is skipped.
-        back = max(1, int(overlap * (end - start) / max(1, n)))
+        back = max(1, int(overlap * (end - start) / max(1, len(ids) - base)))
         start = _snap_forward(text, max(start + 1, end - back), end)
 
 
-def tail_start(text: str, count: Callable[[str], int], limit: int) -> int:
-    """Where the end of `text` that counts at most `limit` tokens starts (at a word): 0 when
-    the whole text fits."""
-    n = count(text)
-    if n <= limit:
+def tail_start(text: str, encode: Callable[[str], list[int]], capacity: int) -> int:
+    """Where the end of `text` starts (at a word) that fits an input of at most `capacity`
+    ids (`encode(piece)` being the input holding a piece); 0 when the whole text fits."""
+    base = len(encode(""))
+    per_token = chars_per_token(text, encode, base)
+    start = max(0, len(text) - int((capacity - base) * per_token * 1.5))
+    if start == 0 and len(encode(text)) <= capacity:
         return 0
-    start = len(text) - max(0, int(len(text) * limit / max(1, n)))
-    while start < len(text) and count(text[start:]) > limit:
+    while start < len(text) and len(encode(text[start:])) > capacity:
         start += max(1, (len(text) - start) // 20)
     start = min(len(text), start)
     return _snap_forward(text, start, min(len(text), start + 64))
+
+
+def length(text: str, encode: Callable[[str], list[int]], limit: int) -> int:
+    """Tokens of `text` (`encode(piece)` minus the ids holding no text), or `limit` when it is
+    clearly longer (a long text is not encoded whole just to learn that)."""
+    base = len(encode(""))
+    if len(text) > 2 * limit * chars_per_token(text, encode, base):
+        return limit
+    return min(limit, len(encode(text)) - base)
+
+
+def chars_per_token(text: str, encode: Callable[[str], list[int]], base: int) -> float:
+    """Characters per token of `text`, from its first SAMPLE_CHARS characters (to guess where a
+    cut falls; every window is measured exactly)."""
+    sample = text[:SAMPLE_CHARS]
+    return max(1, len(sample)) / max(1, len(encode(sample)) - base)
+
+
+def _cut(text: str, start: int, end: int) -> int:
+    """A window's end: the text's end, or moved back to whitespace (not inside a word)."""
+    return len(text) if end >= len(text) else _snap_back(text, start, end)
 
 
 def _snap_back(text: str, start: int, end: int) -> int:
