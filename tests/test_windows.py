@@ -3,6 +3,7 @@ whose verdicts the test decides by markers, through the real Classifier and serv
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -244,3 +245,47 @@ def test_tokens_evaluated_grow_linearly(tok):
     marginal = [(c2 - c1) / (s2 - s1) for s1, s2, c1, c2 in zip(sizes, sizes[1:], costs, costs[1:])]
     assert max(marginal) / min(marginal) < 1.1, marginal
     assert all(c <= 1.8 * s for s, c in zip(sizes, costs)), (sizes, costs)
+
+
+# -- the server: long input is judged, 200; --over-context error keeps 413 ----------------------
+@pytest.mark.parametrize(
+    "path, body, check",
+    [
+        # a harmful sentence inside benign padding 3x the context: flagged
+        ("/v1/moderations", {"input": "{pad}" + HARMFUL + " {pad}"},
+         lambda r: r["results"][0]["flagged"] and r["results"][0]["wildguard"]["windows"] >= 3),
+        # benign long text: 200, not flagged
+        ("/v1/moderations", {"input": "{pad}{pad}"}, lambda r: not r["results"][0]["flagged"]),
+        # a long harmful reply, judged with its prompt
+        ("/v1/moderations", {"input": [{"prompt": "rivers?", "response": "{pad}" + HARMFUL}]},
+         lambda r: r["results"][0]["categories"]["harmful_response"]),
+        # the native endpoint carries the window count
+        ("/v1/classify", {"items": [{"prompt": HARMFUL + " {pad}"}]},
+         lambda r: r["results"][0]["prompt_harmfulness"] == "harmful" and r["results"][0]["windows"] >= 2),
+        # LiteLLM's guardrail: a long last turn
+        ("/beta/litellm_basic_guardrail_api", {"input_type": "request", "texts": ["x"],
+                                                "structured_messages": [{"role": "user", "content": "{pad}" + HARMFUL}]},
+         lambda r: r["action"] == "BLOCKED"),
+    ],
+)
+def test_server_judges_long_input(tok, path, body, check):
+    TestClient = pytest.importorskip("fastapi.testclient").TestClient
+    from server_fakes import marker_app
+
+    pad = padding(tok, 1.5)
+    body = json.loads(json.dumps(body).replace("{pad}", pad))
+    with TestClient(marker_app(tok, n_ctx=N_CTX)) as client:
+        reply = client.post(path, json=body)
+    assert reply.status_code == 200, reply.text
+    assert check(reply.json()), reply.json()
+
+
+def test_server_over_context_error_is_413(tok):
+    TestClient = pytest.importorskip("fastapi.testclient").TestClient
+    from server_fakes import marker_app
+
+    with TestClient(marker_app(tok, n_ctx=N_CTX, over_context="error")) as client:
+        reply = client.post("/v1/moderations", json={"input": ["short", padding(tok, 3)]})
+    assert reply.status_code == 413, reply.text
+    error = reply.json()["error"]
+    assert error["type"] == "input_too_long" and error["limit"] == N_CTX and "item 1" in error["message"]
