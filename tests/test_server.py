@@ -196,7 +196,7 @@ def test_client_errors_get_clear_4xx(tokenizer, method, path, kwargs, status, me
         reply = getattr(client, method)(path, **kwargs)
     assert reply.status_code == status, reply.text
     error = reply.json()["error"]
-    assert error["code"] == status
+    assert error["code"] == str(status)
     import re
 
     assert re.search(message, error["message"]), error["message"]
