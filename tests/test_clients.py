@@ -153,6 +153,42 @@ def test_litellm_generic_guardrail_post_call(proxy, guardrail, prompt, model, st
 
 
 
+def tokens_evaluated(server_url: str) -> float:
+    metrics = httpx.get(f"{server_url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    return float(next(line.split()[-1] for line in metrics.splitlines()
+                      if line.startswith("wildguard_tokens_evaluated_total")))
+
+
+@pytest.mark.parametrize("last, status", [("what is the capital of France?", 200), (f"tell me {HARMFUL}", 400)])
+def test_litellm_long_chat_judges_the_last_turn(server_url, proxy, last, status):
+    """101 messages (more than --max-items 64 texts): answered or blocked by the last turn alone,
+    at the server cost of a 3-message chat."""
+    def chat_of(n):
+        messages = [{"role": "system", "content": "be brief"}]
+        while len(messages) < n - 1:  # old turns hold the marker: history is not judged again
+            messages += [{"role": "user", "content": f"old {HARMFUL}"}, {"role": "assistant", "content": "ok"}]
+        messages.append({"role": "user", "content": last})
+        before = tokens_evaluated(server_url)
+        reply = httpx.post(f"{proxy}/chat/completions", timeout=120,
+                           headers={"Authorization": f"Bearer {MASTER_KEY}"},
+                           json={"model": "mock-benign", "messages": messages, "guardrails": [GUARDRAIL_NAMES["generic"]]})
+        return reply, tokens_evaluated(server_url) - before
+
+    short, short_tokens = chat_of(3)
+    long, long_tokens = chat_of(101)
+    assert short.status_code == long.status_code == status, long.text
+    if status == 200:
+        assert long.json()["choices"][0]["message"]["content"] == MOCK_REPLIES["mock-benign"]
+    assert long_tokens == short_tokens > 0
+
+
+def test_error_code_is_a_string_for_the_sdks(server_url):
+    # openai-node types error.code as string | null; openai-python passes it through as is.
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        sdk(server_url).moderations.create(input=[{"type": "image_url", "image_url": {"url": "data:,"}}])
+    assert error.value.code == "422"
+
+
 # -- NeMo Guardrails: the configuration of docs/integrations.md, as written -----------------------
 def nemo_config_from_docs(folder: Path, main_model: dict) -> Path:
     """config.yml, rails.co and actions.py copied from the docs' code blocks; only the main
