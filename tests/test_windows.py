@@ -289,3 +289,44 @@ def test_server_over_context_error_is_413(tok):
     assert reply.status_code == 413, reply.text
     error = reply.json()["error"]
     assert error["type"] == "input_too_long" and error["limit"] == N_CTX and "item 1" in error["message"]
+
+
+# -- on the toy: what the project controls, and the toy's flagged/total for the record ---------
+@pytest.mark.slow
+def test_on_the_toy_the_window_holding_a_harmful_sentence_is_judged(toy_gguf, heldout):
+    import wildguard_lite
+
+    n_ctx = 512
+    sentences = [r["prompt"] for r in heldout if r["prompt_harm_label"] == "harmful"][:12]
+    benign = [r["prompt"] for r in heldout if r["prompt_harm_label"] == "unharmful"]
+    flagged = alone = 0
+    with wildguard_lite.load(toy_gguf["q8_0"], n_ctx=n_ctx, threads=1) as clf:
+        pad = ""
+        for text in benign:
+            if len(clf.tokenizer.encode_exchange(pad)) >= 3 * n_ctx:
+                break
+            pad += text + " "
+        cap = capacities_of(clf, n_ctx)
+        padding_alone = clf.classify_one(pad)
+        assert padding_alone["windows"] >= 3
+        for i, sentence in enumerate(sentences):
+            # Spread across the padding, each at a word boundary.
+            pos = pad.rfind(" ", 0, len(pad) * i // len(sentences)) + 1
+            text = pad[:pos] + sentence + " " + pad[pos:]
+            result = clf.classify_one(text)
+            assert result["windows"] >= 3 and not result["is_parsing_error"]
+            # The window that holds the sentence whole was judged: the merged P(yes) is at
+            # least its P(yes) judged on its own.
+            windows = plan_windows(clf.tokenizer, text, None, *cap)
+            holder = next(w for w in windows if w.start <= pos and pos + len(sentence) <= w.end)
+            own = clf.classify_one(text[holder.start:holder.end])["scores"]["prompt_harmfulness"]
+            assert result["scores"]["prompt_harmfulness"] >= own - 1e-3
+            flagged += result["prompt_harmfulness"] == "harmful"
+            alone += clf.classify_one(sentence)["prompt_harmfulness"] == "harmful"
+    print(f"\ntoy q8_0, n_ctx {n_ctx}: a harmful sentence inside benign padding 3x the context flagged "
+          f"{flagged}/{len(sentences)} (the sentences alone: {alone}/{len(sentences)}; the padding alone: "
+          f"{padding_alone['prompt_harmfulness']}, P={padding_alone['scores']['prompt_harmfulness']:.2f})")
+
+
+def capacities_of(clf, n_ctx):
+    return n_ctx - clf._score_budget_prompt, n_ctx - clf._score_budget
