@@ -296,7 +296,7 @@ def test_server_over_context_error_is_413(tok):
 def test_on_the_toy_the_window_holding_a_harmful_sentence_is_judged(toy_gguf, heldout):
     import wildguard_lite
 
-    n_ctx = 512
+    n_ctx = N_CTX
     sentences = [r["prompt"] for r in heldout if r["prompt_harm_label"] == "harmful"][:12]
     benign = [r["prompt"] for r in heldout if r["prompt_harm_label"] == "unharmful"]
     flagged = alone = 0
@@ -306,7 +306,7 @@ def test_on_the_toy_the_window_holding_a_harmful_sentence_is_judged(toy_gguf, he
             if len(clf.tokenizer.encode_exchange(pad)) >= 3 * n_ctx:
                 break
             pad += text + " "
-        cap = capacities_of(clf, n_ctx)
+        cap = capacities(clf)  # n_ctx is N_CTX
         padding_alone = clf.classify_one(pad)
         assert padding_alone["windows"] >= 3
         for i, sentence in enumerate(sentences):
@@ -326,7 +326,3 @@ def test_on_the_toy_the_window_holding_a_harmful_sentence_is_judged(toy_gguf, he
     print(f"\ntoy q8_0, n_ctx {n_ctx}: a harmful sentence inside benign padding 3x the context flagged "
           f"{flagged}/{len(sentences)} (the sentences alone: {alone}/{len(sentences)}; the padding alone: "
           f"{padding_alone['prompt_harmfulness']}, P={padding_alone['scores']['prompt_harmfulness']:.2f})")
-
-
-def capacities_of(clf, n_ctx):
-    return n_ctx - clf._score_budget_prompt, n_ctx - clf._score_budget
