@@ -13,11 +13,16 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
+from server_fakes import HARMFUL, REFUSE, UNREADABLE, build_tokenizer, marker_app
 
-from server_fakes import HARMFUL, REFUSE, UNREADABLE, build_tokenizer, marker_app  # noqa: E402
-from wildguard_lite.server.guardrail import (GUARDRAIL_PATH, HOLDBACK_MAX_CHARS, PromptMemory,  # noqa: E402
-                                             unfinished_word, user_turns)
+from wildguard_lite.server.guardrail import (
+    GUARDRAIL_PATH,
+    HOLDBACK_MAX_CHARS,
+    PromptMemory,
+    unfinished_word,
+    user_turns,
+)
 
 
 @pytest.fixture(scope="module")

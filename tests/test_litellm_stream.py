@@ -24,8 +24,8 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 yaml = pytest.importorskip("yaml")
 
-from server_fakes import HARMFUL, build_tokenizer, marker_app, running  # noqa: E402
-from wildguard_lite.benchmarks.loadtest import LITELLM_MASTER_KEY, litellm_proxy  # noqa: E402
+from server_fakes import HARMFUL, build_tokenizer, marker_app, running
+from wildguard_lite.benchmarks.loadtest import LITELLM_MASTER_KEY, litellm_proxy
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 KEY = "test-key-" + "s" * 24
@@ -79,7 +79,7 @@ def documented_guardrail() -> dict:
     """litellm_params of the streaming guardrail in docs/integrations.md, as written."""
     doc = (Path(__file__).parents[1] / "docs" / "integrations.md").read_text(encoding="utf-8")
     section = doc[doc.index("### Streamed replies"):]
-    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)
     return yaml.safe_load(block)["guardrails"][0]["litellm_params"]
 
 

@@ -5,13 +5,13 @@ engine answers " n/a" at the response-harm cue with the yes/no logits the test c
 import pytest
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
+from server_fakes import MarkerBackend, build_tokenizer, sections
 
-from server_fakes import MarkerBackend, build_tokenizer, sections  # noqa: E402
-from wildguard_lite.config import RuntimeConfig  # noqa: E402
-from wildguard_lite.runtime import Classifier  # noqa: E402
-from wildguard_lite.server import ServeSettings, create_app  # noqa: E402
-from wildguard_lite.server.guardrail import GUARDRAIL_PATH  # noqa: E402
+from wildguard_lite.config import RuntimeConfig
+from wildguard_lite.runtime import Classifier
+from wildguard_lite.server import ServeSettings, create_app
+from wildguard_lite.server.guardrail import GUARDRAIL_PATH
 
 NA_YES = "NA-LEANS-YES"  # in the response: n/a at the harm cue, yes above no
 NA_NO = "NA-LEANS-NO"  # n/a, no above yes

@@ -3,12 +3,13 @@ whose verdicts the test decides by markers, through the real Classifier and serv
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
 import pytest
-
 from server_fakes import HARMFUL, REFUSE, UNREADABLE, MarkerBackend, build_tokenizer
+
 from wildguard_lite.config import RuntimeConfig
 from wildguard_lite.contract import LABEL_KEYS
 from wildguard_lite.errors import InputTooLongError, InvalidInputError
@@ -69,7 +70,7 @@ def test_windows_fit_and_cover_every_character(tok, name, with_response):
         assert all(len(w.ids) <= cap for w in mine)
         # Together they cover every character, neighbours overlapping by whole tokens.
         assert mine[0].start == 0 and mine[-1].end == len(text)
-        for a, b in zip(mine, mine[1:]):
+        for a, b in itertools.pairwise(mine):
             assert a.start < b.start < a.end
             shared = len(tok.encode_exchange(text[b.start:a.end])) - len(tok.encode_exchange(""))
             assert shared >= 8, (a, b)  # the boundary token and its neighbours are whole in b

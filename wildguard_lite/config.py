@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .backends.base import check_threads
-from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT, OVER_CONTEXT_MODES, DEFAULT_SLOTS, MAX_N_CTX, MAX_SLOTS, MIN_N_CTX, MODES
+from .defaults import (DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT, DEFAULT_SLOTS, MAX_N_CTX, MAX_SLOTS, MIN_N_CTX,
+                       MODES, OVER_CONTEXT_MODES)
 from .errors import InvalidInputError
 from .thresholds import validate_thresholds
 

@@ -17,8 +17,9 @@ Pure functions over the tokenizer's public `encode_exchange`; no engine here.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .contract import LABEL_KEYS, LABEL_VALUES
 from .defaults import WINDOW_OVERLAP_TOKENS
