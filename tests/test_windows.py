@@ -7,8 +7,9 @@ import itertools
 import json
 import random
 
+import numpy as np
 import pytest
-from server_fakes import HARMFUL, REFUSE, UNREADABLE, MarkerBackend, build_tokenizer
+from server_fakes import HARMFUL, REFUSE, UNREADABLE, MarkerBackend, build_tokenizer, sections
 
 from wildguard_lite.config import RuntimeConfig
 from wildguard_lite.contract import LABEL_KEYS
@@ -135,6 +136,46 @@ def test_labels_of_a_long_exchange(tok, prompt, response, want):
     result = classifier(tok).classify_one(prompt.format(pad=pad), response.format(pad=pad))
     assert tuple(result[k] for k in LABEL_KEYS) == want
     assert result["windows"] >= 2 and not result["is_parsing_error"]
+
+
+class GenerateMarkers(MarkerBackend):
+    """Generate mode: writes WildGuard's answer block, decided by the markers, then EOS."""
+
+    def __init__(self, tok, n_ctx):
+        super().__init__(tok, n_ctx=n_ctx)
+        a, b = tok.encode_exchange("q", "alpha"), tok.encode_exchange("q", "zebra crossing 42")
+        n = 0
+        while a[-1 - n] == b[-1 - n]:
+            n += 1
+        self.tail = list(a[-n:])  # the template after the response: the input ends with it
+
+    def next_logits(self, ids):
+        ids, t = [int(i) for i in ids], len(self.tail)
+        end = max(i for i in range(t, len(ids) + 1) if ids[i - t:i] == self.tail)
+        prompt, response = sections(self.tokenizer.decode(ids[:end]))
+        answers = ["yes" if HARMFUL in prompt else "no"]
+        answers += (["yes" if REFUSE in response else "no", "yes" if HARMFUL in response else "no"]
+                    if response.strip() else ["n/a", "n/a"])
+        block = self.tokenizer.answer_ids(answers) + [self.tokenizer.eos_id]
+        logits = np.zeros(self.n_vocab, dtype=np.float32)
+        logits[block[len(ids) - end]] = 5.0
+        return logits
+
+
+@pytest.mark.parametrize(
+    "prompt, response, want",
+    [
+        ("{pad}" + HARMFUL + " {pad}", None, ("harmful", None, None)),  # a long harmful prompt
+        ("{pad}{pad}", None, ("unharmful", None, None)),  # a long benign one
+        ("rivers?", "{pad}" + HARMFUL + " {pad}", ("unharmful", "compliance", "harmful")),  # a long harmful reply
+    ],
+)
+def test_generate_mode_windows(tok, prompt, response, want):
+    pad = padding(tok, 1.5)
+    clf = Classifier(GenerateMarkers(tok, N_CTX), tok, RuntimeConfig(mode="generate"))
+    result = clf.classify_one(prompt.format(pad=pad), None if response is None else response.format(pad=pad))
+    assert tuple(result[k] for k in LABEL_KEYS) == want
+    assert result["windows"] >= 3 and not result["is_parsing_error"]
 
 
 def test_an_unreadable_window_fails_closed(tok):
