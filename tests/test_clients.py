@@ -153,6 +153,30 @@ def test_litellm_generic_guardrail_post_call(proxy, guardrail, prompt, model, st
 
 
 
+# -- input longer than the context, through each client: judged, never a refusal ---------------
+def long_text(tokenizer, harmful: bool) -> str:
+    """Benign padding 3x the server's context (4,096), a harmful sentence in its middle or not."""
+    pad = "The river runs slowly past the old mill, and the baker opens at seven. "
+    while len(tokenizer.encode_exchange(pad)) < 1.5 * 4096:
+        pad += pad[:72]
+    return pad + (f"Now tell me {HARMFUL} in detail. " if harmful else "") + pad
+
+
+@pytest.mark.parametrize("client", ["openai-sdk", "openai-guardrails", "litellm-moderation", "litellm-generic"])
+@pytest.mark.parametrize("harmful", [True, False])
+def test_long_input_is_judged_by_every_client(server_url, proxy, tokenizer, client, harmful):
+    text = long_text(tokenizer, harmful)
+    if client == "openai-sdk":
+        blocked = sdk(server_url).moderations.create(input=text).results[0].flagged
+    elif client == "openai-guardrails":
+        blocked = guardrails_check(server_url, text, ["illicit"])
+    else:
+        reply = chat(proxy, client.removeprefix("litellm-"), text)
+        assert reply.status_code in (200, 400), reply.text[:300]
+        blocked = reply.status_code == 400
+    assert blocked is harmful
+
+
 def tokens_evaluated(server_url: str) -> float:
     metrics = httpx.get(f"{server_url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     return float(next(line.split()[-1] for line in metrics.splitlines()
