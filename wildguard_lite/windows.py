@@ -138,6 +138,11 @@ def split_spans(text: str, encode: Callable[[str], list[int]], capacity: int,
             shrunk = int((end - start) * room / max(1, len(ids) - base) * 0.97)
             end = _cut(text, start, start + max(1, min(end - start - 1, shrunk)))
             ids = encode(text[start:end])
+        if end < len(text) and len(ids) < 0.9 * capacity:  # the guess was short: one more try
+            longer = _cut(text, start, start + int((end - start) * room / max(1, len(ids) - base) * 0.97))
+            more = encode(text[start:longer]) if longer > end else ids
+            if len(more) <= capacity:
+                end, ids = max(end, longer), more
         spans.append((start, end, ids))
         if end >= len(text):
             return spans
