@@ -40,12 +40,12 @@ def litellm_config(url: str, api_key: str, replies: dict[str, str]) -> dict[str,
 
 
 @contextlib.contextmanager
-def litellm_proxy(config: dict[str, Any], workdir: Path, timeout: float = 240.0):
-    """LiteLLM's proxy (the `litellm` command beside this Python) as a child process on a free
-    loopback port, offline; yields its base URL and stops it on exit."""
+def litellm_proxy(config: dict[str, Any], workdir: Path, timeout: float = 240.0, exe: str | None = None):
+    """LiteLLM's proxy (the `litellm` command beside this Python, or `exe`: another version's)
+    as a child process on a free loopback port, offline; yields its base URL and stops it on exit."""
     import httpx
 
-    exe = Path(sys.executable).parent / "litellm"
+    exe = Path(exe) if exe else Path(sys.executable).parent / "litellm"
     if not exe.exists():
         raise FileNotFoundError(f"{exe}: LiteLLM's proxy is not installed (pip install 'wildguard-lite[test-clients]')")
     path = workdir / "litellm.json"  # YAML is a superset of JSON

@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from wildguard_lite.backends.base import Backend
+from wildguard_lite.config import RuntimeConfig
 from wildguard_lite.runtime import Classifier
 from wildguard_lite.server import ServeSettings, create_app
 
@@ -67,9 +68,10 @@ class MarkerBackend(Backend):
 
 
 def marker_app(tokenizer, **settings):
-    """The real app over MarkerBackend workers."""
-    return create_app(ServeSettings(**settings),
-                      classifier_factory=lambda index, threads: Classifier(MarkerBackend(tokenizer), tokenizer))
+    """The real app over MarkerBackend workers (its context `n_ctx`, long input per `over_context`)."""
+    serve = ServeSettings(**settings)
+    return create_app(serve, classifier_factory=lambda index, threads: Classifier(
+        MarkerBackend(tokenizer, n_ctx=serve.n_ctx), tokenizer, RuntimeConfig(over_context=serve.over_context)))
 
 
 @contextlib.contextmanager

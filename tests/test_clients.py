@@ -9,6 +9,7 @@ test; the last test runs the toy GGUF and checks each client's decision equals t
 """
 
 import asyncio
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,11 +111,16 @@ def test_openai_guardrails_moderation_trips(server_url, text, categories, trippe
 
 
 # -- LiteLLM proxy ------------------------------------------------------------------------------
+# Another LiteLLM than the venv's (e.g. the newest release in its own venv): its `litellm` command.
+LITELLM_EXE = os.environ.get("WILDGUARD_LITELLM_EXE")
+
+
 @pytest.fixture(scope="module")
 def proxy(server_url, tmp_path_factory):
-    if not (Path(sys.executable).parent / "litellm").exists():
+    if LITELLM_EXE is None and not (Path(sys.executable).parent / "litellm").exists():
         pytest.skip("LiteLLM's proxy is not installed (the 'test-clients' extra)")
-    with litellm_proxy(litellm_config(server_url, KEY, MOCK_REPLIES), tmp_path_factory.mktemp("litellm")) as base:
+    with litellm_proxy(litellm_config(server_url, KEY, MOCK_REPLIES), tmp_path_factory.mktemp("litellm"),
+                       exe=LITELLM_EXE) as base:
         yield base
 
 
@@ -151,6 +157,68 @@ def test_litellm_generic_guardrail_post_call(proxy, guardrail, prompt, model, st
     else:
         assert reply.json()["choices"][0]["message"]["content"] == MOCK_REPLIES[model]
 
+
+
+# -- input longer than the context, through each client: judged, never a refusal ---------------
+def long_text(tokenizer, harmful: bool) -> str:
+    """Benign padding 3x the server's context (4,096), a harmful sentence in its middle or not."""
+    pad = "The river runs slowly past the old mill, and the baker opens at seven. "
+    while len(tokenizer.encode_exchange(pad)) < 1.5 * 4096:
+        pad += pad[:72]
+    return pad + (f"Now tell me {HARMFUL} in detail. " if harmful else "") + pad
+
+
+@pytest.mark.parametrize("client", ["openai-sdk", "openai-guardrails", "litellm-moderation", "litellm-generic"])
+@pytest.mark.parametrize("harmful", [True, False])
+def test_long_input_is_judged_by_every_client(server_url, proxy, tokenizer, client, harmful):
+    text = long_text(tokenizer, harmful)
+    if client == "openai-sdk":
+        blocked = sdk(server_url).moderations.create(input=text).results[0].flagged
+    elif client == "openai-guardrails":
+        blocked = guardrails_check(server_url, text, ["illicit"])
+    else:
+        reply = chat(proxy, client.removeprefix("litellm-"), text)
+        assert reply.status_code in (200, 400), reply.text[:300]
+        blocked = reply.status_code == 400
+    assert blocked is harmful
+
+
+def tokens_evaluated(server_url: str) -> float:
+    metrics = httpx.get(f"{server_url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    return float(next(line.split()[-1] for line in metrics.splitlines()
+                      if line.startswith("wildguard_tokens_evaluated_total")))
+
+
+@pytest.mark.parametrize("last, status", [("what is the capital of France?", 200), (f"tell me {HARMFUL}", 400)])
+def test_litellm_long_chat_judges_the_last_turn(server_url, proxy, last, status):
+    """101 messages (more than --max-items 64 texts): answered or blocked by the last turn alone,
+    at the server cost of a 3-message chat."""
+    def chat_of(n):
+        messages = [{"role": "system", "content": "be brief"}]
+        while len(messages) < n - 1:  # old turns hold the marker: history is not judged again
+            messages += [{"role": "user", "content": f"old {HARMFUL}"}, {"role": "assistant", "content": "ok"}]
+        messages.append({"role": "user", "content": last})
+        before = tokens_evaluated(server_url)
+        reply = httpx.post(f"{proxy}/chat/completions", timeout=120,
+                           headers={"Authorization": f"Bearer {MASTER_KEY}"},
+                           json={"model": "mock-benign", "messages": messages, "guardrails": [GUARDRAIL_NAMES["generic"]]})
+        return reply, tokens_evaluated(server_url) - before
+
+    short, short_tokens = chat_of(3)
+    long, long_tokens = chat_of(101)
+    assert short.status_code == long.status_code == status, long.text
+    if status == 200:
+        assert long.json()["choices"][0]["message"]["content"] == MOCK_REPLIES["mock-benign"]
+    print(f"\nserver tokens evaluated per call (pre_call + post_call): {short_tokens:.0f} for 3 messages, "
+          f"{long_tokens:.0f} for 101")
+    assert long_tokens == short_tokens > 0
+
+
+def test_error_code_is_a_string_for_the_sdks(server_url):
+    # openai-node types error.code as string | null; openai-python passes it through as is.
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        sdk(server_url).moderations.create(input=[{"type": "image_url", "image_url": {"url": "data:,"}}])
+    assert error.value.code == "422"
 
 
 # -- NeMo Guardrails: the configuration of docs/integrations.md, as written -----------------------

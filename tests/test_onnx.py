@@ -128,8 +128,8 @@ def test_fp32_logits_match_transformers_with_prefix_reuse(toy_onnx, reference):
             assert diff < 1e-3, (len(ids), diff)
 
 
-def test_too_long_input_is_refused(toy_onnx):
-    with wildguard_lite.load(toy_onnx["int4"], n_ctx=256) as clf:
+def test_too_long_input_is_refused_with_over_context_error(toy_onnx):
+    with wildguard_lite.load(toy_onnx["int4"], n_ctx=256, over_context="error") as clf:
         with pytest.raises(InputTooLongError, match=r"item 0: input is \d+ tokens"):
             clf.classify([{"prompt": "word " * 400}])
 

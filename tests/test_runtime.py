@@ -102,8 +102,8 @@ def test_items_are_not_mutated(toy_gguf):
     assert items == before
 
 
-def test_too_long_input_is_refused_not_truncated(toy_gguf):
-    with wildguard_lite.load(toy_gguf["q8_0"], n_ctx=256) as clf:
+def test_too_long_input_is_refused_not_truncated_with_over_context_error(toy_gguf):
+    with wildguard_lite.load(toy_gguf["q8_0"], n_ctx=256, over_context="error") as clf:
         with pytest.raises(InputTooLongError, match=r"item 1: input is \d+ tokens but the context holds 256"):
             clf.classify([{"prompt": "short"}, {"prompt": "word " * 400}])
 

@@ -26,6 +26,7 @@ import wildguard_lite
 from server_fakes import build_tokenizer
 from wildguard_lite.backends.base import Backend
 from wildguard_lite.gguf_meta import read_gguf_info
+from wildguard_lite.config import RuntimeConfig
 from wildguard_lite.runtime import Classifier
 from wildguard_lite.server import ServeSettings, create_app
 from wildguard_lite.server.moderation import OPENAI_CATEGORIES
@@ -73,11 +74,13 @@ class QueuedBackend(Backend):
 def fake_app(tokenizer, answers=(), gate=None, n_ctx=4096, **settings):
     backends = []
 
+    serve_settings = ServeSettings(**settings)
+
     def factory(index, threads):
         backends.append(QueuedBackend(tokenizer, answers, n_ctx=n_ctx, gate=gate))
-        return Classifier(backends[-1], tokenizer)
+        return Classifier(backends[-1], tokenizer, RuntimeConfig(over_context=serve_settings.over_context))
 
-    app = create_app(ServeSettings(**settings), classifier_factory=factory)
+    app = create_app(serve_settings, classifier_factory=factory)
     return app, backends
 
 
@@ -178,7 +181,7 @@ _CHUNKED = iter([b'{"items": [{"prompt": "', b"x" * 3000, b'"}]}'])
         ("post", "/v1/moderations", {"json": {"input": "x" * 5000}}, 413, "the limit is 2048"),
         # a body over the limit, streamed without Content-Length
         ("post", "/v1/classify", {"content": _CHUNKED}, 413, "exceeds the limit of 2048"),
-        # input longer than the context: the token count and the limit, nothing truncated
+        # input longer than the context with --over-context error: the token count and the limit
         ("post", "/v1/classify", {"json": {"items": [{"prompt": "word " * 300}]}}, 413,
          r"item 0: input is \d+ tokens but the context holds 256"),
         # no such endpoint
@@ -188,12 +191,12 @@ _CHUNKED = iter([b'{"items": [{"prompt": "', b"x" * 3000, b'"}]}'])
     ],
 )
 def test_client_errors_get_clear_4xx(tokenizer, method, path, kwargs, status, message):
-    app, _ = fake_app(tokenizer, n_ctx=256, max_items=4, max_body_bytes=2048)
+    app, _ = fake_app(tokenizer, n_ctx=256, max_items=4, max_body_bytes=2048, over_context="error")
     with TestClient(app, raise_server_exceptions=True) as client:
         reply = getattr(client, method)(path, **kwargs)
     assert reply.status_code == status, reply.text
     error = reply.json()["error"]
-    assert error["code"] == status
+    assert error["code"] == str(status)
     import re
 
     assert re.search(message, error["message"]), error["message"]
@@ -328,8 +331,8 @@ def test_concurrent_requests_on_the_toy_match_sequential_results(toy_gguf, heldo
 
 
 @pytest.mark.slow
-def test_over_context_on_the_toy_is_413(model_path):
-    app = create_app(ServeSettings(model=model_path, n_ctx=256))
+def test_over_context_error_on_the_toy_is_413(model_path):
+    app = create_app(ServeSettings(model=model_path, n_ctx=256, over_context="error"))
     with TestClient(app) as client:
         reply = client.post("/v1/moderations", json={"input": ["short", "word " * 400]})
     assert reply.status_code == 413

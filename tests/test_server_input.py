@@ -95,7 +95,7 @@ def test_bad_input_gets_a_clear_4xx_never_a_500(tokenizer, path, body, status, m
         reply = client.post(path, headers={"Content-Type": "application/json"}, **kwargs)
         assert reply.status_code == status, reply.text
         error = reply.json()["error"]
-        assert error["code"] == status and re.search(message, error["message"]), error["message"]
+        assert error["code"] == str(status) and re.search(message, error["message"]), error["message"]
         no_server_errors(client)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import InvalidInputError, WildGuardLiteError
-from .defaults import DEFAULT_MODE, DEFAULT_N_CTX
+from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT
 from .io import InputRow, ResumableWriter, check_input, item_digest, iter_rows, result_row
 
 DEFAULT_WINDOW = 512  # rows in flight: enough for a prompt's responses from several models
@@ -266,6 +266,7 @@ def run_batch(
     order: str = "prefix",
     on_bad_row: str = "stop",
     thresholds: Mapping[str, float] | None = None,
+    over_context: str = DEFAULT_OVER_CONTEXT,
     progress: Callable[[BatchReport], None] | None = None,
 ) -> BatchReport:
     """Load `model` and classify `input` into `output` on this machine (see `classify_file`).
@@ -278,7 +279,7 @@ def run_batch(
 
     # Refuse a bad input or output before the model loads (seconds at 7B).
     check_job(input, output)
-    with load(model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds) as clf:
+    with load(model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds, over_context=over_context) as clf:
         return classify_file(clf, input, output, window=window, order=order, on_bad_row=on_bad_row,
                              progress=progress)
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .backends.base import check_threads
-from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_SLOTS, MAX_N_CTX, MAX_SLOTS, MIN_N_CTX, MODES
+from .defaults import (DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT, DEFAULT_SLOTS, MAX_N_CTX, MAX_SLOTS, MIN_N_CTX,
+                       MODES, OVER_CONTEXT_MODES)
 from .errors import InvalidInputError
 from .thresholds import validate_thresholds
 
@@ -41,11 +42,16 @@ class RuntimeConfig:
     slots: int = DEFAULT_SLOTS
     # llama.cpp: KV cells the slots share (None: defaults.default_kv_tokens); at least n_ctx.
     kv_tokens: int | None = None
+    # Input longer than the context: "split" (judged in overlapping windows) or "error" (refused).
+    over_context: str = DEFAULT_OVER_CONTEXT
 
     def __post_init__(self):
         object.__setattr__(self, "thresholds", validate_thresholds(self.thresholds))
         if self.mode not in MODES:
             raise InvalidInputError(f"unknown mode '{self.mode}'; choose one of {', '.join(MODES)}")
+        if self.over_context not in OVER_CONTEXT_MODES:
+            raise InvalidInputError(f"unknown over_context '{self.over_context}'; choose one of "
+                                    f"{', '.join(OVER_CONTEXT_MODES)}")
         _check_int("n_ctx", self.n_ctx, MIN_N_CTX, MAX_N_CTX,
                    f"the default {DEFAULT_N_CTX} fits WildGuard's inputs; at most the model's trained context")
         check_threads(self.threads)

@@ -11,6 +11,15 @@ import os
 MODES = ("score", "generate")  # score: read the answers' probabilities; generate: greedy + parser
 DEFAULT_MODE = "score"
 
+# Input longer than the context: "split" judges it in overlapping windows (docs/long-inputs.md),
+# "error" refuses it (InputTooLongError; 413 from serve). Split by default: a refusal is a status
+# that fail-open clients pass through, so a padded harmful prompt would pass.
+OVER_CONTEXT_MODES = ("split", "error")
+DEFAULT_OVER_CONTEXT = "split"
+# Tokens neighbouring windows share: a sentence up to this long lies whole inside one window
+# (about 90 English words); 3 % of a 4096-token window.
+WINDOW_OVERLAP_TOKENS = 128
+
 DEFAULT_N_CTX = 4096  # fits WildGuard's inputs with room for the answer
 MIN_N_CTX = 64  # the template alone is ~80 tokens with WildGuard's vocabulary
 # llama.cpp stores n_ctx as uint32 and wraps larger values silently (2**32+300 became 512);

@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from .contract import LABEL_KEYS
-from .defaults import DEFAULT_MAX_THREADS, DEFAULT_MODE, DEFAULT_N_CTX, MODES
+from .defaults import DEFAULT_MAX_THREADS, DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT, MODES, OVER_CONTEXT_MODES
 
 # dest -> (flag, argparse keywords). The dest is RuntimeConfig's field name.
 FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -26,6 +26,10 @@ FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "choices": MODES, "default": DEFAULT_MODE,
         "help": "score: read the answers' probabilities; generate: greedy generation parsed as the official "
                 "package does (default %(default)s)"}),
+    "over_context": ("--over-context", {
+        "choices": OVER_CONTEXT_MODES, "default": DEFAULT_OVER_CONTEXT,
+        "help": "input longer than the context: 'split' judges it in overlapping windows (harmful when any "
+                "window is), 'error' refuses it (HTTP 413) (default %(default)s)"}),
     "thresholds": ("--threshold", {
         "action": "append", "metavar": "LABEL=P", "default": None,
         "help": f"label 'yes' when P(yes) >= P, e.g. {LABEL_KEYS[-1]}=0.3 (repeatable; default: the model's "

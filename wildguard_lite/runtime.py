@@ -16,6 +16,7 @@ from .contract import LABEL_KEYS, LABEL_VALUES, parse_output, validate_item
 from .errors import ClassifierClosedError, InputTooLongError
 from .thresholds import apply_thresholds
 from .tokenization import WildGuardTokenizer
+from .windows import ContextTooSmall, Window, merge_results, plan_windows
 
 if TYPE_CHECKING:
     from .aio import AsyncResponseStream
@@ -80,20 +81,20 @@ class Classifier:
             per answered label, renormalised over yes/no).
 
         Raises:
-            `InvalidInputError`: an item is malformed, or too long for the context (nothing is
-            truncated); raised before any item is run.
+            `InvalidInputError`: an item is malformed, or too long for the context with
+            `over_context="error"` (with "split", the default, it is judged in overlapping
+            windows: wildguard_lite/windows.py); raised before any item is run.
             `ClassificationCancelled` / `ClassificationTimeout`: `cancel` was set / `timeout`
             passed; the classifier stays usable.
         """
         interrupt = Interrupt.make(cancel, timeout)
         with self._call():
-            encoded = [self.encode(item, index=i) for i, item in enumerate(items)]
+            plans = [self._plan(item, i) for i, item in enumerate(items)]
             results = []
-            for i, (ids, prompt_only) in enumerate(encoded):
-                if self.config.mode == "generate":
-                    result = self._generate(ids, interrupt, prompt_only)
-                else:
-                    result = self.score_ids(ids, prompt_only, interrupt=interrupt)[0]
+            for i, (windows, inputs) in enumerate(plans):
+                parts = [self._generate(ids, interrupt, prompt_only) if self.config.mode == "generate"
+                         else self.score_ids(ids, prompt_only, interrupt=interrupt)[0] for ids, prompt_only in inputs]
+                result = parts[0] if windows is None else merge_results(windows, parts)
                 apply_thresholds(result, self.config.thresholds)
                 results.append(result)
                 if on_result is not None:
@@ -116,6 +117,24 @@ class Classifier:
         from .aio import AsyncResponseStream
 
         return AsyncResponseStream(self.stream(prompt, rule=rule, interval=interval))
+
+    def _plan(self, item: Mapping[str, Any], index: int) -> tuple[list[Window] | None, list[tuple[list[int], bool]]]:
+        """(None, [(ids, prompt_only)]), or for an item longer than the context with
+        over_context="split" (windows, their inputs): see wildguard_lite/windows.py."""
+        try:
+            return None, [self.encode(item, index=index)]
+        except InputTooLongError as exc:
+            if self.config.over_context != "split":
+                raise
+            prompt, response = validate_item(item, index)
+            n, score = self.backend.n_ctx, self.config.mode == "score"
+            try:
+                windows = plan_windows(self.tokenizer, prompt, response,
+                                       n - (self._score_budget_prompt if score else self.config.max_new_tokens),
+                                       n - (self._score_budget if score else self.config.max_new_tokens))
+            except ContextTooSmall:
+                raise exc from None
+            return windows, [(w.ids, w.prompt_only) for w in windows]
 
     def classify_one(self, prompt: str, response: str | None = None) -> dict[str, Any]:
         """Classify one exchange; see `classify`."""

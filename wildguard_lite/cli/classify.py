@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="batch input, streamed: .jsonl (objects with prompt/response/id), .csv or .parquet")
     p.add_argument("--output", type=Path, help="batch output, .jsonl or .parquet, in input order (resumable: a rerun skips done rows)")
     p.add_argument("--json", action="store_true", help="print one JSON object (single exchange)")
-    add_runtime_flags(p, "mode", "threads", "n_ctx", "thresholds")
+    add_runtime_flags(p, "mode", "threads", "n_ctx", "over_context", "thresholds")
     b = p.add_argument_group("batch (--input/--output)")
     b.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                    help=f"rows in flight, reordered to share prefixes (default {DEFAULT_WINDOW})")
@@ -75,7 +75,7 @@ def _batch(args, thresholds) -> int:
                                    on_bad_row=args.on_bad_row, thresholds=thresholds)
     job: Callable[..., Any] = run_batch
     if args.ray is None:
-        options.update(window=args.window, order=args.order)
+        options.update(window=args.window, order=args.order, over_context=args.over_context)
     else:  # the same job on Ray actors (ray_data builds on batch, not the other way round)
         from ..ray_data import classify_file_on_ray
 
@@ -146,7 +146,8 @@ def _classify(args) -> int:
     if not single:
         # The batch writes nothing before its first result: a refusal up front leaves no file.
         return _batch(args, thresholds)
-    with load(args.model, mode=args.mode, threads=args.threads, n_ctx=args.n_ctx, thresholds=thresholds) as clf:
+    with load(args.model, mode=args.mode, threads=args.threads, n_ctx=args.n_ctx, thresholds=thresholds,
+              over_context=args.over_context) as clf:
         return _single(args, clf)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import InputTooLongError, InvalidInputError, WildGuardLiteError, require
 from .errors import APIError, check_count, validated_item
-from .guardrail import GUARDRAIL_PATH, PromptMemory, guardrail_reply, parse_guardrail
+from .guardrail import GUARDRAIL_PATH, guardrail_reply, memory_for, parse_guardrail
 from .metrics import CLIENT_CLOSED, ENDPOINTS, Metrics, MetricsMiddleware
 from .moderation import parse_moderation, to_moderation
 from .pool import ClassifierFactory, WorkerPool, default_factory, make_prefix_cache
@@ -115,7 +115,7 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     metrics = Metrics()
-    memory = PromptMemory()
+    memory = memory_for(settings)
     state: dict[str, Any] = {"pool": None, "startup_error": None}
 
     @asynccontextmanager
@@ -233,9 +233,9 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
     @app.post(GUARDRAIL_PATH)
     async def litellm_guardrail(request: Request):
         authorize(request)
-        input_type, items, paired = parse_guardrail(await read_json(request, settings), settings, memory)
-        results = await run_items(request, items) if items else []
-        return guardrail_reply(input_type, results, paired)
+        check = parse_guardrail(await read_json(request, settings), settings, memory)
+        results = await run_items(request, check.items) if check.items else []
+        return guardrail_reply(check, results, memory)
 
     @app.get("/health")
     async def health():
@@ -252,6 +252,7 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
 
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.prompt_memory = memory
     app.state.runtime = state
     return app
 

@@ -20,7 +20,8 @@ class APIError(Exception):
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "code": self.status, **self.extra}}
+        # `code` is a string: OpenAI's SDKs type it string or null (openai-node's APIError).
+        return {"error": {"message": self.message, "type": self.kind, "code": str(self.status), **self.extra}}
 
 
 def check_count(n: int, field_name: str, settings: ServeSettings) -> None:

@@ -162,6 +162,7 @@ def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
         from ..loading import load
 
         return load(settings.model, mode=settings.mode, threads=threads, n_ctx=settings.n_ctx,
-                    slots=settings.slots, kv_tokens=settings.kv_tokens, prefix_cache=prefix_cache, thresholds=settings.thresholds)
+                    slots=settings.slots, kv_tokens=settings.kv_tokens, prefix_cache=prefix_cache,
+                    thresholds=settings.thresholds, over_context=settings.over_context)
 
     return make

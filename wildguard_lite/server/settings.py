@@ -19,7 +19,7 @@ from typing import Any, Callable
 from ..errors import InvalidInputError
 from ..backends.base import check_threads
 from ..config import RuntimeConfig
-from ..defaults import MAX_SLOTS, MODES, default_threads
+from ..defaults import MAX_SLOTS, MODES, OVER_CONTEXT_MODES, default_threads
 from ..flags import add_runtime_flags
 from ..thresholds import parse_threshold_specs, validate_thresholds
 
@@ -82,6 +82,7 @@ class ServeSettings:
     max_items: int = option(64, "--max-items", "items per request, 413 beyond", type=int)
     n_ctx: int = runtime_option(_RUNTIME_DEFAULTS["n_ctx"], "n_ctx")  # longer input gets 413
     mode: str = runtime_option(_RUNTIME_DEFAULTS["mode"], "mode")
+    over_context: str = runtime_option(_RUNTIME_DEFAULTS["over_context"], "over_context")
     prefix_cache_mb: float = option(256.0, "--prefix-cache-mb", "memory cap of the shared KV prefix cache "
                                     "for two-phase checks; 0 turns it off", type=float)
     openai_categories: str = option(
@@ -110,6 +111,8 @@ class ServeSettings:
             (self.max_items >= 1, f"--max-items must be at least 1, got {self.max_items}"),
             (self.prefix_cache_mb >= 0, f"--prefix-cache-mb must be 0 or more, got {self.prefix_cache_mb}"),
             (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got '{self.mode}'"),
+            (self.over_context in OVER_CONTEXT_MODES,
+             f"--over-context must be one of {', '.join(OVER_CONTEXT_MODES)}, got '{self.over_context}'"),
             (self.openai_categories in OPENAI_CATEGORY_MODES,
              f"--openai-categories must be one of {', '.join(OPENAI_CATEGORY_MODES)}, got '{self.openai_categories}'"),
             (self.api_key is None or len(self.api_key) >= 16,
