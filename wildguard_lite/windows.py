@@ -27,6 +27,7 @@ from .errors import InputTooLongError
 
 PROMPT_LABELS = LABEL_KEYS[:1]
 RESPONSE_LABELS = LABEL_KEYS[1:]
+REFUSAL_LABEL = LABEL_KEYS[1]  # the one label merged by "every window" (min) instead of "any" (max)
 # Below this many tokens of room for the text itself, windows would be mostly overlap.
 MIN_WINDOW_TOKENS = 16
 # A cut moves back at most this share of a window to land on whitespace (not inside a word).
@@ -97,13 +98,13 @@ def merge_results(windows: Sequence[Window], results: Sequence[dict[str, Any]]) 
         labels = [r.get(key) for r in votes]
         values = [s for s in ((r.get("scores") or {}).get(key) for r in votes) if s is not None]
         # The side one window decides alone: "yes" for harm, "no" (compliance) for refusal.
-        decisive = LABEL_VALUES[key]["no" if key == "response_refusal" else "yes"]
+        decisive = LABEL_VALUES[key]["no" if key == REFUSAL_LABEL else "yes"]
         if decisive in labels:
             merged[key] = decisive
         elif None not in labels:
             merged[key] = labels[0]
         if values and merged[key] is not None:
-            scores[key] = min(values) if key == "response_refusal" else max(values)
+            scores[key] = min(values) if key == REFUSAL_LABEL else max(values)
         for r in votes:
             if key in r.get("na_resolved", ()) and key not in resolved:
                 resolved.append(key)
