@@ -27,7 +27,8 @@ from .batch import BatchReport, check_job, check_resumed, plan_window
 from .contract import LABEL_KEYS, validate_item
 from .errors import InvalidInputError, WildGuardLiteError, require
 from .defaults import DEFAULT_N_CTX, default_threads
-from .io import ResumableWriter, check_encodable, item_digest, iter_rows
+from .io import check_encodable, item_digest, iter_rows
+from .results import ResumableWriter
 
 DEFAULT_BATCH_SIZE = 64  # rows per actor call: the window each actor reorders by prefix
 DEFAULT_MAX_RESTARTS = -1  # restart a dead actor as often as needed (nodes come and go)
