@@ -8,6 +8,7 @@ Every option here is refused before a model loads, so the rows need no model.
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 
@@ -28,6 +29,79 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> No
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and re.search(pattern, last), proc.stderr[-3000:]
+
+
+SERVE_ROWS = [
+    # an infinite request timeout: was OverflowError (a traceback)
+    (["--timeout", "inf"], r"--timeout must be positive, at most 86400 s, got inf"),
+    # one that overflows to inf when parsed
+    (["--timeout", "1e999"], r"--timeout must be positive.*got inf"),
+    # not a number (already refused: guards the checks' move to the fields that declare them)
+    (["--timeout", "nan"], r"--timeout must be positive.*got nan"),
+    # negative (already refused, as above)
+    (["--timeout", "-1"], r"--timeout must be positive"),
+    # an infinite body timeout
+    (["--body-timeout", "inf"], r"--body-timeout must be positive.*got inf"),
+    # no time at all for a request's head
+    (["--header-timeout", "0"], r"--header-timeout must be positive"),
+    # an infinite prefix cache: was a traceback, then "could not listen on ... (in use)"
+    (["--prefix-cache-mb", "inf"], r"--prefix-cache-mb must be MB from 0 \(off\) to 1048576, got inf"),
+    # ... nan
+    (["--prefix-cache-mb", "nan"], r"--prefix-cache-mb must be MB from 0 \(off\).*got nan"),
+    # ... negative
+    (["--prefix-cache-mb", "-1"], r"--prefix-cache-mb must be MB from 0 \(off\)"),
+    # a port beyond 65535 (already refused, as above)
+    (["--port", "70000"], r"--port must be 0-65535"),
+    # an address that is not this machine's (TEST-NET-3): was "could not listen (in use, or ...)"
+    (["--host", "203.0.113.7", "--port", "0"], r"could not listen on 203\.0\.113\.7:0: not an address of this machine"),
+    # a host name that does not resolve
+    (["--host", "no-such-host.invalid", "--port", "0"], r"--host no-such-host\.invalid: not an address or a known host"),
+]
+
+
+@pytest.mark.parametrize("args, message", SERVE_ROWS, ids=[f"serve-{i}" for i in range(len(SERVE_ROWS))])
+def test_serve_refuses_bad_options(tmp_path, args, message):
+    model = tmp_path / "model.gguf"  # never opened: the options are refused first
+    model.write_bytes(b"GGUF")
+    assert_one_line_error(child(["-m", "wildguard_lite.cli.serve", "--model", str(model), *args], tmp_path), message)
+
+
+def test_serve_on_a_port_in_use_says_so(tmp_path):
+    # A real EADDRINUSE: the one case that says "in use", and before the model loads.
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = child(["-m", "wildguard_lite.cli.serve", "--model", str(model), "--port", str(port)], tmp_path)
+    assert_one_line_error(proc, rf"could not listen on 127\.0\.0\.1:{port}: the port is in use")
+
+
+UNEXPECTED = """
+import sys
+from pathlib import Path
+import wildguard_lite.server.app as app
+from wildguard_lite.cli import run
+from wildguard_lite.server import ServeSettings
+
+def broken(settings):
+    raise RuntimeError("a bug in start-up")
+
+app.make_prefix_cache = broken  # fails in the app's lifespan, before the model loads
+sys.exit(run(lambda: app.serve(ServeSettings(model=Path(sys.argv[1]), port=0))))
+"""
+
+
+def test_unexpected_startup_error_is_not_reported_as_a_busy_port(tmp_path):
+    # Was: uvicorn's traceback, then "could not listen on 127.0.0.1:0 (in use, ...)".
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    proc = child(["-c", UNEXPECTED, str(model)], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "could not listen" not in proc.stderr and "in use" not in proc.stderr, proc.stderr[-3000:]
+    assert "a bug in start-up" in proc.stderr  # uvicorn's log keeps the cause
+    assert proc.stderr.strip().splitlines()[-1] == "error: serve could not start: an unexpected error (see the log above)"
 
 
 RAY_ROWS = [
