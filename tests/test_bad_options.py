@@ -140,3 +140,21 @@ def test_ray_options_without_ray_are_refused(tmp_path, args):
     proc = child(["-c", CLI, "classify", "--model", "m.gguf", "--input", str(src),
                   "--output", str(tmp_path / "out.jsonl"), *args], tmp_path)
     assert_one_line_error(proc, r"--actors and --batch-size go with --ray")
+
+
+def test_ray_refuses_a_parquet_id_it_cannot_write(tmp_path):
+    # A timestamp id column under --ray: was a TypeError inside a failed Ray job; now refused
+    # before Ray starts, no file left behind.
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pytest.importorskip("ray.data")
+    import datetime
+
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b"], "id": [datetime.datetime(2024, 1, 1)] * 2}), src)
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    proc = child(["-c", CLI, "classify", "--model", str(model), "--input", str(src),
+                  "--output", str(tmp_path / "out.jsonl"), "--ray"], tmp_path)
+    assert_one_line_error(proc, r"in\.parquet: column 'id' has type timestamp\[us\]; it must hold strings or integers")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet", "model.gguf"]

@@ -245,7 +245,8 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
                         item["id"] = row["id"]
                     yield f"{path} row {n}", item
         except (OSError, pa.ArrowException) as exc:
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = "".join(c if c.isprintable() else "?" for c in text[:200])
             raise InvalidInputError(
                 f"{path} row group {group + 1} of {groups} (rows {first + 1}-{first + size}): cannot be read "
                 f"at row {n + 1} ({reason}); the file is damaged: write it again from its source") from None

@@ -311,8 +311,8 @@ def classify_file_on_ray(
                     break
         except ray.exceptions.RayError as exc:
             if isinstance(exc, InvalidInputError):  # the read task's own clear error (a damaged file)
-                cause = getattr(exc, "cause", None)
-                message = str(cause) if isinstance(cause, InvalidInputError) else str(exc).strip().splitlines()[-1]
+                cause = getattr(exc, "cause", None)  # Ray appends its retry advice: keep our line only
+                message = (str(cause) if isinstance(cause, InvalidInputError) else str(exc)).strip().splitlines()[0]
                 raise InvalidInputError(f"{message}; the {report.resumed + writer.written} rows before it are "
                                         f"kept in {writer.partial}") from None
             raise WildGuardLiteError(f"the Ray job failed ({str(exc).splitlines()[0][:300]}); "
