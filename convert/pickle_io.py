@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import pickle
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -73,9 +73,24 @@ class PickleTensorRef:
         return raw.astype(np.float32, copy=False)
 
 
+def _check_magic(path: Path) -> None:
+    """torch.save writes a zip archive (torch >= 1.6) or a pickle; anything else (a text file, or
+    a .bin linked to one) gets a clear refusal instead of whatever the unpickler trips on."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read it ({exc.strerror})") from None
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        link = f" (a link to {path.resolve()})" if path.is_symlink() else ""
+        raise ModelFileError(f"{path}{link}: not a PyTorch checkpoint: it starts with {head!r}, not a zip archive "
+                             "or a pickle; download the checkpoint again")
+
+
 def load_state_dict(path: Path) -> dict:
     """A shard's tensors through torch's restricted unpickler only; refuses anything else."""
     torch = require("torch", "convert")
+    _check_magic(path)
     try:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -93,8 +108,9 @@ def load_state_dict(path: Path) -> dict:
             "code, so it is never unpickled in full; convert it to safetensors in a trusted sandbox, or use "
             "a safetensors revision of the checkpoint"
         ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise ModelFileError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # a damaged file trips the unpickler anywhere (KeyError, IndexError, ...)
+        raise ModelFileError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                             f"{str(exc)[:200]})") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                              for k, v in data.items()):
         raise ModelFileError(f"{path}: expected a state dict (tensor name -> tensor), found {type(data).__name__} "
@@ -106,11 +122,7 @@ def pickle_shards(folder: Path) -> list[Path]:
     """The pickle weight files of a Hugging Face folder, in index order; [] if there are none."""
     index = folder / PICKLE_INDEX
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelFileError(f"{index}: not a valid shard index ({exc})") from None
-        files = list(dict.fromkeys(weight_map.values()))
+        files = index_shards(index)
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
             raise ModelFileError(f"{index}: lists shards that are missing: {', '.join(missing[:3])}; "
@@ -119,6 +131,30 @@ def pickle_shards(folder: Path) -> list[Path]:
     if (folder / PICKLE_SINGLE).is_file():
         return [folder / PICKLE_SINGLE]
     return []
+
+
+def index_shards(index: Path) -> list[str]:
+    """The shard file names of an index, checked: each a .bin file name inside the checkpoint
+    folder (as the hub manifest's names are), never a path out of it."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ModelFileError(f"{index}: not a valid shard index ({type(exc).__name__}: {str(exc)[:200]})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(name, str) and isinstance(file, str) for name, file in weight_map.items()):
+        got = type(weight_map).__name__ if isinstance(data, dict) and "weight_map" in data else "no 'weight_map'"
+        raise ModelFileError(f"{index}: 'weight_map' must be an object mapping each tensor name to its shard's "
+                             f"file name (got {got}); download the checkpoint again")
+    files = list(dict.fromkeys(weight_map.values()))
+    for file in files:
+        parts = PurePosixPath(file).parts
+        if not file.endswith(".bin") or "\\" in file or "\0" in file or PurePosixPath(file).is_absolute() \
+                or ".." in parts:
+            raise ModelFileError(f"{index}: shard {file[:100]!r} is not a .bin file inside the checkpoint folder; "
+                                 "an index names its shards by file name (pytorch_model-00001-of-00002.bin), "
+                                 "so this one was refused unread")
+    return files
 
 
 def list_pickle_tensors(folder: Path) -> list[PickleTensorRef]:

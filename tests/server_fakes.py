@@ -76,10 +76,15 @@ def marker_app(tokenizer, **settings):
 
 @contextlib.contextmanager
 def running(app, timeout: float = 30.0):
-    """The app served by uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL."""
+    """The app served by uvicorn as `serve` runs it (its protocol and limits), on 127.0.0.1 (a
+    free port) in a thread; yields its base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    from wildguard_lite.server.app import uvicorn_config
+
+    config = uvicorn_config(app, app.state.settings, host="127.0.0.1", port=0, log_level="warning",
+                            timeout_graceful_shutdown=None)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -227,3 +227,149 @@ def test_million_rows_stream_with_flat_memory(tmp_path):
     assert report.classified == n and report.rows == n
     growth = samples["peak"] - samples["start"]
     assert growth < 100 * 2**20, f"RSS grew {growth / 2**20:.0f} MiB from 10^4 to 10^6 rows"
+
+
+# -- bad files: one row per case, on a tokenizer trained in a second (no toy: the fast tier) -----
+@pytest.fixture(scope="module")
+def quick_tokenizer(tmp_path_factory):
+    from server_fakes import build_tokenizer
+
+    return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def _parquet(columns: dict, **kwargs):
+    def write(path):
+        pa = pytest.importorskip("pyarrow")
+        pq = pytest.importorskip("pyarrow.parquet")
+        pq.write_table(pa.table(columns() if callable(columns) else columns), path, **kwargs)
+    return write
+
+
+def _parquet_ts_id(path):
+    import datetime
+
+    _parquet(lambda: {"prompt": ["a", "b"], "id": [datetime.datetime(2024, 1, 1)] * 2})(path)
+
+
+def _parquet_decimal_id(path):
+    import decimal
+
+    _parquet(lambda: {"prompt": ["a", "b"], "id": [decimal.Decimal("1.5")] * 2})(path)
+
+
+def _empty_parquet(path):
+    pa = pytest.importorskip("pyarrow")
+    _parquet(lambda: {"prompt": pa.array([], pa.string()), "response": pa.array([], pa.string())})(path)
+
+
+def _damaged_parquet(path):
+    """Three row groups of 100 rows; the second one's page header overwritten."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    _parquet({"prompt": [f"prompt number {i}" for i in range(300)]}, row_group_size=100,
+             compression="none", use_dictionary=False)(path)
+    data = bytearray(path.read_bytes())
+    offset = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
+    data[offset:offset + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+
+
+BIG_CELL = "x" * 131_073  # one character past Python's csv field limit
+
+
+# (input name, content: text, bytes or a writer, on_bad_row, expected): expected is
+# ("raises", message, rows kept in .partial) or ("record", message of the one error row, rows written).
+BAD_FILE_ROWS = [
+    # an unterminated quote: was the rest of the file merged into one cell, exit 0, 2 rows for 3
+    ("in.csv", 'prompt,response\nhi,there\n"unterminated quote,x\nok,fine\n', "stop",
+     ("raises", r"in.csv line 3: a quoted cell opened here is never closed", 1)),
+    # ... the same under record: nothing after it can be read, so it still ends the file
+    ("in.csv", 'prompt,response\nhi,there\n"unterminated quote,x\nok,fine\n', "record",
+     ("raises", r"line 3: a quoted cell opened here is never closed", 1)),
+    # text after a closing quote: was silently glued to the cell
+    ("in.csv", 'prompt\nok\n"quoted"tail\nfine\n', "stop", ("raises", r"in.csv line 3: text after a quoted cell", 1)),
+    # a cell over 131,072 characters: was the whole file stopped, no line number
+    ("in.csv", f"prompt\nok\n{BIG_CELL}\nfine\n", "record",
+     ("record", r"in.csv line 3: input is \d+ tokens but the context holds 4096", 3)),
+    # invalid UTF-8 in one CSV row: was the whole file stopped, no line number
+    ("in.csv", b"prompt,response\nok,fine\ncaf\xe9,x\nfine,ok\n", "record",
+     ("record", r"in.csv line 3: not UTF-8 text \(byte 0xe9 in cell 1", 3)),
+    # ... under stop: the error names the line, the row before is kept
+    ("in.csv", b"prompt,response\nok,fine\ncaf\xe9,x\nfine,ok\n", "stop", ("raises", r"in.csv line 3: not UTF-8 text", 1)),
+    # a misspelled field: was ignored, the exchange judged without its response
+    ("in.jsonl", '{"prompt": "ok"}\n{"prompt": "a", "respones": "b"}\n', "record",
+     ("record", r"line 2: unknown field 'respones' \(did you mean 'response'\?\); the fields are prompt, response, id", 2)),
+    # ... under stop
+    ("in.jsonl", '{"prompt": "ok"}\n{"prompt": "a", "label": 1}\n', "stop", ("raises", r"line 2: unknown field 'label'", 1)),
+    # a misspelled CSV column: was ignored
+    ("in.csv", "prompt,respones\nhi,there\n", "record", ("raises", r"line 1: the header has an unknown field 'respones'", 0)),
+    # a lone surrogate in an id: was a UnicodeEncodeError traceback while writing
+    ("in.jsonl", '{"prompt": "ok"}\n{"prompt": "a", "id": "\\ud800"}\n', "record",
+     ("record", r"line 2: field 'id' is not valid text", 2)),
+    # a Parquet id of timestamp type: was a TypeError, exit 1 and an empty .partial
+    ("in.parquet", _parquet_ts_id, "stop", ("raises", r"column 'id' has type timestamp\[us\]; it must hold strings or integers", 0)),
+    # ... of binary type
+    ("in.parquet", _parquet({"prompt": ["a"], "id": [b"\x00\x01"]}), "stop", ("raises", r"column 'id' has type binary", 0)),
+    # ... of decimal type
+    ("in.parquet", _parquet_decimal_id, "stop", ("raises", r"column 'id' has type decimal128", 0)),
+    # a Parquet prompt column of integers: was one error per row
+    ("in.parquet", _parquet({"prompt": [1, 2]}), "record", ("raises", r"column 'prompt' has type int64; it must hold strings", 0)),
+    # an extra Parquet column: was ignored
+    ("in.parquet", _parquet({"prompt": ["a"], "respone": ["b"]}), "record",
+     ("raises", r"the file has an unknown field 'respone' \(did you mean 'response'\?\)", 0)),
+    # a damaged page: was pyarrow's message naming neither the file nor the row
+    ("in.parquet", _damaged_parquet, "record",
+     ("raises", r"in.parquet row group 2 of 3 \(rows 101-200\): cannot be read at row 101 .*damaged", 100)),
+]
+
+
+@pytest.mark.parametrize("name, content, policy, expected", BAD_FILE_ROWS,
+                         ids=[f"file-{i}" for i in range(len(BAD_FILE_ROWS))])
+def test_bad_files(quick_tokenizer, tmp_path, name, content, policy, expected):
+    import re
+
+    src = tmp_path / name
+    if callable(content):
+        content(src)
+    else:
+        src.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    out = tmp_path / "out.jsonl"
+    clf = fake_classifier(quick_tokenizer)
+    kind, message, count = expected
+    if kind == "raises":
+        with pytest.raises(InvalidInputError, match=message):
+            classify_file(clf, src, out, on_bad_row=policy)
+        assert not out.exists()
+        partial = out.with_name("out.jsonl.partial")
+        kept = read_jsonl(partial) if partial.exists() else []
+        assert len(kept) == count and not any(r.get("error") for r in kept)
+        assert count or not partial.exists()  # nothing half-written: no empty .partial
+    else:
+        report = classify_file(clf, src, out, on_bad_row=policy)
+        rows = read_jsonl(out)
+        bad = [r for r in rows if r.get("error")]
+        assert len(rows) == report.rows == count and report.errors == len(bad) == 1
+        assert re.search(message, bad[0]["error"]), bad[0]["error"]
+
+
+@pytest.mark.parametrize("name, content", [
+    ("in.jsonl", b""),  # an empty JSONL file: was "wrote OUT (0 rows)" and no file
+    ("in.jsonl", b"\n\n"),  # blank lines only
+    ("in.csv", b"prompt,response\n"),  # a header alone
+    ("in.parquet", _empty_parquet),  # a Parquet file with 0 rows
+])
+@pytest.mark.parametrize("output", ["out.jsonl", "out.parquet"])
+def test_empty_input_writes_an_empty_output(quick_tokenizer, tmp_path, name, content, output):
+    # Chosen: an empty input is a finished job with an empty, valid output (0 rows), so a
+    # pipeline that reads the output finds it.
+    src = tmp_path / name
+    content(src) if callable(content) else src.write_bytes(content)
+    out = tmp_path / output
+    report = classify_file(fake_classifier(quick_tokenizer), src, out)
+    assert report.rows == 0 and out.exists()
+    if output.endswith(".jsonl"):
+        assert out.read_bytes() == b""
+    else:
+        pq = pytest.importorskip("pyarrow.parquet")
+        table = pq.read_table(out)
+        assert table.num_rows == 0 and "prompt_harmfulness" in table.column_names
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, output])

@@ -142,6 +142,59 @@ def test_pull_bad_requests(published, tmp_path, kwargs, error, message):
             pull(REPO, **{"quant": "q4_k_m", **kwargs}, endpoint=hub.url, cache_dir=tmp_path / "hf")
 
 
+def _manifest_repo(tmp_path: Path, manifest) -> FakeRepo:
+    path = tmp_path / "manifest.json"
+    path.write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    return FakeRepo(COMMIT, {"manifest.json": path})
+
+
+def _artifact(**fields) -> dict:
+    return {"artifacts": [{"quant": "q4_k_m", "file": "toy-q4_k_m.gguf", "sha256": "0" * 64, **fields}]}
+
+
+MANIFEST_ROWS = [
+    # nested 100,000 deep: was a RecursionError traceback from pull and load("hf://...")
+    ("[" * 100_000 + "]" * 100_000, ModelFileError, r"manifest.json nests arrays/objects too deeply"),
+    # an artifact named ".": was IsADirectoryError on the cache's snapshot folder
+    (_artifact(file="."), ModelFileError, r"entry for 'q4_k_m' lacks a valid file name .*got '\.'"),
+    # ... "..", which names the folder above
+    (_artifact(file=".."), ModelFileError, r"lacks a valid file name .*got '\.\.'"),
+    # ... a file that is not a GGUF
+    (_artifact(file="README.md"), ModelFileError, r"lacks a valid file name \(a \.gguf file"),
+    # an artifact without a quant name: was "available: None"
+    ({"artifacts": [{"file": "x.gguf", "sha256": "0" * 64}]}, InvalidInputError,
+     r"no GGUF artifact with quant 'q4_k_m'; available: none$"),
+]
+
+
+@pytest.mark.parametrize("manifest, error, message", MANIFEST_ROWS, ids=[f"manifest-{i}" for i in range(len(MANIFEST_ROWS))])
+def test_bad_manifests_are_clear_errors(tmp_path, manifest, error, message):
+    with HubServer({REPO: _manifest_repo(tmp_path, manifest)}) as hub:
+        with pytest.raises(error, match=message):
+            pull(REPO, "q4_k_m", endpoint=hub.url, cache_dir=tmp_path / "hf")
+        # load("hf://...") pulls the same way: one line, exit status 2, no traceback.
+        script = ("import sys\nfrom wildguard_lite.cli import run\nfrom wildguard_lite import load\n"
+                  f"sys.exit(run(lambda: load('hf://{REPO}', quant='q4_k_m')))\n")
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hf2")}
+        env.pop("HF_HUB_OFFLINE", None)
+        proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert __import__("re").search(message, proc.stderr.strip().splitlines()[-1]), proc.stderr[-2000:]
+
+
+def test_hub_server_error_is_reported_as_one(tmp_path, monkeypatch):
+    # HTTP 500 (after huggingface_hub's retries): was "not in the local Hugging Face cache, and the
+    # hub could not be reached". The retries' waits (~24 s) are cut: what they end in is tested.
+    import huggingface_hub.file_download as download
+
+    backoff = download.http_backoff
+    monkeypatch.setattr(download, "http_backoff", lambda *a, **kw: backoff(*a, **{**kw, "max_retries": 0}))
+    with HubServer({REPO: FakeRepo(COMMIT, {}, error=(500, "", ""))}) as hub:
+        with pytest.raises(WildGuardLiteError, match=r"the hub answered with a server error \(HTTP 500\)") as err:
+            pull(REPO, "q4_k_m", endpoint=hub.url, cache_dir=tmp_path / "hf")
+    assert "could not be reached" not in str(err.value)
+
+
 def test_token_is_sent(published, tmp_path):
     with HubServer({REPO: published}) as hub:
         pull(REPO, "q4_k_m", token="hf_exampletoken", endpoint=hub.url, cache_dir=tmp_path / "hf")

@@ -153,3 +153,55 @@ def test_unusable_folders_say_why(tmp_path, files, message):
         (tmp_path / name).write_text(text)
     with pytest.raises(ModelFileError, match=message):
         checkpoint_tensors(tmp_path)
+
+
+def _index(weight_map) -> dict:
+    return {"pytorch_model.bin.index.json": json.dumps({"weight_map": weight_map})}
+
+
+def _linked_to_text(folder: Path) -> None:
+    (folder.parent / "notes.txt").write_text("hello, not weights\n")
+    os.symlink(folder.parent / "notes.txt", folder / "pytorch_model-00001-of-00001.bin")
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": {"w": "pytorch_model-00001-of-00001.bin"}}))
+
+
+def _outside_shard(folder: Path) -> None:
+    (folder.parent / "outside").mkdir()
+    torch.save({"w": torch.zeros(2)}, folder.parent / "outside" / "x.bin")
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"w": "../outside/x.bin"}}))
+
+
+INDEX_ROWS = [
+    # a shard outside the folder: was read and converted, exit 0
+    (_outside_shard, r"shard '\.\./outside/x\.bin' is not a \.bin file inside the checkpoint folder"),
+    # an absolute path: /etc/passwd was opened (then IndexError)
+    (_index({"w": "/etc/passwd"}), r"shard '/etc/passwd' is not a \.bin file inside the checkpoint folder"),
+    # weight_map a list: was AttributeError
+    (_index(["pytorch_model-00001-of-00001.bin"]), r"'weight_map' must be an object .* \(got list\)"),
+    # weight_map an integer: was AttributeError
+    (_index(3), r"'weight_map' must be an object .* \(got int\)"),
+    # nested values: was TypeError (unhashable)
+    (_index({"w": {"file": "x.bin"}}), r"'weight_map' must be an object mapping each tensor name to its shard's file name"),
+    # no weight_map at all: was KeyError's bare message
+    ({"pytorch_model.bin.index.json": "{}"}, r"\(got no 'weight_map'\)"),
+    # an index nested 100,000 deep: was RecursionError
+    ({"pytorch_model.bin.index.json": '{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}"},
+     r"not a valid shard index \(RecursionError"),
+    # a shard linked to a text file: was KeyError: 101 from the unpickler
+    (_linked_to_text, r"pytorch_model-00001-of-00001\.bin \(a link to .*notes\.txt\): not a PyTorch checkpoint: "
+                      r"it starts with b'hello, not weigh'"),
+]
+
+
+@pytest.mark.parametrize("setup, message", INDEX_ROWS, ids=[f"index-{i}" for i in range(len(INDEX_ROWS))])
+def test_bad_shard_indexes_are_refused(tmp_path, setup, message):
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    if callable(setup):
+        setup(folder)
+    else:
+        for name, text in setup.items():
+            (folder / name).write_text(text)
+    with pytest.raises(ModelFileError, match=message):
+        checkpoint_tensors(folder)

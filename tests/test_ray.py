@@ -102,3 +102,22 @@ def test_dead_actor_is_restarted_and_its_batch_retried(ray_cluster, toy_gguf, it
     for ours, theirs in zip(got, local_results):
         assert ours["error"] is None
         assert_same(ours, theirs)
+
+
+def test_damaged_parquet_on_ray_is_a_clear_error(ray_cluster, toy_gguf, tmp_path):
+    # A damaged page in the second of three row groups: was a failed Ray job with pyarrow's bare
+    # message; now the read task's own error, naming the file, row group and row.
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from wildguard_lite.errors import InvalidInputError
+
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"prompt": [f"question {i}" for i in range(300)]}), src, row_group_size=100,
+                   compression="none", use_dictionary=False)
+    data = bytearray(src.read_bytes())
+    offset = pq.ParquetFile(src).metadata.row_group(1).column(0).data_page_offset
+    data[offset:offset + 8] = b"\xff" * 8
+    src.write_bytes(bytes(data))
+    with pytest.raises(InvalidInputError, match=r"in\.parquet row group 2 of 3 \(rows 101-200\): cannot be read "
+                                                r"at row 101 .*damaged[^\n]*$"):
+        run_batch(src, tmp_path / "out.jsonl", toy_gguf["q8_0"], ray="local", threads=1, batch_size=50)

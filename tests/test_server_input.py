@@ -229,6 +229,77 @@ def test_stalled_body_gets_408(tokenizer):
     assert answer.startswith("HTTP/1.1 408") and "did not arrive within 0.5 s" in answer
 
 
+@pytest.mark.parametrize("sent", [
+    b"GET /health HTTP/1.1\r\nHost: x\r\n",  # headers that never end: were held open for ever
+    b"POST /v1/classify HTTP/1.1\r\nHost",  # a request line and half a header
+    b"",  # a connection that sends nothing
+])
+def test_incomplete_request_head_gets_408(tokenizer, sent):
+    app = marker_app(tokenizer, header_timeout_s=0.5)
+    with running(app) as url:
+        sock = socket.create_connection(("127.0.0.1", port_of(url)), timeout=10)
+        sock.sendall(sent)
+        start = time.monotonic()
+        answer = sock.recv(65536).decode()
+        closed = sock.recv(1) == b""
+        sock.close()
+    assert time.monotonic() - start < 5 and closed
+    assert answer.startswith("HTTP/1.1 408") and "did not arrive within 0.5 s" in answer
+
+
+def test_slow_second_request_head_gets_408(tokenizer):
+    # A kept-alive connection whose next head trickles in: each byte reset uvicorn's keep-alive
+    # timer, so it was held as long as the client kept sending.
+    app = marker_app(tokenizer, header_timeout_s=1.0)
+    with running(app) as url:
+        sock = socket.create_connection(("127.0.0.1", port_of(url)), timeout=10)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = sock.recv(65536)
+        start = time.monotonic()
+        answer = b""
+        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\n":
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.1)
+            sock.setblocking(False)
+            try:
+                answer += sock.recv(65536)
+            except BlockingIOError:
+                pass
+            sock.setblocking(True)
+            if answer:
+                break
+        sock.close()
+    assert first.startswith(b"HTTP/1.1 200")
+    assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - start < 3, answer
+
+
+def test_405_names_the_allowed_methods(tokenizer):
+    # RFC 9110: a 405 carries Allow (was missing).
+    with TestClient(marker_app(tokenizer)) as client:
+        reply = client.get("/v1/classify")
+        health = client.delete("/health")
+    assert reply.status_code == 405 and reply.headers["allow"] == "POST"
+    assert health.status_code == 405 and health.headers["allow"] == "GET"
+
+
+@pytest.mark.parametrize("body, message", [
+    # a misspelled field: was ignored, the exchange judged without its response
+    ({"items": [{"prompt": "a", "respones": "b"}]}, r"items\[0\]: unknown field 'respones' \(did you mean 'response'\?\); "
+                                                   r"the fields are prompt, response"),
+    # a field the endpoint does not have
+    ({"items": [{"prompt": "a", "id": 3}]}, r"items\[0\]: unknown field 'id'; the fields are prompt, response"),
+    # a misspelled top-level field beside items
+    ({"items": [{"prompt": "a"}], "option": 1}, r"request body: unknown field 'option'; the fields are items"),
+])
+def test_classify_refuses_unknown_fields(tokenizer, body, message):
+    with TestClient(marker_app(tokenizer)) as client:
+        reply = client.post("/v1/classify", json=body)
+    assert reply.status_code == 422 and re.search(message, reply.json()["error"]["message"]), reply.text
+
+
 def test_client_that_leaves_is_not_a_500(tokenizer, caplog):
     import httpx
 

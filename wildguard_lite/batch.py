@@ -23,7 +23,8 @@ import numpy as np
 
 from .errors import InvalidInputError, WildGuardLiteError
 from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT
-from .io import InputRow, ResumableWriter, check_input, item_digest, iter_rows, result_row
+from .io import InputRow, check_input, item_digest, iter_rows
+from .results import ResumableWriter, result_row
 
 DEFAULT_WINDOW = 512  # rows in flight: enough for a prompt's responses from several models
 BAD_ROW_POLICIES = ("stop", "record")  # stop: a clear error naming the row; record: an error row
@@ -156,25 +157,30 @@ def classify_file(
         backend = getattr(clf, "backend", None)
         evaluated_before = getattr(backend, "tokens_evaluated", 0)
         stop_error: str | None = None
-        while stop_error is None:
+        file_error: str | None = None  # the rest of the file cannot be read (a quote never closed, ...)
+        while stop_error is None and file_error is None:
             batch: list[InputRow] = []
-            for row in rows:
-                report.rows += 1
-                if row.error is not None and on_bad_row == "stop":
-                    stop_error = f"{row.where}: {row.error}"
-                    break
-                batch.append(row)
-                if len(batch) == window:
-                    break
+            try:
+                for row in rows:
+                    report.rows += 1
+                    if row.error is not None and on_bad_row == "stop":
+                        stop_error = f"{row.where}: {row.error}"
+                        break
+                    batch.append(row)
+                    if len(batch) == window:
+                        break
+            except InvalidInputError as exc:
+                file_error = str(exc)  # the rows read before it still run, and are kept
             if not batch:
                 break
             stop_error = _run_window(clf, batch, writer, report, on_bad_row, order == "prefix", start, progress) or stop_error
             report.tokens_evaluated = getattr(backend, "tokens_evaluated", 0) - evaluated_before
         report.seconds = time.perf_counter() - start
-        if stop_error is not None:
-            kept = f"; the {report.resumed + writer.written} rows before it are kept in {writer.partial}, fix the row and rerun to resume" \
-                if writer.written or report.resumed else ""
-            raise InvalidInputError(stop_error + kept + " (or pass on_bad_row='record' / --on-bad-row record)")
+        if stop_error is not None or file_error is not None:
+            kept = f"; the {report.resumed + writer.written} rows before it are kept in {writer.partial}, fix the " \
+                   "file and rerun to resume" if writer.written or report.resumed else ""
+            hint = " (or pass on_bad_row='record' / --on-bad-row record)" if stop_error is not None else ""
+            raise InvalidInputError((stop_error or file_error) + kept + hint)
         writer.finish()
     finally:
         writer.close()

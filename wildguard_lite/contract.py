@@ -6,6 +6,7 @@ no tokenizer, no heavy imports.
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any, Mapping
 
@@ -137,6 +138,23 @@ def validate_item(item: Any, index: int | None = None) -> tuple[str, str | None]
     if response is not None:
         check_text(response, f"{where}field 'response'")
     return prompt, response
+
+
+ITEM_FIELDS = ("prompt", "response")  # an item's fields; batch rows add "id"
+
+
+def check_fields(item: Mapping, allowed: tuple[str, ...] = ITEM_FIELDS, where: str = "") -> None:
+    """Refuse fields the item does not have: a misspelled "respones" would otherwise be dropped
+    and the exchange judged without its response."""
+    unknown = [key for key in item if key not in allowed]
+    if not unknown:
+        return
+    key = unknown[0]
+    shown = repr(key) if isinstance(key, str) else f"{key!r} ({type(key).__name__})"
+    close = difflib.get_close_matches(key, allowed, n=1) if isinstance(key, str) else []
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+    raise InvalidInputError(f"{where}unknown field {shown[:80]}{more}{hint}; the fields are {', '.join(allowed)}")
 
 
 def check_text(text: str, what: str) -> None:

@@ -48,9 +48,13 @@ def hub_error(exc: Exception, repo: str, revision: str | None, what: str = "") -
     from huggingface_hub import constants
 
     where = f"{repo}@{revision or 'main'}" + (f" ({what})" if what else "")
-    if isinstance(exc, LocalEntryNotFoundError) and isinstance(exc.__cause__, HfHubHTTPError):
-        exc = exc.__cause__  # hf_hub_download wraps the hub's answer when nothing is cached
+    cause = exc.__cause__
+    if isinstance(exc, LocalEntryNotFoundError) and getattr(getattr(cause, "response", None), "status_code", None):
+        exc = cause  # the hub answered (hf_hub_download wraps its answer when nothing is cached)
     status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int) and status >= 500:
+        return WildGuardLiteError(f"{where}: the hub answered with a server error (HTTP {status}), after retrying; "
+                                  "try again later (the file is not in the local cache either)")
     if isinstance(exc, GatedRepoError):
         return WildGuardLiteError(
             f"{where}: the repository is gated. Accept its conditions on {model_page(repo)} (logged in with your "
@@ -90,15 +94,23 @@ def choose_artifact(manifest: dict, quant: str, where: str) -> dict:
     found = [a for a in artifacts if isinstance(a, dict) and a.get("quant") == quant.lower()]
     gguf = [a for a in found if a.get("format", "gguf") == "gguf"]
     if not gguf:
-        have = sorted({str(a.get("quant")) for a in artifacts
-                       if isinstance(a, dict) and a.get("format", "gguf") == "gguf"})
+        # Entries without a quant name (a malformed manifest) are not offered as choices.
+        have = sorted({a["quant"] for a in artifacts if isinstance(a, dict) and isinstance(a.get("quant"), str)
+                       and a.get("format", "gguf") == "gguf"})
         extra = " (only as ONNX, which pull does not fetch)" if found else ""
         raise InvalidInputError(f"{where}: no GGUF artifact with quant '{quant}'{extra}; "
                                 f"available: {', '.join(have) or 'none'}")
     artifact = gguf[0]
-    if not re.fullmatch(r"[0-9a-f]{64}", str(artifact.get("sha256", ""))) or "/" in str(artifact.get("file", "/")):
-        raise ModelFileError(f"{where}: {MANIFEST} entry for '{quant}' lacks a valid file name or sha256")
+    if not re.fullmatch(r"[0-9a-f]{64}", str(artifact.get("sha256", ""))) or not plain_gguf_name(artifact.get("file")):
+        raise ModelFileError(f"{where}: {MANIFEST} entry for '{quant}' lacks a valid file name (a .gguf file at "
+                             f"the repo's top level, got {str(artifact.get('file'))[:80]!r}) or sha256")
     return artifact
+
+
+def plain_gguf_name(name) -> bool:
+    """A file at the repo's top level: no folder, not '.', '..' or hidden, ending in .gguf."""
+    return (isinstance(name, str) and name.endswith(".gguf") and not name.startswith(".")
+            and not any(c in name for c in "/\\\0"))
 
 
 def pull(repo: str, quant: str = DEFAULT_PULL_QUANT, revision: str | None = None, token: str | None = None,
@@ -138,6 +150,9 @@ def pull(repo: str, quant: str = DEFAULT_PULL_QUANT, revision: str | None = None
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"{where}: {MANIFEST} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ModelFileError(f"{where}: {MANIFEST} nests arrays/objects too deeply to be a wildguard-lite "
+                             "manifest") from None
     artifact = choose_artifact(manifest, quant, where)
     try:
         path = Path(hf.hf_hub_download(filename=artifact["file"], revision=commit, force_download=force_download,

@@ -1,8 +1,9 @@
-"""Batch files, streamed: JSONL, CSV and Parquet in; resumable JSONL or Parquet out.
+"""Batch files, streamed in: JSONL, CSV and Parquet (results are written by `results.py`).
 
-Nothing here holds more than one row (or one Parquet row group) at a time, so memory does not
-depend on the number of rows. Results are written in input order, so a resumed run finds the
-rows it has as a prefix of the input and checks them against the input as it streams.
+Nothing here holds more than one row (or one Parquet batch) at a time, so memory does not
+depend on the number of rows. A bad row is yielded with what is wrong with it and where
+("FILE line N", "FILE row N"); what makes the rest of a file unreadable (a header without
+'prompt', a quote never closed, a damaged Parquet page) is raised, naming the place.
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generator, Iterator
 
-from .contract import LABEL_KEYS, check_text, validate_item
-from .errors import InvalidInputError, WildGuardLiteError, require
+from .contract import ITEM_FIELDS, check_fields, check_text, validate_item
+from .errors import InvalidInputError, require
 
 INPUT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-OUTPUT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+BATCH_FIELDS = (*ITEM_FIELDS, "id")  # what a batch row may hold; anything else is refused
 PARQUET_READ_ROWS = 1024  # rows decoded at a time from a Parquet input
-PARQUET_WRITE_ROWS = 10_000  # rows per row group of a Parquet output
+# Python's csv module stops a whole file at a cell over 131,072 characters. A longer cell is
+# read and refused on its own row (longer than any context); past this size it is far more
+# likely a quote that was never closed, reported as that.
+CSV_MAX_CELL = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,9 @@ def input_format(path: Path) -> str:
 def iter_rows(path: str | os.PathLike, skip: int = 0) -> Generator[InputRow, None, None]:
     """Stream the rows of a batch file; a bad row is yielded with its error, not raised.
 
-    Errors about the whole file (missing, wrong type, no 'prompt' column, not UTF-8 where the
-    row cannot be told) are raised before or when they are met. `skip` rows are read past
-    without validation (a resumed run that has already checked them).
+    Errors about the whole file (missing, wrong type, no 'prompt' column, unknown columns, a
+    damaged part after which nothing can be read) are raised before or when they are met.
+    `skip` rows are read past without validation (a resumed run that has already checked them).
     """
     path = Path(path)
     fmt = input_format(path)
@@ -68,6 +71,7 @@ def _checked_rows(raw_rows: Iterator[tuple[str, dict[str, Any] | str]],
             yield InputRow(index, where, error=raw)
             continue
         try:
+            check_fields(raw, BATCH_FIELDS)
             validate_item(raw)
             check_encodable(raw)
         except InvalidInputError as exc:
@@ -82,11 +86,20 @@ def check_input(path: str | os.PathLike) -> None:
 
 
 def check_encodable(item: dict[str, Any]) -> None:
-    """JSON escapes can carry lone surrogates ("\\ud800"), which are not text."""
+    """JSON escapes can carry lone surrogates ("\\ud800"), which are not text (nor writable as
+    UTF-8, so an id holding one could not be written to the output either)."""
     for field in ("prompt", "response"):
         value = item.get(field)
         if isinstance(value, str):
             check_text(value, f"field '{field}'")
+    if "id" in item:
+        check_text(json.dumps(item["id"], ensure_ascii=False), "field 'id'")
+
+
+def item_digest(item: dict[str, Any]) -> str:
+    """Identifies an item's text, so a resumed run can tell its own rows from another input's."""
+    data = json.dumps([item["prompt"], item.get("response") or ""], ensure_ascii=False)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()[:16]
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
@@ -113,22 +126,45 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
             yield where, item
 
 
+def _undecodable(cells: list[str]) -> str | None:
+    """Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape): name the first."""
+    for k, cell in enumerate(cells):
+        for i, ch in enumerate(cell):
+            if "\udc80" <= ch <= "\udcff":
+                return f"not UTF-8 text (byte 0x{ord(ch) - 0xDC00:02x} in cell {k + 1}, character {i}); save the file as UTF-8"
+    return None
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
+    if csv.field_size_limit() < CSV_MAX_CELL:
+        csv.field_size_limit(CSV_MAX_CELL)  # process-wide, and only ever raised
     # utf-8-sig: spreadsheet programs start CSV files with a BOM, which is not part of the header.
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
+    # surrogateescape: a row with bytes that are not UTF-8 is refused alone, with its line.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        # strict: a quote never closed is an error at the end of the file, not the rest of the
+        # file swallowed into one cell.
+        reader = csv.reader(f, strict=True)
+        end = 0  # the last line of the last record read
+        try:
             header = next(reader, None)
             if not header or "prompt" not in header:
                 raise InvalidInputError(
                     f"{path} line 1: the header needs a 'prompt' column (and optionally 'response', 'id'); "
                     f"found {header or 'nothing'}")
-            columns = {name: header.index(name) for name in ("prompt", "response", "id") if name in header}
+            try:
+                check_fields(dict.fromkeys(header), BATCH_FIELDS, "the header has an ")
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{path} line 1: {exc}; rename or remove that column") from None
+            columns = {name: header.index(name) for name in BATCH_FIELDS if name in header}
             end = reader.line_num
             for cells in reader:
                 start, end = end + 1, reader.line_num  # a quoted cell may span lines
                 where = f"{path} line {start}"
                 if not cells:
+                    continue
+                bad_bytes = _undecodable(cells)
+                if bad_bytes:
+                    yield where, bad_bytes
                     continue
                 if len(cells) > len(header):
                     yield where, (f"{len(cells)} cells but the header has {len(header)} columns; "
@@ -145,224 +181,73 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
                 if cell.get("id"):
                     item["id"] = cell["id"]
                 yield where, item
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"{path}: not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
-    except csv.Error as exc:
-        raise InvalidInputError(f"{path}: invalid CSV ({exc})") from None
+        except csv.Error as exc:
+            raise InvalidInputError(_csv_error(path, str(exc), end + 1, reader.line_num)) from None
+
+
+def _csv_error(path: Path, reason: str, start: int, line: int) -> str:
+    """What a csv.Error means for the user; nothing after it can be trusted, so it ends the file."""
+    fix = "close the quote, and write a quote inside a quoted cell as two (\"\")"
+    if "end of data" in reason:
+        return f"{path} line {start}: a quoted cell opened here is never closed (the file ends inside it); {fix}"
+    if "field limit" in reason:
+        return (f"{path} line {start}: a cell runs past {CSV_MAX_CELL:,} characters (to line {line}): "
+                f"probably a quote that is never closed; {fix}")
+    if "expected after" in reason:
+        return f"{path} line {line}: text after a quoted cell's closing quote ({reason}); {fix}"
+    return f"{path} line {line}: invalid CSV ({reason})"
+
+
+# Parquet column types the columns may have: text for prompt and response; an id that is text
+# or an integer (other types have no faithful JSON form: cast them to string first).
+def _parquet_type_ok(pa, name: str, kind) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    text = pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind) or \
+        getattr(pa.types, "is_string_view", lambda k: False)(kind)
+    return text or (name == "id" and pa.types.is_integer(kind))
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
+    pa = require("pyarrow", "parquet")
     pq = require("pyarrow.parquet", "parquet")
     try:
         source = pq.ParquetFile(path)
+        schema = source.schema_arrow
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError variants
         raise InvalidInputError(f"{path}: not a readable Parquet file ({exc})") from None
-    names = source.schema_arrow.names
+    names = schema.names
     if "prompt" not in names:
         raise InvalidInputError(f"{path}: needs a 'prompt' column (and optionally 'response', 'id'); found {names}")
-    columns = [c for c in ("prompt", "response", "id") if c in names]
+    try:
+        check_fields(dict.fromkeys(names), BATCH_FIELDS, "the file has an ")
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{path}: {exc}; select the columns it needs "
+                                "(e.g. pyarrow: table.select(['prompt', 'response']))") from None
+    for name in names:
+        kind = schema.field(name).type
+        if not _parquet_type_ok(pa, name, kind):
+            want = "strings or integers" if name == "id" else "strings"
+            raise InvalidInputError(f"{path}: column '{name}' has type {kind}; it must hold {want} "
+                                    f"(cast it, e.g. pyarrow: table.set_column(i, '{name}', "
+                                    f"table['{name}'].cast(pa.string())))")
     n = 0
-    for batch in source.iter_batches(batch_size=PARQUET_READ_ROWS, columns=columns):
-        for row in batch.to_pylist():
-            n += 1
-            item = {"prompt": row["prompt"]}
-            if row.get("response") not in (None, ""):
-                item["response"] = row["response"]
-            if row.get("id") is not None:
-                item["id"] = row["id"]
-            yield f"{path} row {n}", item
-
-
-def item_digest(item: dict[str, Any]) -> str:
-    """Identifies an item's text, so a resumed run can tell its own rows from another input's."""
-    data = json.dumps([item["prompt"], item.get("response") or ""], ensure_ascii=False)
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()[:16]
-
-
-# -- results --------------------------------------------------------------------------------
-def result_row(row: InputRow, result: dict[str, Any] | None = None, error: str | None = None) -> dict[str, Any]:
-    """The output row of an input row: its result, or an error record (`error` set, labels null)."""
-    item = row.item
-    out: dict[str, Any] = {"index": row.index, "item_sha256": item_digest(item) if item else None}
-    if item and "id" in item:
-        out["id"] = item["id"]
-    if result is not None:
-        out.update(result)
-        return out
-    out.update({key: None for key in LABEL_KEYS})
-    out.update({"is_parsing_error": False, "scores": {key: None for key in LABEL_KEYS},
-                "error": f"{row.where}: {error or row.error}"})
-    return out
-
-
-def _parquet_schema():
-    pa = require("pyarrow", "parquet")
-    score = pa.struct([(key, pa.float64()) for key in LABEL_KEYS])
-    return pa.schema([("index", pa.int64()), ("item_sha256", pa.string()), ("id", pa.string()),
-                      *[(key, pa.string()) for key in LABEL_KEYS], ("is_parsing_error", pa.bool_()),
-                      ("scores", score), ("error", pa.string())])
-
-
-def _parquet_record(row: dict[str, Any]) -> dict[str, Any]:
-    record = {name: row.get(name) for name in ("index", "item_sha256", *LABEL_KEYS, "is_parsing_error", "scores", "error")}
-    # Parquet needs one type per column: ids that are not strings keep their JSON text.
-    ident = row.get("id")
-    record["id"] = ident if ident is None or isinstance(ident, str) else json.dumps(ident)
-    return record
-
-
-class ResumableWriter:
-    """Appends result rows to OUTPUT.partial (JSONL) and moves it to OUTPUT when finished.
-
-    OUTPUT is JSONL or Parquet by its suffix. A rerun finds the rows done by an interrupted run
-    (OUTPUT.partial) or a finished one (OUTPUT) as a prefix of the input, checks them, and
-    appends the rest. Nothing is created until the first row is written, so a run refused up
-    front leaves no file behind.
-    """
-
-    def __init__(self, output: str | os.PathLike):
-        output = Path(output)
-        self.output = output
-        self.format = OUTPUT_SUFFIXES.get(output.suffix.lower())
-        if self.format is None:
-            raise InvalidInputError(f"{output}: unknown output type '{output.suffix}'; use .jsonl or .parquet")
-        if self.format == "parquet":
-            require("pyarrow.parquet", "parquet")
-        self.partial = output.with_name(output.name + ".partial")
-        if output.is_dir():
-            raise WildGuardLiteError(f"{output}: is a folder; give a file name ending in .jsonl or .parquet")
+    groups = source.metadata.num_row_groups
+    for group in range(groups):
+        first, size = n, source.metadata.row_group(group).num_rows
         try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise WildGuardLiteError(f"{output.parent}: cannot create the output folder ({exc.strerror})") from None
-        if not os.access(output.parent, os.W_OK):
-            raise WildGuardLiteError(f"{output.parent}: output folder is not writable")
-        self._file = None
-        self.written = 0
-        if self.partial.exists():
-            self._drop_cut_line()
-
-    def _drop_cut_line(self) -> None:
-        """An interrupted run may leave a last line without its newline: drop it (redone)."""
-        size = self.partial.stat().st_size
-        if size == 0:
-            return
-        with open(self.partial, "rb") as f:
-            f.seek(max(0, size - 1))
-            if f.read(1) == b"\n":
-                return
-            # Scan back in blocks for the last newline.
-            pos = size
-            while pos > 0:
-                start = max(0, pos - 65536)
-                f.seek(start)
-                block = f.read(pos - start)
-                cut = block.rfind(b"\n")
-                if cut >= 0:
-                    keep = start + cut + 1
-                    break
-                pos = start
-            else:
-                keep = 0
-        with open(self.partial, "r+b") as f:
-            f.truncate(keep)
-
-    def done_rows(self) -> Iterator[tuple[int, str | None]]:
-        """(index, item_sha256) of the rows already done, in order."""
-        if self.partial.exists():
-            yield from self._jsonl_done(self.partial)
-        elif self.output.exists():
-            if self.format == "parquet":
-                yield from self._parquet_done()
-            else:
-                yield from self._jsonl_done(self.output)
-
-    def _jsonl_done(self, path: Path) -> Iterator[tuple[int, str | None]]:
-        with open(path, "rb") as f:
-            for n, raw in enumerate(f):
-                try:
-                    row = json.loads(raw)
-                    index, digest = int(row["index"]), row["item_sha256"]
-                except (ValueError, KeyError, TypeError, RecursionError):
-                    raise WildGuardLiteError(f"{path} line {n + 1}: not a wildguard-lite result row; "
-                                             "remove it or choose another --output") from None
-                yield self._in_order(path, n, index), digest
-
-    def _parquet_done(self) -> Iterator[tuple[int, str | None]]:
-        pq = require("pyarrow.parquet", "parquet")
-        try:
-            source = pq.ParquetFile(self.output)
-            batches = source.iter_batches(batch_size=PARQUET_WRITE_ROWS, columns=["index", "item_sha256"])
-            n = 0
-            for batch in batches:
-                for index, digest in zip(batch.column("index").to_pylist(), batch.column("item_sha256").to_pylist()):
-                    yield self._in_order(self.output, n, index), digest
+            for batch in source.iter_batches(batch_size=PARQUET_READ_ROWS, row_groups=[group], columns=names):
+                for row in batch.to_pylist():
                     n += 1
-        except (KeyError, ValueError, OSError) as exc:
-            raise WildGuardLiteError(f"{self.output}: not a wildguard-lite result file ({exc}); "
-                                     "remove it or choose another --output") from None
-
-    @staticmethod
-    def _in_order(path: Path, n: int, index: Any) -> int:
-        if index != n:
-            raise WildGuardLiteError(f"{path}: row {n + 1} has index {index}, expected {n} (results are written "
-                                     "in input order); remove it or choose another --output")
-        return n
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self._file is None:
-            if not self.partial.exists() and self.output.exists():
-                self._partial_from_output()
-            self._file = open(self.partial, "a", encoding="utf-8")
-        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._file.flush()
-        self.written += 1
-
-    def _partial_from_output(self) -> None:
-        """A finished run gets more rows: continue from a copy of its output."""
-        tmp = self.partial.with_name(self.partial.name + ".tmp")
-        if self.format == "jsonl":
-            shutil.copyfile(self.output, tmp)
-        else:
-            pq = require("pyarrow.parquet", "parquet")
-            with open(tmp, "w", encoding="utf-8") as f:
-                for batch in pq.ParquetFile(self.output).iter_batches(batch_size=PARQUET_WRITE_ROWS):
-                    for row in batch.to_pylist():
-                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.partial)
-
-    def finish(self) -> None:
-        """Close and publish OUTPUT (a Parquet output is written from the partial, then renamed)."""
-        self.close()
-        if not self.partial.exists():
-            return  # nothing new: OUTPUT (if any) is already complete
-        if self.format == "jsonl":
-            os.replace(self.partial, self.output)
-            return
-        tmp = self.output.with_name(self.output.name + ".tmp")
-        try:
-            self._jsonl_to_parquet(self.partial, tmp)
-            os.replace(tmp, self.output)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        self.partial.unlink()
-
-    @staticmethod
-    def _jsonl_to_parquet(source: Path, target: Path) -> None:
-        pa = require("pyarrow", "parquet")
-        pq = require("pyarrow.parquet", "parquet")
-        schema = _parquet_schema()
-        with pq.ParquetWriter(target, schema) as writer, open(source, "rb") as f:
-            chunk: list[dict[str, Any]] = []
-            for raw in f:
-                chunk.append(_parquet_record(json.loads(raw)))
-                if len(chunk) == PARQUET_WRITE_ROWS:
-                    writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-                    chunk = []
-            if chunk:
-                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-
-    def close(self) -> None:
-        if self._file is not None and not self._file.closed:
-            self._file.close()
+                    item = {"prompt": row["prompt"]}
+                    if row.get("response") not in (None, ""):
+                        item["response"] = row["response"]
+                    if row.get("id") is not None:
+                        item["id"] = row["id"]
+                    yield f"{path} row {n}", item
+        except (OSError, pa.ArrowException) as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = "".join(c if c.isprintable() else "?" for c in text[:200])
+            raise InvalidInputError(
+                f"{path} row group {group + 1} of {groups} (rows {first + 1}-{first + size}): cannot be read "
+                f"at row {n + 1} ({reason}); the file is damaged: write it again from its source") from None

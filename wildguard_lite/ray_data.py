@@ -25,9 +25,11 @@ from typing import Any, Callable
 
 from .batch import BatchReport, check_job, check_resumed, plan_window
 from .contract import LABEL_KEYS, validate_item
+from .backends.base import check_threads
 from .errors import InvalidInputError, WildGuardLiteError, require
-from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, default_threads
-from .io import ResumableWriter, check_encodable, item_digest, iter_rows
+from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, available_cores, default_threads
+from .io import check_encodable, item_digest, iter_rows
+from .results import ResumableWriter
 
 DEFAULT_BATCH_SIZE = 64  # rows per actor call: the window each actor reorders by prefix
 DEFAULT_MAX_RESTARTS = -1  # restart a dead actor as often as needed (nodes come and go)
@@ -110,6 +112,32 @@ def _with_results(pa, batch, outcomes):
                                 names=[*keep, *results.column_names])
 
 
+def check_ray_options(actors: int, threads: int | None, batch_size: int) -> None:
+    for name, value in (("actors", actors), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidInputError(f"{name} must be an integer of at least 1, got {value!r}")
+    check_threads(threads)  # 0 was taken as "the default" silently
+
+
+def actor_threads(actors: int, threads: int | None) -> int:
+    return threads if threads is not None else default_threads(share=actors)
+
+
+def check_cpus(actors: int, threads: int, cpus: float, node_cpus: float, where: str) -> None:
+    """Ray places an actor only where `threads` CPUs are free and waits, silently and for ever,
+    for the actors it cannot place: refuse that up front, with numbers that fit."""
+    if actors * threads <= cpus and threads <= node_cpus:
+        return
+    cpus, node_cpus = int(cpus), int(node_cpus)
+    fit_actors = max(1, min(actors, cpus))
+    fit_threads = max(1, min(node_cpus, cpus // fit_actors))
+    raise InvalidInputError(
+        f"--actors {actors} x --threads {threads} needs {actors * threads} CPUs"
+        + (f" ({threads} on one node)" if threads > node_cpus else "")
+        + f", but {where} has {cpus} (at most {node_cpus} on one node); Ray would wait for ever for the rest. "
+        f"Use --actors {fit_actors} --threads {fit_threads}, or add nodes to the cluster")
+
+
 def map_batches_options(
     model: str | os.PathLike,
     *,
@@ -123,12 +151,9 @@ def map_batches_options(
     max_task_retries: int = DEFAULT_MAX_TASK_RETRIES,
 ) -> dict[str, Any]:
     """Keyword arguments for `Dataset.map_batches(WildGuardPredictor, **options)`."""
-    if actors < 1:
-        raise InvalidInputError(f"actors must be at least 1, got {actors}")
-    if batch_size < 1:
-        raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
+    check_ray_options(actors, threads_per_actor, batch_size)
     ray_data = require("ray.data", "ray")
-    threads = threads_per_actor or default_threads(share=actors)
+    threads = actor_threads(actors, threads_per_actor)
     return {
         "fn_constructor_kwargs": {"model": str(model), "mode": mode, "threads": threads, "n_ctx": n_ctx,
                                   "thresholds": thresholds},
@@ -198,14 +223,14 @@ def _datasource(path: str, skip: int):
 
 
 def _start_ray(address: str):
-    """'local' starts a Ray instance here; an address or 'auto' joins a cluster. Returns
-    whether this call started it (and so must shut it down)."""
+    """'local' starts a Ray instance here on the cores this process may use; an address or
+    'auto' joins a cluster. Returns whether this call started it (and so must shut it down)."""
     ray = require("ray", "ray")
     if ray.is_initialized():
         return False
     try:
         if address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray.init(num_cpus=available_cores(), include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -236,9 +261,12 @@ def classify_file_on_ray(
     `on_bad_row="stop"` the job stops at the first one (the rows before it are kept).
     """
     ray = require("ray", "ray")
-    options: dict[str, Any] = {"actors": actors, "threads_per_actor": threads, "batch_size": batch_size or DEFAULT_BATCH_SIZE,
+    options: dict[str, Any] = {"actors": actors, "threads_per_actor": threads,
+               "batch_size": DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                "mode": mode, "n_ctx": n_ctx, "thresholds": thresholds}
     map_batches_options(model, **options)  # refuses bad options before any work
+    if address == "local" and not ray.is_initialized():  # the local instance gets these cores
+        check_cpus(actors, actor_threads(actors, threads), available_cores(), available_cores(), "this machine")
     check_job(input, output)
     if address == "local" and not Path(model).exists():
         raise InvalidInputError(f"{model}: no such model file")
@@ -251,6 +279,9 @@ def classify_file_on_ray(
         report.resumed = report.rows = check_resumed(writer, rows, input)
         rows.close()
         started = _start_ray(address)
+        nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+        check_cpus(actors, actor_threads(actors, threads), ray.cluster_resources().get("CPU", 0),
+                   max(nodes, default=0), f"the Ray cluster at '{address}'")
         from ray.data import DataContext
 
         context = DataContext.get_current()
@@ -279,6 +310,11 @@ def classify_file_on_ray(
                 if stop_error:
                     break
         except ray.exceptions.RayError as exc:
+            if isinstance(exc, InvalidInputError):  # the read task's own clear error (a damaged file)
+                cause = getattr(exc, "cause", None)  # Ray appends its retry advice: keep our line only
+                message = (str(cause) if isinstance(cause, InvalidInputError) else str(exc)).strip().splitlines()[0]
+                raise InvalidInputError(f"{message}; the {report.resumed + writer.written} rows before it are "
+                                        f"kept in {writer.partial}") from None
             raise WildGuardLiteError(f"the Ray job failed ({str(exc).splitlines()[0][:300]}); "
                                      f"the {report.resumed + writer.written} rows done are kept in {writer.partial}: "
                                      "rerun to resume") from None

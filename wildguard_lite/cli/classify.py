@@ -142,6 +142,8 @@ def _classify(args) -> int:
         check_output_path(args.output)
     if single and args.ray is not None:
         raise InvalidInputError("--ray goes with --input/--output (a batch)")
+    if args.ray is None and (args.actors != 1 or args.batch_size is not None):
+        raise InvalidInputError("--actors and --batch-size go with --ray (a batch on Ray)")
     thresholds = parse_threshold_specs(args.thresholds)
     if not single:
         # The batch writes nothing before its first result: a refusal up front leaves no file.

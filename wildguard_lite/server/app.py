@@ -6,21 +6,26 @@ requests in flight finish before the workers stop.
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations at run time.
 import asyncio
+import errno
 import hmac
 import json
 import logging
+import socket
 import sys
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ..contract import ITEM_FIELDS, check_fields
 from ..errors import InputTooLongError, InvalidInputError, WildGuardLiteError, require
 from .errors import APIError, check_count, validated_item
 from .guardrail import GUARDRAIL_PATH, guardrail_reply, memory_for, parse_guardrail
 from .metrics import CLIENT_CLOSED, ENDPOINTS, Metrics, MetricsMiddleware
 from .moderation import parse_moderation, to_moderation
 from .pool import ClassifierFactory, WorkerPool, default_factory, make_prefix_cache
+from .openapi import classify_operation, guardrail_operation, moderation_operation, plain_operation
 from .settings import ServeSettings
+from .. import __version__
 
 log = logging.getLogger("wildguard_lite.server")
 
@@ -78,8 +83,21 @@ def parse_classify(body: Any, settings: ServeSettings) -> list[dict[str, Any]]:
         got = type(body.get("items")).__name__ if isinstance(body, dict) and "items" in body else "no 'items'"
         raise APIError(422, "request body must be {\"items\": [{\"prompt\": ..., \"response\": ...}, ...]}, "
                             f"got {got if isinstance(body, dict) else type(body).__name__}", param="items")
+    fields(body, ("items",), "request body: ")
     check_count(len(body["items"]), "items", settings)
-    return [validated_item(item, f"items[{i}]") for i, item in enumerate(body["items"])]
+    items = []
+    for i, item in enumerate(body["items"]):
+        if isinstance(item, dict):  # a misspelled "respones" would be judged without its response
+            fields(item, ITEM_FIELDS, f"items[{i}]: ")
+        items.append(validated_item(item, f"items[{i}]"))
+    return items
+
+
+def fields(body: dict, allowed: tuple[str, ...], where: str) -> None:
+    try:
+        check_fields(body, allowed, where)
+    except InvalidInputError as exc:
+        raise APIError(422, str(exc), param=where.rstrip(": ") or None) from None
 
 
 class StartupErrors:
@@ -141,8 +159,9 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
             pool, state["pool"] = state["pool"], None
             await asyncio.to_thread(pool.close)
 
-    app = fastapi.FastAPI(title="wildguard-lite", lifespan=lifespan, docs_url=None, redoc_url=None,
-                          openapi_url=None)
+    # /openapi.json: the schema users and API fuzzers read (no docs pages: they load scripts from a CDN).
+    app = fastapi.FastAPI(title="wildguard-lite", version=__version__, lifespan=lifespan, docs_url=None,
+                          redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(StartupErrors, state=state)
 
@@ -159,7 +178,8 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
         kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
         message = {404: f"no endpoint {request.url.path}; see {', '.join(ENDPOINTS)}",
                    405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
-        return error_response(APIError(exc.status_code, message, kind))
+        # Starlette's 405 carries the route's methods in `Allow` (RFC 9110 requires it): keep it.
+        return error_response(APIError(exc.status_code, message, kind, headers=dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
     async def on_unexpected(request, exc):
@@ -216,7 +236,7 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
                             "(queue wait included); retry later, send fewer or shorter items, or start "
                             "serve with a larger --timeout", "timeout")
 
-    @app.post("/v1/moderations")
+    @app.post("/v1/moderations", openapi_extra=moderation_operation(settings))
     async def moderations(request: Request):
         authorize(request)
         items = parse_moderation(await read_json(request, settings), settings)
@@ -224,20 +244,20 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
         return {"id": f"modr-{uuid.uuid4().hex}", "model": settings.model_name,
                 "results": [to_moderation(r, settings.openai_categories) for r in results]}
 
-    @app.post("/v1/classify")
+    @app.post("/v1/classify", openapi_extra=classify_operation(settings))
     async def classify(request: Request):
         authorize(request)
         items = parse_classify(await read_json(request, settings), settings)
         return {"model": settings.model_name, "results": await run_items(request, items)}
 
-    @app.post(GUARDRAIL_PATH)
+    @app.post(GUARDRAIL_PATH, openapi_extra=guardrail_operation(settings))
     async def litellm_guardrail(request: Request):
         authorize(request)
         check = parse_guardrail(await read_json(request, settings), settings, memory)
         results = await run_items(request, check.items) if check.items else []
         return guardrail_reply(check, results, memory)
 
-    @app.get("/health")
+    @app.get("/health", openapi_extra=plain_operation("health"))
     async def health():
         pool: WorkerPool | None = state["pool"]
         if pool is None:
@@ -245,7 +265,7 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
         return {"status": "ok", "model": settings.model_name, "workers": pool.size,
                 "queue_depth": pool.queued, "in_flight": pool.running}
 
-    @app.get("/metrics")
+    @app.get("/metrics", openapi_extra=plain_operation("metrics", settings))
     async def prometheus(request: Request):
         authorize(request)
         return PlainTextResponse(metrics.render(state["pool"]), media_type="text/plain; version=0.0.4")
@@ -257,26 +277,58 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
     return app
 
 
-def serve(settings: ServeSettings) -> None:
-    """Run the app with uvicorn until SIGINT/SIGTERM; requests in flight are finished first.
-    A model that cannot load is raised as its one-line error."""
+def uvicorn_config(app, settings: ServeSettings, **overrides):
+    """How serve() runs the app (tests run the same with their own host, port and logging)."""
     uvicorn = require("uvicorn", "serve")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="info",
+    from .protocol import head_timeout_protocol
+
+    options = dict(
+        host=settings.host, port=settings.port, log_level="info",
         # Let a request admitted just before SIGTERM finish, however long it queued.
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
         limit_concurrency=None, server_header=False, access_log=False,
+        http=head_timeout_protocol(settings.header_timeout_s),
     )
-    server = uvicorn.Server(config)
+    return uvicorn.Config(app, **{**options, **overrides})
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind (host, port) once, as uvicorn will, to say why it cannot be listened on: uvicorn
+    only logs the OS error and exits."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind((host, port))
+        except socket.gaierror as exc:
+            raise InvalidInputError(f"--host {host}: not an address or a known host name ({exc.strerror})") from None
+        except OSError as exc:
+            reason = {errno.EADDRINUSE: "the port is in use (another server?); pick another --port or stop the other",
+                      errno.EADDRNOTAVAIL: "not an address of this machine; use 127.0.0.1, 0.0.0.0 or one of its "
+                                           "addresses",
+                      errno.EACCES: "permission denied (ports below 1024 need privileges); pick a port from 1024",
+                      }.get(exc.errno, exc.strerror or str(exc))
+            raise InvalidInputError(f"could not listen on {host}:{port}: {reason}") from None
+
+
+def serve(settings: ServeSettings) -> None:
+    """Run the app with uvicorn until SIGINT/SIGTERM; requests in flight are finished first.
+    A model that cannot load, or an address that cannot be listened on, is raised as its
+    one-line error."""
+    uvicorn = require("uvicorn", "serve")
+    check_address(settings.host, settings.port)  # before the model loads (seconds at 7B)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn_config(app, settings))
     try:
         server.run()
-    except SystemExit:  # uvicorn exits when it cannot bind
+    except SystemExit:  # uvicorn exits when start-up fails (after logging why)
         server.started = False
     error = app.state.runtime["startup_error"]
     if error is not None:
         raise error
     if not server.started:
-        raise InvalidInputError(f"could not listen on {settings.host}:{settings.port} (in use, or not an address "
-                                "of this machine; see the log above); pick another --host/--port")
+        if server.should_exit:  # SIGINT/SIGTERM while the model loaded
+            raise KeyboardInterrupt
+        check_address(settings.host, settings.port)  # taken while the model loaded?
+        raise WildGuardLiteError("serve could not start: an unexpected error (see the log above)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +41,32 @@ def read_api_key(path: str | os.PathLike) -> str:
     return key[0].strip()
 
 
+MAX_SECONDS = 86_400.0  # a timeout beyond a day is a mistake (and inf overflows the event loop's clock)
+MAX_CACHE_MB = float(1 << 20)  # 1 TiB
+
+
+def at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), "must be 0 or more" if low == 0 else f"must be at least {low}"
+
+
+def in_range(low: float, high: float, what: str) -> tuple[Callable[[Any], bool], str]:
+    # isfinite: argparse's float() takes "nan", "inf" and "1e999".
+    return (lambda v: math.isfinite(v) and low <= v <= high), f"must be {what}"
+
+
+def seconds() -> tuple[Callable[[Any], bool], str]:
+    # inf overflowed uvicorn's shutdown timer (OverflowError); nan compares false to everything.
+    return (lambda v: math.isfinite(v) and 0 < v <= MAX_SECONDS), f"must be positive, at most {MAX_SECONDS:g} s"
+
+
 def option(default: Any, flag: str, help: str, *, type: Callable | None = None, choices: tuple | None = None,
            convert: Callable | None = None, show_default: bool = True, action: str | None = None,
-           **kwargs) -> Any:
+           check: tuple[Callable[[Any], bool], str] | None = None, **kwargs) -> Any:
     """A settings field with its command-line flag. `convert` maps the parsed flag value to the
-    field value (e.g. a key file to the key); `type` parses the flag's text."""
+    field value (e.g. a key file to the key); `type` parses the flag's text; `check` is
+    (predicate, what it requires), applied to a value that is set."""
     meta = {"flag": flag, "help": help, "type": type, "choices": choices, "convert": convert,
-            "show_default": show_default, "action": action}
+            "show_default": show_default, "action": action, "check": check}
     return field(default=default, metadata=meta, **kwargs)
 
 
@@ -63,28 +83,34 @@ class ServeSettings:
     model: Path | None = option(None, "--model", "a .gguf file made by 'wildguard-lite convert' (or an ONNX "
                                 "variant it made)", type=Path, show_default=False)
     host: str = option("127.0.0.1", "--host", "address to bind (0.0.0.0 for all)")
-    port: int = option(8000, "--port", "port (0: any free port)", type=int)
+    port: int = option(8000, "--port", "port (0: any free port)", type=int,
+                       check=in_range(0, 65535, "0-65535 (0: any free port)"))
     workers: int = option(_RUNTIME_DEFAULTS["slots"], "--workers", "requests classified at once, sharing the "
-                          "one loaded model (their engine calls run batched)", type=int)
+                          "one loaded model (their engine calls run batched)", type=int, check=at_least(1))
     slots: int = option(_RUNTIME_DEFAULTS["slots"], "--slots", "KV sequences the model keeps: conversations "
                         "whose growing answers are checked incrementally at once (memory: see docs/serving.md)",
-                        type=int)
+                        type=int, check=in_range(1, MAX_SLOTS, f"from 1 to {MAX_SLOTS}"))
     kv_tokens: int | None = option(None, "--kv-tokens", "KV cache cells the slots share (default: two "
                                    "contexts, 2 x --n-ctx); at least --n-ctx", type=int, show_default=False)
     threads: int | None = runtime_option(None, "threads")
     max_queue: int = option(16, "--max-queue", "requests waiting beyond the busy workers before answering 429",
-                            type=int)
+                            type=int, check=at_least(0))
     request_timeout_s: float = option(60.0, "--timeout", "seconds a request may queue and run before 504",
-                                      type=float)
+                                      type=float, check=seconds())
     body_timeout_s: float = option(30.0, "--body-timeout", "seconds a client may take to send its request "
-                                   "body before 408", type=float)
-    max_body_bytes: int = option(1 << 20, "--max-body-bytes", "request body limit in bytes, 413 beyond", type=int)
-    max_items: int = option(64, "--max-items", "items per request, 413 beyond", type=int)
-    n_ctx: int = runtime_option(_RUNTIME_DEFAULTS["n_ctx"], "n_ctx")  # longer input gets 413
+                                   "body before 408", type=float, check=seconds())
+    header_timeout_s: float = option(10.0, "--header-timeout", "seconds a client may take to send a request's "
+                                     "line and headers before 408 and a closed connection", type=float,
+                                     check=seconds())
+    max_body_bytes: int = option(1 << 20, "--max-body-bytes", "request body limit in bytes, 413 beyond", type=int,
+                                 check=at_least(1024))
+    max_items: int = option(64, "--max-items", "items per request, 413 beyond", type=int, check=at_least(1))
+    n_ctx: int = runtime_option(_RUNTIME_DEFAULTS["n_ctx"], "n_ctx")
     mode: str = runtime_option(_RUNTIME_DEFAULTS["mode"], "mode")
     over_context: str = runtime_option(_RUNTIME_DEFAULTS["over_context"], "over_context")
     prefix_cache_mb: float = option(256.0, "--prefix-cache-mb", "memory cap of the shared KV prefix cache "
-                                    "for two-phase checks; 0 turns it off", type=float)
+                                    "for two-phase checks; 0 turns it off", type=float,
+                                    check=in_range(0, MAX_CACHE_MB, f"MB from 0 (off) to {MAX_CACHE_MB:.0f}"))
     openai_categories: str = option(
         "all", "--openai-categories",
         "how a harmful verdict shows in /v1/moderations' OpenAI category names: 'all' sets every OpenAI "
@@ -98,18 +124,13 @@ class ServeSettings:
                                  convert=read_api_key, show_default=False, repr=False)
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value, check = getattr(self, f.name), f.metadata.get("check")
+            if check is not None and value is not None and not check[0](value):
+                raise InvalidInputError(f"{f.metadata['flag']} {check[1]}, got {value!r}")
         checks = [
-            (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
-            (1 <= self.slots <= MAX_SLOTS, f"--slots must be from 1 to {MAX_SLOTS}, got {self.slots}"),
             (self.kv_tokens is None or self.kv_tokens >= self.n_ctx,
              f"--kv-tokens must be at least --n-ctx ({self.n_ctx}), got {self.kv_tokens}"),
-            (self.max_queue >= 0, f"--max-queue must be 0 or more, got {self.max_queue}"),
-            (0 <= self.port <= 65535, f"--port must be 0-65535 (0: any free port), got {self.port}"),
-            (self.request_timeout_s > 0, f"--timeout must be positive, got {self.request_timeout_s}"),
-            (self.body_timeout_s > 0, f"--body-timeout must be positive, got {self.body_timeout_s}"),
-            (self.max_body_bytes >= 1024, f"--max-body-bytes must be at least 1024, got {self.max_body_bytes}"),
-            (self.max_items >= 1, f"--max-items must be at least 1, got {self.max_items}"),
-            (self.prefix_cache_mb >= 0, f"--prefix-cache-mb must be 0 or more, got {self.prefix_cache_mb}"),
             (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got '{self.mode}'"),
             (self.over_context in OVER_CONTEXT_MODES,
              f"--over-context must be one of {', '.join(OVER_CONTEXT_MODES)}, got '{self.over_context}'"),
