@@ -82,8 +82,12 @@ def running(app, timeout: float = 30.0):
 
     from wildguard_lite.server.app import uvicorn_config
 
-    config = uvicorn_config(app, app.state.settings, host="127.0.0.1", port=0, log_level="warning",
-                            timeout_graceful_shutdown=None)
+    settings = getattr(app.state, "settings", None)  # None: another app (a test's fake upstream)
+    if settings is None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=None)
+    else:
+        config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning",
+                                timeout_graceful_shutdown=None)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
