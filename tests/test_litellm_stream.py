@@ -24,8 +24,8 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 yaml = pytest.importorskip("yaml")
 
-from server_fakes import HARMFUL, build_tokenizer, marker_app, running
-from wildguard_lite.benchmarks.litellm_proxy import LITELLM_MASTER_KEY, litellm_proxy
+from server_fakes import HARMFUL, build_tokenizer, marker_app, running  # noqa: E402
+from wildguard_lite.benchmarks.litellm_proxy import LITELLM_MASTER_KEY, litellm_proxy  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 KEY = "test-key-" + "s" * 24

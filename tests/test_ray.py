@@ -110,6 +110,7 @@ def test_damaged_parquet_on_ray_is_a_clear_error(ray_cluster, toy_gguf, tmp_path
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     from wildguard_lite.errors import InvalidInputError
+    from wildguard_lite.ray_data import classify_file_on_ray
 
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"prompt": [f"question {i}" for i in range(300)]}), src, row_group_size=100,
@@ -120,4 +121,4 @@ def test_damaged_parquet_on_ray_is_a_clear_error(ray_cluster, toy_gguf, tmp_path
     src.write_bytes(bytes(data))
     with pytest.raises(InvalidInputError, match=r"in\.parquet row group 2 of 3 \(rows 101-200\): cannot be read "
                                                 r"at row 101 .*damaged[^\n]*$"):
-        run_batch(src, tmp_path / "out.jsonl", toy_gguf["q8_0"], ray="local", threads=1, batch_size=50)
+        classify_file_on_ray(src, tmp_path / "out.jsonl", toy_gguf["q8_0"], address="local", threads=1, batch_size=50)

@@ -180,7 +180,7 @@ def classify_file(
             kept = f"; the {report.resumed + writer.written} rows before it are kept in {writer.partial}, fix the " \
                    "file and rerun to resume" if writer.written or report.resumed else ""
             hint = " (or pass on_bad_row='record' / --on-bad-row record)" if stop_error is not None else ""
-            raise InvalidInputError((stop_error or file_error) + kept + hint)
+            raise InvalidInputError(str(stop_error or file_error) + kept + hint)
         writer.finish()
     finally:
         writer.close()
