@@ -94,6 +94,7 @@ async def aclassify(clf: "Classifier", items: Sequence[Mapping[str, Any]],
         if failed:
             return
         try:
+            assert on_result is not None  # deliver is passed only with one
             on_result(index, result)
         except Exception as exc:  # raised from aclassify, as classify would
             failed.append(exc)

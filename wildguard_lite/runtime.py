@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -301,7 +301,7 @@ class Classifier:
 
     def _logits_at(self, ids: list[int], positions: list[int], interrupt: Interrupt | None) -> list[np.ndarray]:
         if self.backend.concurrent:
-            return self.backend.logits_at(ids, positions, interrupt=interrupt)
+            return cast(Any, self.backend).logits_at(ids, positions, interrupt=interrupt)
         with self._engine_lock:
             if interrupt is not None:
                 interrupt.check()
@@ -309,7 +309,7 @@ class Classifier:
 
     def _next_logits(self, ids: list[int], interrupt: Interrupt | None) -> np.ndarray:
         if self.backend.concurrent:
-            return self.backend.next_logits(ids, interrupt=interrupt)
+            return cast(Any, self.backend).next_logits(ids, interrupt=interrupt)
         with self._engine_lock:
             if interrupt is not None:
                 interrupt.check()

@@ -161,6 +161,7 @@ class ResponseStream:
                 if self._unchecked or self.verdict is None:
                     self._check(Interrupt.make(cancel, timeout))
                 self._closed = True
+            assert self.verdict is not None  # a check ran above
             return self.verdict
 
     def _guard(self, what: str):

@@ -292,8 +292,8 @@ class LlamaCppBackend(Backend):
             self._round = batch
             self._abort_flag[0] = b"\0"
         self._assign(batch)
-        rows = []  # (request index, position) per token in the round
-        for index, request in enumerate(batch):
+        rows: list[tuple[int, int]] = []  # (request index, position) per token in the round
+        for request in batch:
             seq, keep = request.extra["seq"], request.extra["keep"]
             cpp.llama_memory_seq_rm(mem, seq.seq_id, keep, -1)
             seq.tokens = request.ids[:keep]
@@ -333,7 +333,7 @@ class LlamaCppBackend(Backend):
             seq.tokens = list(request.ids)
             self.tokens_evaluated += len(request.ids) - request.extra["keep"]
             request.result = [request.result[p] for p in request.positions]
-            if request.extra["saved"]:
+            if request.extra["saved"] and self.prefix_cache is not None:
                 self.prefix_cache.put(request.ids, self._save_sequence(seq.seq_id))
             request.done = True
 
@@ -363,21 +363,23 @@ class LlamaCppBackend(Backend):
     def _restore_longest(self, seq: _Sequence, request: Request, keep: int) -> int:
         """Load the cached state sharing the longest prefix with the request into `seq` if it
         beats what `seq` holds; returns how many tokens need no evaluation."""
+        cache = self.prefix_cache
+        assert cache is not None  # only called with a cache
         ids = request.ids[: request.positions[0] + 1]
-        found = self.prefix_cache.lookup(ids)
+        found = cache.lookup(ids)
         reusable = None if found is None else min(found[0], len(ids) - 1)
-        if reusable is None or reusable <= keep:
-            self.prefix_cache.record(None)
+        if found is None or reusable is None or reusable <= keep:
+            cache.record(None)
             return keep
         _, key, state = found
         buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
         if not self._llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(state), seq.seq_id):
-            self.prefix_cache.record(None)
+            cache.record(None)
             self._llama_cpp.llama_memory_seq_rm(self._mem, seq.seq_id, 0, -1)
             seq.tokens = []
             return 0
         seq.tokens = list(key)
-        self.prefix_cache.record(reusable)
+        cache.record(reusable)
         return reusable
 
     def _save_sequence(self, seq_id: int) -> bytes:

@@ -100,6 +100,7 @@ class RoundScheduler:
                     # Still queued: drop it. In the running round: its result will be ignored.
                     if request in self._pending:
                         self._pending.remove(request)
+                    assert request.interrupt is not None  # interrupted() says so
                     request.interrupt.check()
                 if not self._running and self._pending:
                     self._lead()
@@ -137,7 +138,7 @@ class RoundScheduler:
 
     def _watch(self, batch: list[Request], finished: threading.Event) -> None:
         while not finished.wait(POLL_S):
-            if all(interrupted(r.interrupt) for r in batch):
+            if all(interrupted(r.interrupt) for r in batch) and self._abort is not None:
                 self._abort(batch)
                 return
 
