@@ -69,7 +69,7 @@ def _demo(args) -> int:
     quants = ("f16", "q8_0", "q4_k_m")
     manifest = load_manifest(out) if out.is_dir() else None
     have = {a["quant"]: out / a["file"] for a in (manifest or {}).get("artifacts", []) if (out / a["file"]).is_file()}
-    if not all(q in have for q in quants):
+    if manifest is None or not all(q in have for q in quants):
         manifest = convert_checkpoint(ConvertOptions(source=str(toy), out_dir=out, quants=quants,
                                                      threads=args.threads, name="toy-wildguard"))
         have = {a["quant"]: out / a["file"] for a in manifest["artifacts"]}
