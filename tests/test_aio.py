@@ -19,6 +19,7 @@ from server_fakes import HARMFUL, REFUSE, MarkerBackend, build_tokenizer
 from wildguard_lite.errors import ClassificationTimeout, ClassifierClosedError
 from wildguard_lite.runtime import Classifier
 
+LABELS = ("prompt_harmfulness", "response_refusal", "response_harmfulness")
 ITEMS = [{"prompt": f"{HARMFUL} request {i}", "response": f"{REFUSE} no"} if i % 2 else
          {"prompt": f"question {i}", "response": f"answer {i}"} for i in range(12)]
 
@@ -216,50 +217,70 @@ def _long_item(heldout, repeat):
     return {"prompt": row["prompt"], "response": " ".join([row["response"]] * repeat)}
 
 
-def test_cancelling_aclassify_aborts_llama_decode(toy_gguf, heldout):
-    long_item = _long_item(heldout, 40)
+def test_cancelling_aclassify_aborts_llama_decode(toy_gguf, heldout, monkeypatch):
+    long_item = _long_item(heldout, 30)
     rows = [{"prompt": r["prompt"], "response": r["response"]} for r in heldout if r.get("response")][:3]
-    with wildguard_lite.load(toy_gguf["f16"], threads=1, n_ctx=8192, n_batch=128) as fresh:
+    with wildguard_lite.load(toy_gguf["f16"], threads=1, n_ctx=4096) as fresh:
         want = fresh.classify(rows)
-    with wildguard_lite.load(toy_gguf["f16"], threads=1, n_ctx=8192, n_batch=128) as clf:
+    with wildguard_lite.load(toy_gguf["f16"], threads=1, n_ctx=4096) as clf:
+        backend, stats = clf.backend, clf.backend.stats
         ids, _ = clf.encode(long_item)
-        chunks = -(-len(ids) // clf.backend.n_batch)
-        assert chunks >= 8, len(ids)
-        stats = clf.backend.stats
+        calls = -(-len(ids) // backend.n_batch)
+        assert calls >= 2, len(ids)
+        # The toy decodes in milliseconds: each llama_decode call first waits 50 ms, so the
+        # cancel (set when the first call begins) lands while the prefill is under way.
+        decode, started = backend._llama_cpp.llama_decode, threading.Event()
+
+        def slow_decode(ctx, batch):
+            started.set()
+            time.sleep(0.05)
+            return decode(ctx, batch)
+
+        monkeypatch.setattr(backend._llama_cpp, "llama_decode", slow_decode)
 
         async def main():
             task = asyncio.ensure_future(clf.aclassify([long_item]))
-            while stats.decode_calls < 1:  # cancelled once llama_decode is under way
-                await asyncio.sleep(0.0005)
+            while not started.is_set():
+                await asyncio.sleep(0.001)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
 
         asyncio.run(main())
-        assert stats.aborted == 1
-        assert stats.decode_calls < chunks  # stopped before the prefill's end
+        assert stats.aborted == 1  # llama_decode returned "aborted" (the abort callback fired)
+        assert stats.decode_calls < calls  # stopped before the prefill's end
+        monkeypatch.setattr(backend._llama_cpp, "llama_decode", decode)
         got = clf.classify(rows)
-    assert [{k: r[k] for k in ("prompt_harmfulness", "response_refusal", "response_harmfulness")} for r in got] == \
-           [{k: r[k] for k in ("prompt_harmfulness", "response_refusal", "response_harmfulness")} for r in want]
     for a, b in zip(got, want):
+        assert {k: a[k] for k in LABELS} == {k: b[k] for k in LABELS}
         for key, score in a["scores"].items():
-            assert score is None and b["scores"][key] is None or abs(score - b["scores"][key]) < 0.02
+            assert (score is None) == (b["scores"][key] is None)
+            assert score is None or abs(score - b["scores"][key]) < 0.02
 
 
 def test_concurrent_aclassify_on_the_toy_is_batched_and_equals_classify(toy_gguf, heldout):
     rows = [{"prompt": r["prompt"], **({"response": r["response"]} if r.get("response") else {})}
             for r in heldout[:8]]
+    warm = {"prompt": "An earlier question.", "response": "An earlier answer."}
     with wildguard_lite.load(toy_gguf["q8_0"], threads=1, slots=8, n_ctx=1024) as clf:
-        want = clf.classify(rows)
-        clf.backend.reset()
-        stats = clf.backend.stats
-        rounds0, requests0 = stats.rounds, stats.requests
+        backend, stats = clf.backend, clf.backend.stats
 
-        async def main():
-            return await asyncio.gather(*(clf.aclassify([row]) for row in rows))
+        def measured(run):
+            backend.reset()
+            clf.classify([warm])  # WildGuard's template in one sequence, as in a running app
+            tokens0, rounds0, requests0 = backend.tokens_evaluated, stats.rounds, stats.requests
+            results = run()
+            return results, backend.tokens_evaluated - tokens0, stats.rounds - rounds0, stats.requests - requests0
 
-        got = [g[0] for g in asyncio.run(main())]
-        assert stats.rounds - rounds0 < stats.requests - requests0  # calls shared engine rounds
+        async def together():
+            return [r[0] for r in await asyncio.gather(*(clf.aclassify([row]) for row in rows))]
+
+        want, sequential_tokens, _, _ = measured(lambda: clf.classify(rows))
+        got, concurrent_tokens, rounds, requests = measured(lambda: asyncio.run(together()))
+    assert rounds < requests  # calls shared engine rounds
+    # Each call reuses the template's KV (copied into its own sequence) and no call cuts
+    # another's sequence: before, concurrent calls evaluated ~1.6x the tokens.
+    assert concurrent_tokens <= 1.1 * sequential_tokens, (concurrent_tokens, sequential_tokens)
     for a, b in zip(got, want):
         for key in ("prompt_harmfulness", "response_refusal", "response_harmfulness"):
             near = [s for s in (a["scores"][key], b["scores"][key]) if s is not None]
