@@ -186,3 +186,30 @@ def test_standin_shape_converts_and_runs(tmp_path):
     # Random weights rarely put yes/no first at the cue: then, as greedy generation, a parse error.
     assert result["prompt_harmfulness"] in ("harmful", "unharmful") or result["is_parsing_error"]
     assert set(result) == {"prompt_harmfulness", "response_refusal", "response_harmfulness", "is_parsing_error", "scores"}
+
+
+def test_bench_contention_on_the_toy(toy_gguf, tmp_path, capsys):
+    # The benchmark's plumbing (no timing is asserted): each setting runs, with and without the
+    # competitor, and the report names the threads the default chose.
+    report = tmp_path / "contention.json"
+    code = main(["bench", "contention", "--model", str(toy_gguf["q8_0"]), "--report", str(report),
+                 "--settings", "default,1", "--items", "2"])
+    assert code == 0
+    data = json.loads(report.read_text())
+    assert [(r["setting"], r["competitor"]) for r in data["rows"]] == [
+        ("default", True), ("default", False), ("1", True), ("1", False)]
+    assert all(r["items"] == 2 and r["mean_s"] > 0 for r in data["rows"])
+    assert [r["threads"] for r in data["rows"] if r["setting"] == "1"] == [1, 1]
+    assert min(r["over_best"] for r in data["rows"] if r["competitor"]) == 1.0
+    assert report.with_suffix(".md").read_text().startswith("| setting |")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--settings", "fast"], "unknown setting 'fast'"),  # not a setting
+    (["--items", "0"], "--items must be at least 1"),  # nothing to time
+])
+def test_bench_contention_bad_options(tmp_path, capsys, args, message):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    assert main(["bench", "contention", "--model", str(model), "--report", str(tmp_path / "r.json"), *args]) == 2
+    assert message in capsys.readouterr().err

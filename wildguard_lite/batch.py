@@ -176,11 +176,12 @@ def classify_file(
             stop_error = _run_window(clf, batch, writer, report, on_bad_row, order == "prefix", start, progress) or stop_error
             report.tokens_evaluated = getattr(backend, "tokens_evaluated", 0) - evaluated_before
         report.seconds = time.perf_counter() - start
-        if stop_error is not None or file_error is not None:
+        error = stop_error if stop_error is not None else file_error
+        if error is not None:
             kept = f"; the {report.resumed + writer.written} rows before it are kept in {writer.partial}, fix the " \
                    "file and rerun to resume" if writer.written or report.resumed else ""
             hint = " (or pass on_bad_row='record' / --on-bad-row record)" if stop_error is not None else ""
-            raise InvalidInputError(str(stop_error or file_error) + kept + hint)
+            raise InvalidInputError(error + kept + hint)
         writer.finish()
     finally:
         writer.close()

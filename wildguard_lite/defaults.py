@@ -65,3 +65,24 @@ def default_threads(share: int = 1) -> int:
     """Engine threads when none are given: the available cores split `share` ways, at most
     DEFAULT_MAX_THREADS each, at least 1."""
     return max(1, min(available_cores() // max(1, share), DEFAULT_MAX_THREADS))
+
+
+# --nice (classify, serve): the process at a lower CPU priority, as nice(1), so the machine's
+# other work goes first when both want the cores (docs/cpu.md); 0 is normal priority.
+DEFAULT_NICE = 0
+MAX_NICE = 19
+
+
+def lower_priority(nice: int) -> None:
+    """Lower this process's CPU priority by `nice` (0-19). Call it before the engine starts its
+    threads: they inherit the priority of the thread that creates them."""
+    from .errors import InvalidInputError
+
+    if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= MAX_NICE:
+        raise InvalidInputError(f"--nice must be an integer from 0 (normal priority) to {MAX_NICE} (lowest), "
+                                f"got {nice!r}")
+    if nice:
+        try:
+            os.nice(nice)
+        except (AttributeError, OSError) as exc:  # not on this OS
+            raise InvalidInputError(f"--nice {nice}: cannot lower the priority here ({exc})") from None

@@ -12,7 +12,8 @@ import argparse
 from typing import Any
 
 from .contract import LABEL_KEYS
-from .defaults import DEFAULT_MAX_THREADS, DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT, MODES, OVER_CONTEXT_MODES
+from .defaults import (DEFAULT_MAX_THREADS, DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT, MAX_NICE, MODES,
+                       OVER_CONTEXT_MODES)
 
 # dest -> (flag, argparse keywords). The dest is RuntimeConfig's field name.
 FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -55,3 +56,8 @@ def add_runtime_flags(parser: argparse.ArgumentParser | Any, *names: str, **defa
         if name in defaults:
             kwargs["default"] = defaults[name]
         parser.add_argument(flag, **kwargs)
+
+
+# Not a runtime setting but the process's (classify's flag; serve's is its settings field).
+NICE_HELP = (f"run at a lower CPU priority, 0 (normal) to {MAX_NICE} (lowest), as nice(1): the machine's other "
+             "work goes first (docs/cpu.md)")

@@ -49,8 +49,8 @@ def hub_error(exc: Exception, repo: str, revision: str | None, what: str = "") -
 
     where = f"{repo}@{revision or 'main'}" + (f" ({what})" if what else "")
     cause = exc.__cause__
-    if isinstance(exc, LocalEntryNotFoundError) and isinstance(cause, Exception) \
-            and getattr(getattr(cause, "response", None), "status_code", None):
+    if isinstance(exc, LocalEntryNotFoundError) and isinstance(cause, Exception) and \
+            getattr(getattr(cause, "response", None), "status_code", None):
         exc = cause  # the hub answered (hf_hub_download wraps its answer when nothing is cached)
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(status, int) and status >= 500:

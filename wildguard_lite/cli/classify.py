@@ -11,7 +11,8 @@ from typing import Any, Callable
 from ..batch import BAD_ROW_POLICIES, DEFAULT_WINDOW, ORDERS
 from ..ray_data import DEFAULT_BATCH_SIZE
 from ..contract import CUES, LABEL_KEYS
-from ..flags import add_runtime_flags
+from ..defaults import DEFAULT_NICE, lower_priority
+from ..flags import NICE_HELP, add_runtime_flags
 from . import run
 
 _ANSWER = {"harmful": "yes", "unharmful": "no", "refusal": "yes", "compliance": "no", None: "n/a"}
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="batch output, .jsonl or .parquet, in input order (resumable: a rerun skips done rows)")
     p.add_argument("--json", action="store_true", help="print one JSON object (single exchange)")
     add_runtime_flags(p, "mode", "threads", "n_ctx", "over_context", "thresholds")
+    p.add_argument("--nice", type=int, default=DEFAULT_NICE, help=NICE_HELP + " (default %(default)s)")
     b = p.add_argument_group("batch (--input/--output)")
     b.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                    help=f"rows in flight, reordered to share prefixes (default {DEFAULT_WINDOW})")
@@ -145,6 +147,7 @@ def _classify(args) -> int:
     if args.ray is None and (args.actors != 1 or args.batch_size is not None):
         raise InvalidInputError("--actors and --batch-size go with --ray (a batch on Ray)")
     thresholds = parse_threshold_specs(args.thresholds)
+    lower_priority(args.nice)  # before the engine starts its threads
     if not single:
         # The batch writes nothing before its first result: a refusal up front leaves no file.
         return _batch(args, thresholds)

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ..contract import ITEM_FIELDS, check_fields
+from ..defaults import lower_priority
 from ..errors import InputTooLongError, InvalidInputError, WildGuardLiteError, require
 from .errors import APIError, check_count, validated_item
 from .guardrail import GUARDRAIL_PATH, guardrail_reply, memory_for, parse_guardrail
@@ -317,6 +318,7 @@ def serve(settings: ServeSettings) -> None:
     one-line error."""
     uvicorn = require("uvicorn", "serve")
     check_address(settings.host, settings.port)  # before the model loads (seconds at 7B)
+    lower_priority(settings.nice)  # before any thread starts: the engine's threads inherit it
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     app = create_app(settings)
     server = uvicorn.Server(uvicorn_config(app, settings))

@@ -20,8 +20,8 @@ from typing import Any, Callable
 from ..errors import InvalidInputError
 from ..backends.base import check_threads
 from ..config import RuntimeConfig
-from ..defaults import MAX_SLOTS, MODES, OVER_CONTEXT_MODES, default_threads
-from ..flags import add_runtime_flags
+from ..defaults import DEFAULT_NICE, MAX_NICE, MAX_SLOTS, MODES, OVER_CONTEXT_MODES, default_threads
+from ..flags import NICE_HELP, add_runtime_flags
 from ..thresholds import parse_threshold_specs, validate_thresholds
 
 # How a harmful verdict shows in OpenAI's category names (see docs/serving.md).
@@ -93,6 +93,8 @@ class ServeSettings:
     kv_tokens: int | None = option(None, "--kv-tokens", "KV cache cells the slots share (default: two "
                                    "contexts, 2 x --n-ctx); at least --n-ctx", type=int, show_default=False)
     threads: int | None = runtime_option(None, "threads")
+    nice: int = option(DEFAULT_NICE, "--nice", NICE_HELP, type=int,
+                       check=in_range(0, MAX_NICE, f"an integer from 0 (normal priority) to {MAX_NICE} (lowest)"))
     max_queue: int = option(16, "--max-queue", "requests waiting beyond the busy workers before answering 429",
                             type=int, check=at_least(0))
     request_timeout_s: float = option(60.0, "--timeout", "seconds a request may queue and run before 504",
