@@ -168,10 +168,10 @@ def _score_tail(tok, labels, prompt_only: bool) -> list[int]:
 def _baselines(path, items, encoded, cached, labels, tails, config) -> dict[str, Any]:
     import llama_cpp
 
-    from wildguard_lite.backends.llama import _model_params
+    from wildguard_lite.backends.llama import llama_default_params
 
     threads = config.threads or default_threads()
-    with _model_params(use_extra_bufts=False):  # the same setting as the runtime's default
+    with llama_default_params({"use_extra_bufts": False}, {}):  # the same setting as the runtime's default
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=config.n_ctx, n_batch=512, n_threads=threads,
                               n_threads_batch=threads, flash_attn=True, verbose=False)
     gen: dict[str, list[float]] = {}

@@ -47,7 +47,7 @@ UBATCH = 128
 
 
 @contextlib.contextmanager
-def _default_params(model: dict, context: dict):
+def llama_default_params(model: dict, context: dict):
     """Llama() takes no argument for some params (use_extra_bufts, n_seq_max, kv_unified): set
     them on the defaults it starts from, for the duration of one constructor call."""
     import llama_cpp.llama as module
@@ -135,7 +135,7 @@ class LlamaCppBackend(Backend):
             # repack=False: the CPU backend's repacked weight copies crashed (SIGSEGV) on
             # multi-token batches of Q8_0/Q4_K files on an AMX machine, and they add a second
             # copy of the weights to RSS (docs/decisions.md: 7.8 GB for a 4.4 GB file).
-            with capture_stderr() as log, _default_params({"use_extra_bufts": repack},
+            with capture_stderr() as log, llama_default_params({"use_extra_bufts": repack},
                                                           {"n_seq_max": slots, "kv_unified": True}):
                 try:
                     self._llm = llama_cpp.Llama(
