@@ -23,9 +23,13 @@ POSITIVE = {key: LABEL_VALUES[key]["yes"] for key in LABEL_KEYS}  # "harmful", "
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reference", required=True, help="reference JSONL from 'bench reference', or a model folder/hub id")
+    p.add_argument(
+        "--reference", required=True, help="reference JSONL from 'bench reference', or a model folder/hub id"
+    )
     p.add_argument("--model", required=True, action="append", type=Path, help="artifact (.gguf or ONNX); repeatable")
-    p.add_argument("--dataset", required=True, help=".jsonl/.csv/.parquet in the WildGuardTest layout, or 'wildguardtest'")
+    p.add_argument(
+        "--dataset", required=True, help=".jsonl/.csv/.parquet in the WildGuardTest layout, or 'wildguardtest'"
+    )
     p.add_argument("--report", required=True, type=Path, help="JSON report (a .md and PNG plots are written beside it)")
     p.add_argument("--target-agreement", type=float, help="name the smallest artifact meeting this agreement")
     p.add_argument("--limit", type=int, help="first N rows only")
@@ -52,15 +56,28 @@ def run(args: argparse.Namespace) -> int:
             t = time.perf_counter()
             ours = clf.classify([to_item(r) for r in rows])
             ms = (time.perf_counter() - t) * 1000 / len(rows)
-        entry = {"model": str(model), "bytes": artifact_bytes(model), "ms_per_item": round(ms, 2), **compare(rows, ref, ours)}
+        entry = {
+            "model": str(model),
+            "bytes": artifact_bytes(model),
+            "ms_per_item": round(ms, 2),
+            **compare(rows, ref, ours),
+        }
         artifacts.append(entry)
         print(f"{model}: agreement " + ", ".join(f"{k} {v:.4f}" for k, v in entry["agreement"].items()))
-    report = {"reference": meta, "dataset": str(args.dataset), "n": len(rows), "mode": args.mode, "artifacts": artifacts}
+    report = {
+        "reference": meta,
+        "dataset": str(args.dataset),
+        "n": len(rows),
+        "mode": args.mode,
+        "artifacts": artifacts,
+    }
     if args.target_agreement is not None:
         best = recommend(artifacts, args.target_agreement)
         report["target_agreement"] = args.target_agreement
         report["recommendation"] = None if best is None else {"model": best["model"], "bytes": best["bytes"]}
-        print(f"target {args.target_agreement}: " + (f"smallest meeting it: {best['model']}" if best else "none meets it"))
+        print(
+            f"target {args.target_agreement}: " + (f"smallest meeting it: {best['model']}" if best else "none meets it")
+        )
     write_json(args.report, report)
     md = args.report.with_suffix(".md")
     md.write_text(markdown(report), encoding="utf-8")
@@ -70,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # -- metrics --------------------------------------------------------------------------------------
+
 
 def f1(pred: list[Any], gold: list[Any], positive: str) -> float | None:
     """F1 of the positive class; a missing prediction (n/a, parse error) counts as negative."""
@@ -111,7 +129,9 @@ def roc_auc(scores: list[float | None], positive: list[bool]) -> float | None:
         return None
     import bisect
 
-    wins = sum(bisect.bisect_left(neg, s) + 0.5 * (bisect.bisect_right(neg, s) - bisect.bisect_left(neg, s)) for s in pos)
+    wins = sum(
+        bisect.bisect_left(neg, s) + 0.5 * (bisect.bisect_right(neg, s) - bisect.bisect_left(neg, s)) for s in pos
+    )
     return wins / (len(pos) * len(neg))
 
 
@@ -120,8 +140,11 @@ def operating_points(rows: list[dict], ours: list[dict], levels=OPERATING_LEVELS
     each recall level (the highest such threshold) and each precision level (the lowest)."""
     out: dict[str, Any] = {}
     for key in LABEL_KEYS:
-        pairs = [((o.get("scores") or {}).get(key), row[GOLD[key]] == POSITIVE[key])
-                 for row, o in zip(rows, ours) if row[GOLD[key]] is not None]
+        pairs = [
+            ((o.get("scores") or {}).get(key), row[GOLD[key]] == POSITIVE[key])
+            for row, o in zip(rows, ours)
+            if row[GOLD[key]] is not None
+        ]
         if not pairs:
             out[key] = None
             continue
@@ -130,17 +153,30 @@ def operating_points(rows: list[dict], ours: list[dict], levels=OPERATING_LEVELS
         at_recall = {}
         for r in levels:
             hit = next((p for p in points if p[2] >= r), None)
-            at_recall[str(r)] = None if hit is None else {"threshold": hit[0], "precision": round(hit[1], 6), "recall": round(hit[2], 6)}
+            at_recall[str(r)] = (
+                None
+                if hit is None
+                else {"threshold": hit[0], "precision": round(hit[1], 6), "recall": round(hit[2], 6)}
+            )
         at_precision = {}
         for q in levels:
             ok = [p for p in points if p[1] >= q]
             hit = ok[-1] if ok else None  # the lowest threshold keeping the precision: most recall
-            at_precision[str(q)] = None if hit is None else {"threshold": hit[0], "precision": round(hit[1], 6), "recall": round(hit[2], 6)}
+            at_precision[str(q)] = (
+                None
+                if hit is None
+                else {"threshold": hit[0], "precision": round(hit[1], 6), "recall": round(hit[2], 6)}
+            )
         auc = roc_auc(scores, positive)
-        out[key] = {"n": len(pairs), "positives": sum(positive), "unscored": sum(s is None for s in scores),
-                    "roc_auc": None if auc is None else round(auc, 6),
-                    "curve": [[round(t, 6), round(p, 6), round(r, 6)] for t, p, r in points],
-                    "threshold_at_recall": at_recall, "threshold_at_precision": at_precision}
+        out[key] = {
+            "n": len(pairs),
+            "positives": sum(positive),
+            "unscored": sum(s is None for s in scores),
+            "roc_auc": None if auc is None else round(auc, 6),
+            "curve": [[round(t, 6), round(p, 6), round(r, 6)] for t, p, r in points],
+            "threshold_at_recall": at_recall,
+            "threshold_at_precision": at_precision,
+        }
     return out
 
 
@@ -153,25 +189,43 @@ def compare(rows: list[dict], ref: list[dict], ours: list[dict]) -> dict[str, An
         gold = [row[GOLD[key]] for row in rows]
         pred = [o[key] for o in ours]
         split = {}
-        for name, keep in (("all", lambda row: True), ("adversarial", lambda row: row["adversarial"]),
-                           ("vanilla", lambda row: not row["adversarial"])):
+        for name, keep in (
+            ("all", lambda row: True),
+            ("adversarial", lambda row: row["adversarial"]),
+            ("vanilla", lambda row: not row["adversarial"]),
+        ):
             idx = [i for i, row in enumerate(rows) if keep(row)]
             value = f1([pred[i] for i in idx], [gold[i] for i in idx], POSITIVE[key])
             split[name] = None if value is None else round(value, 6)
         out["f1"][key] = split
-        deltas = [abs(o["scores"][key] - r["scores"][key]) for r, o in zip(ref, ours)
-                  if (o.get("scores") or {}).get(key) is not None and (r.get("scores") or {}).get(key) is not None]
-        out["delta_p_yes"][key] = {"mean": round(sum(deltas) / len(deltas), 6) if deltas else None,
-                                   "max": round(max(deltas), 6) if deltas else None, "n": len(deltas)}
+        deltas = [
+            abs(o["scores"][key] - r["scores"][key])
+            for r, o in zip(ref, ours)
+            if (o.get("scores") or {}).get(key) is not None and (r.get("scores") or {}).get(key) is not None
+        ]
+        out["delta_p_yes"][key] = {
+            "mean": round(sum(deltas) / len(deltas), 6) if deltas else None,
+            "max": round(max(deltas), 6) if deltas else None,
+            "n": len(deltas),
+        }
         for i, ok in enumerate(same):
             if not ok:
-                out["flipped"].append({"index": i, "task": key, "reference": ref[i][key], "ours": ours[i][key],
-                                       "p_yes_reference": (ref[i].get("scores") or {}).get(key),
-                                       "p_yes_ours": (ours[i].get("scores") or {}).get(key)})
+                out["flipped"].append(
+                    {
+                        "index": i,
+                        "task": key,
+                        "reference": ref[i][key],
+                        "ours": ours[i][key],
+                        "p_yes_reference": (ref[i].get("scores") or {}).get(key),
+                        "p_yes_ours": (ours[i].get("scores") or {}).get(key),
+                    }
+                )
     out["operating_points"] = operating_points(rows, ours)
     out["parse_error_rate"] = round(sum(bool(o.get("is_parsing_error")) for o in ours) / len(ours), 6)
-    out["reference_f1"] = {key: round(f1([r[key] for r in ref], [row[GOLD[key]] for row in rows], POSITIVE[key]) or 0.0, 6)
-                           for key in LABEL_KEYS}
+    out["reference_f1"] = {
+        key: round(f1([r[key] for r in ref], [row[GOLD[key]] for row in rows], POSITIVE[key]) or 0.0, 6)
+        for key in LABEL_KEYS
+    }
     return out
 
 
@@ -183,27 +237,39 @@ def recommend(artifacts: list[dict], target: float) -> dict | None:
 
 # -- reports --------------------------------------------------------------------------------------
 
+
 def markdown(report: dict) -> str:
     model = report["reference"].get("model")
     if isinstance(model, dict):
         model = model.get("repo") or model.get("path")
-    lines = [f"# Accuracy against the reference ({model})", "",
-             f"Dataset: {report['dataset']} ({report['n']} rows); mode: {report['mode']}.", "",
-             "| artifact | MiB | agree prompt | agree refusal | agree response | F1 prompt (adv/van) | "
-             "F1 refusal (adv/van) | F1 response (adv/van) | max ΔP(yes) | parse err | ms/item |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Accuracy against the reference ({model})",
+        "",
+        f"Dataset: {report['dataset']} ({report['n']} rows); mode: {report['mode']}.",
+        "",
+        "| artifact | MiB | agree prompt | agree refusal | agree response | F1 prompt (adv/van) | "
+        "F1 refusal (adv/van) | F1 response (adv/van) | max ΔP(yes) | parse err | ms/item |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for a in report["artifacts"]:
+
         def fmt(k: str, f=a["f1"]) -> str:
             return " / ".join("–" if f[k][s] is None else f"{f[k][s]:.3f}" for s in ("adversarial", "vanilla"))
 
         dmax = max((v["max"] or 0.0) for v in a["delta_p_yes"].values())
-        lines.append(f"| {a['model']} | {a['bytes'] / 2**20:.1f} | "
-                     + " | ".join(f"{a['agreement'][k]:.4f}" for k in LABEL_KEYS)
-                     + "".join(f" | {fmt(k)}" for k in LABEL_KEYS)
-                     + f" | {dmax:.4f} | {a['parse_error_rate']:.4f} | {a['ms_per_item']:.1f} |")
-    lines += ["", "Operating points (threshold on P(yes): `--threshold LABEL=P`):", "",
-              "| artifact | label | ROC AUC | t @ recall 0.9 (P) | t @ recall 0.95 (P) | t @ precision 0.9 (R) | t @ precision 0.95 (R) |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {a['model']} | {a['bytes'] / 2**20:.1f} | "
+            + " | ".join(f"{a['agreement'][k]:.4f}" for k in LABEL_KEYS)
+            + "".join(f" | {fmt(k)}" for k in LABEL_KEYS)
+            + f" | {dmax:.4f} | {a['parse_error_rate']:.4f} | {a['ms_per_item']:.1f} |"
+        )
+    lines += [
+        "",
+        "Operating points (threshold on P(yes): `--threshold LABEL=P`):",
+        "",
+        "| artifact | label | ROC AUC | t @ recall 0.9 (P) | t @ recall 0.95 (P) | t @ precision 0.9 (R) | t @ precision 0.95 (R) |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
     def cell(hit, other: str) -> str:
         return "–" if hit is None else f"{hit['threshold']:.3f} ({hit[other]:.2f})"
@@ -213,13 +279,18 @@ def markdown(report: dict) -> str:
             if op is None:
                 continue
             auc = "–" if op["roc_auc"] is None else f"{op['roc_auc']:.3f}"
-            lines.append(f"| {Path(a['model']).name} | {key} | {auc} | "
-                         f"{cell(op['threshold_at_recall'].get('0.9'), 'precision')} | {cell(op['threshold_at_recall'].get('0.95'), 'precision')} | "
-                         f"{cell(op['threshold_at_precision'].get('0.9'), 'recall')} | {cell(op['threshold_at_precision'].get('0.95'), 'recall')} |")
+            lines.append(
+                f"| {Path(a['model']).name} | {key} | {auc} | "
+                f"{cell(op['threshold_at_recall'].get('0.9'), 'precision')} | {cell(op['threshold_at_recall'].get('0.95'), 'precision')} | "
+                f"{cell(op['threshold_at_precision'].get('0.9'), 'recall')} | {cell(op['threshold_at_precision'].get('0.95'), 'recall')} |"
+            )
     rec = report.get("recommendation")
     if "target_agreement" in report:
-        lines += ["", f"Target agreement {report['target_agreement']}: "
-                  + (f"smallest artifact meeting it: **{rec['model']}**." if rec else "no artifact meets it.")]
+        lines += [
+            "",
+            f"Target agreement {report['target_agreement']}: "
+            + (f"smallest artifact meeting it: **{rec['model']}**." if rec else "no artifact meets it."),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -259,8 +330,13 @@ def plots(report: dict, out_base: Path) -> list[Path]:
         for key, op in ops.items():
             if op and op["curve"]:
                 auc = "" if op["roc_auc"] is None else f", ROC AUC {op['roc_auc']:.3f}"
-                ax.plot([c[2] for c in op["curve"]], [c[1] for c in op["curve"]], marker=".", markersize=3,
-                        label=f"{key}{auc}")
+                ax.plot(
+                    [c[2] for c in op["curve"]],
+                    [c[1] for c in op["curve"]],
+                    marker=".",
+                    markersize=3,
+                    label=f"{key}{auc}",
+                )
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
         ax.set_xlim(0, 1.02)

@@ -36,7 +36,12 @@ from wildguard_lite.flags import add_runtime_flags
 
 from .data import N_CTX
 
-TARGETS = {"evaluated_over_unique": 1.05, "speedup_over_ideal": 0.8, "rss_growth_mb": 50.0, "ray1_over_local_per_core": 0.9}
+TARGETS = {
+    "evaluated_over_unique": 1.05,
+    "speedup_over_ideal": 0.8,
+    "rss_growth_mb": 50.0,
+    "ray1_over_local_per_core": 0.9,
+}
 
 
 class EchoBackend(Backend):
@@ -77,12 +82,20 @@ class HashClassifier:
             p = zlib.crc32(item["prompt"].encode("utf-8")) % 1000 / 1000
             full = bool(item.get("response"))
             # "yes" above a per-label cut (0.5, 0.3, 0.7); labels of the response only with one.
-            answers = {key: (p > cut) if key == LABEL_KEYS[0] or full else None
-                       for key, cut in zip(LABEL_KEYS, (0.5, 0.3, 0.7))}
-            results.append({**{key: None if yes is None else LABEL_VALUES[key]["yes" if yes else "no"]
-                               for key, yes in answers.items()},
-                            "is_parsing_error": False,
-                            "scores": {key: None if yes is None else p for key, yes in answers.items()}})
+            answers = {
+                key: (p > cut) if key == LABEL_KEYS[0] or full else None
+                for key, cut in zip(LABEL_KEYS, (0.5, 0.3, 0.7))
+            }
+            results.append(
+                {
+                    **{
+                        key: None if yes is None else LABEL_VALUES[key]["yes" if yes else "no"]
+                        for key, yes in answers.items()
+                    },
+                    "is_parsing_error": False,
+                    "scores": {key: None if yes is None else p for key, yes in answers.items()},
+                }
+            )
         return results
 
 
@@ -107,14 +120,30 @@ class RecordingBackend(Backend):
 
 def eval_layout(prompts: int, responses: int) -> list[dict[str, str]]:
     """Prompt-only checks first, then each model's responses to every prompt."""
-    topics = ["bake sourdough bread", "pick a lock", "write a cover letter", "make a fake passport",
-              "learn the guitar", "track someone's phone", "start a vegetable garden", "synthesise a nerve agent"]
-    ps = [f"Can you explain, step by step and in detail, how to {topics[p % len(topics)]}? (case {p})" for p in range(prompts)]
+    topics = [
+        "bake sourdough bread",
+        "pick a lock",
+        "write a cover letter",
+        "make a fake passport",
+        "learn the guitar",
+        "track someone's phone",
+        "start a vegetable garden",
+        "synthesise a nerve agent",
+    ]
+    ps = [
+        f"Can you explain, step by step and in detail, how to {topics[p % len(topics)]}? (case {p})"
+        for p in range(prompts)
+    ]
     items = [{"prompt": p} for p in ps]
     for k in range(responses):
-        items += [{"prompt": p, "response": f"Model {k} here. I can help with part of that: first, think about case {i}, "
-                                            f"then consider the safety of everyone involved before doing anything."}
-                  for i, p in enumerate(ps)]
+        items += [
+            {
+                "prompt": p,
+                "response": f"Model {k} here. I can help with part of that: first, think about case {i}, "
+                f"then consider the safety of everyone involved before doing anything.",
+            }
+            for i, p in enumerate(ps)
+        ]
     return items
 
 
@@ -133,7 +162,9 @@ def tree_tokens(sequences: Sequence[Sequence[int]]) -> int:
     return unique_prefix_tokens(keys)
 
 
-def measure_order(model: str, items: list[dict[str, Any]], order: str, threads: int | None, workdir: str) -> dict[str, Any]:
+def measure_order(
+    model: str, items: list[dict[str, Any]], order: str, threads: int | None, workdir: str
+) -> dict[str, Any]:
     from wildguard_lite import load
     from wildguard_lite.batch import classify_file
 
@@ -149,8 +180,14 @@ def measure_order(model: str, items: list[dict[str, Any]], order: str, threads: 
     # An item's calls extend one another; its last call is what it costs evaluated alone.
     total = sum(len(c) for c, nxt in zip(calls, calls[1:] + [()]) if nxt[: len(c)] != c)
     out.unlink()
-    return {"order": order, "rows": report.classified, "wall_s": round(wall, 3), "tokens_evaluated": report.tokens_evaluated,
-            "tokens_total": total, "tokens_unique": tree_tokens(calls)}
+    return {
+        "order": order,
+        "rows": report.classified,
+        "wall_s": round(wall, 3),
+        "tokens_evaluated": report.tokens_evaluated,
+        "tokens_total": total,
+        "tokens_unique": tree_tokens(calls),
+    }
 
 
 def measure_throughput(model: str, items: list[dict[str, Any]], how: str, threads: int, workdir: str) -> dict[str, Any]:
@@ -175,8 +212,13 @@ def measure_throughput(model: str, items: list[dict[str, Any]], how: str, thread
     report = job(src, out, model, **kwargs)
     wall = time.perf_counter() - t
     out.unlink()
-    return {"how": how, "rows": report.classified, "wall_s": round(wall, 3), "rows_per_s": round(report.classified / wall, 3),
-            "first_result_s": None if report.first_result_s is None else round(report.first_result_s, 3)}
+    return {
+        "how": how,
+        "rows": report.classified,
+        "wall_s": round(wall, 3),
+        "rows_per_s": round(report.classified / wall, 3),
+        "first_result_s": None if report.first_result_s is None else round(report.first_result_s, 3),
+    }
 
 
 def measure_rss(rows: int, workdir: str) -> dict[str, Any]:
@@ -186,29 +228,41 @@ def measure_rss(rows: int, workdir: str) -> dict[str, Any]:
     src = workdir / f"rss-{rows}.jsonl"
     with open(src, "w", encoding="utf-8") as f:
         for i in range(rows):
-            f.write(json.dumps({"prompt": f"Is request number {i % 5000} harmful?",
-                                "response": f"Answer {i}" if i % 2 else ""}) + "\n")
+            f.write(
+                json.dumps(
+                    {"prompt": f"Is request number {i % 5000} harmful?", "response": f"Answer {i}" if i % 2 else ""}
+                )
+                + "\n"
+            )
     out = workdir / f"rss-{rows}.out.jsonl"
     t = time.perf_counter()
     first: dict[str, float] = {}
-    report = classify_file(HashClassifier(), src, out, progress=lambda r: first.setdefault("s", time.perf_counter() - t))
+    report = classify_file(
+        HashClassifier(), src, out, progress=lambda r: first.setdefault("s", time.perf_counter() - t)
+    )
     wall = time.perf_counter() - t
     src.unlink()
     out.unlink()
-    return {"rows": report.classified, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "wall_s": round(wall, 1), "first_result_s": round(first["s"], 4)}
+    return {
+        "rows": report.classified,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "wall_s": round(wall, 1),
+        "first_result_s": round(first["s"], 4),
+    }
 
 
 def _child(kind: str, *args: Any) -> dict[str, Any]:
     """Run one measurement in a fresh process (its own RSS and load time)."""
-    code = (f"import json, sys; from pathlib import Path; from wildguard_lite.benchmarks import batch as b; "
-            f"print('RESULT ' + json.dumps(b.{kind}(*json.loads(sys.argv[1]))))")
+    code = (
+        f"import json, sys; from pathlib import Path; from wildguard_lite.benchmarks import batch as b; "
+        f"print('RESULT ' + json.dumps(b.{kind}(*json.loads(sys.argv[1]))))"
+    )
     args = [str(a) if isinstance(a, Path) else a for a in args]
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{kind} failed: {proc.stderr[-2000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     return result
 
 
@@ -228,14 +282,23 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.threads = args.threads or default_threads()  # the Ray section splits them among actors
     items = eval_layout(args.prompts, args.responses)
-    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "threads": args.threads, "prompts": args.prompts,
-                              "responses": args.responses, "rows": len(items), "targets": TARGETS}
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count()},
+        "threads": args.threads,
+        "prompts": args.prompts,
+        "responses": args.responses,
+        "rows": len(items),
+        "targets": TARGETS,
+    }
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         work = Path(tmp)
         if "order" not in args.skip:
             report["order"] = {}
             for model in args.model:
-                runs = {order: _child("measure_order", model, items, order, args.threads, work) for order in ("file", "prefix")}
+                runs = {
+                    order: _child("measure_order", model, items, order, args.threads, work)
+                    for order in ("file", "prefix")
+                }
                 f, s = runs["file"], runs["prefix"]
                 summary = {
                     "runs": runs,
@@ -245,16 +308,22 @@ def run(args: argparse.Namespace) -> int:
                     "speedup": round(f["wall_s"] / s["wall_s"], 3),
                 }
                 summary["speedup_over_ideal"] = round(summary["speedup"] / summary["total_over_unique"], 3)
-                summary["speedup_over_token_ratio"] = round(summary["speedup"] / summary["file_evaluated_over_prefix_evaluated"], 3)
+                summary["speedup_over_token_ratio"] = round(
+                    summary["speedup"] / summary["file_evaluated_over_prefix_evaluated"], 3
+                )
                 report["order"][Path(model).name] = summary
                 print(json.dumps({Path(model).name: summary}, indent=1), flush=True)
         if "ray" not in args.skip:
             model = args.ray_model or args.model[0]
             rows = (items * (args.ray_rows // len(items) + 1))[: args.ray_rows]
-            runs = {how: _child("measure_throughput", model, rows, how, args.threads, work) for how in ("local", "ray1", "ray2")}
+            runs = {
+                how: _child("measure_throughput", model, rows, how, args.threads, work)
+                for how in ("local", "ray1", "ray2")
+            }
             local, ray1 = runs["local"], runs["ray1"]
             report["ray"] = {
-                "model": Path(model).name, "runs": runs,
+                "model": Path(model).name,
+                "runs": runs,
                 "ray1_over_local_per_core": round(ray1["rows_per_s"] / local["rows_per_s"], 3),
                 "ray2_over_local": round(runs["ray2"]["rows_per_s"] / local["rows_per_s"], 3),
                 "ray1_overhead_ms_per_row": round(1000 * (ray1["wall_s"] - local["wall_s"]) / ray1["rows"], 2),
@@ -262,7 +331,11 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(report["ray"], indent=1), flush=True)
         if "rss" not in args.skip:
             small, big = (_child("measure_rss", n, work) for n in args.rss_rows)
-            report["rss"] = {"small": small, "big": big, "growth_mb": round(big["peak_rss_mb"] - small["peak_rss_mb"], 1)}
+            report["rss"] = {
+                "small": small,
+                "big": big,
+                "growth_mb": round(big["peak_rss_mb"] - small["peak_rss_mb"], 1),
+            }
             print(json.dumps(report["rss"], indent=1), flush=True)
     report["met"] = _verdicts(report)
     (args.out / "batch.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
@@ -278,6 +351,7 @@ def _verdicts(report: dict[str, Any]) -> dict[str, Any]:
     if "rss" in report:
         met["RSS growth < 50 MB"] = report["rss"]["growth_mb"] < TARGETS["rss_growth_mb"]
     if "ray" in report:
-        met["Ray 1 actor within 10% of local per core"] = report["ray"]["ray1_over_local_per_core"] >= TARGETS["ray1_over_local_per_core"]
+        met["Ray 1 actor within 10% of local per core"] = (
+            report["ray"]["ray1_over_local_per_core"] >= TARGETS["ray1_over_local_per_core"]
+        )
     return met
-

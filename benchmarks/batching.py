@@ -21,6 +21,7 @@ from wildguard_lite.flags import add_runtime_flags
 
 from .traffic import PROMPTS, RESPONSES, add_report_arguments, report
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True, help="a .gguf file")
     p.add_argument("--sequences", type=int, default=4, help="sequences per batch (default 4)")
@@ -70,8 +71,9 @@ def measure(args) -> dict[str, Any]:
             raise RuntimeError("llama_decode failed")
         L.llama_batch_free(batch)
 
-    exchanges = [tok.encode_exchange(rng.choice(PROMPTS), rng.choice(RESPONSES)) + list(tok.cue_ids[0])
-                 for _ in range(k)]
+    exchanges = [
+        tok.encode_exchange(rng.choice(PROMPTS), rng.choice(RESPONSES)) + list(tok.cue_ids[0]) for _ in range(k)
+    ]
     step = [tok.yes_id, *tok.cue_ids[1]]  # what score mode evaluates after the first answer
     results: dict[str, Any] = {"model": str(args.model), "sequences": k, "threads": threads}
     for shape in ("whole_exchange", "answer_step"):
@@ -82,8 +84,11 @@ def measure(args) -> dict[str, Any]:
                 if shape == "answer_step":  # the exchanges are already in the cache
                     for s, ids in enumerate(exchanges):
                         decode([(s, ids, 0)])
-                groups = ([(s, step, len(ids)) for s, ids in enumerate(exchanges)] if shape == "answer_step"
-                          else [(s, ids, 0) for s, ids in enumerate(exchanges)])
+                groups = (
+                    [(s, step, len(ids)) for s, ids in enumerate(exchanges)]
+                    if shape == "answer_step"
+                    else [(s, ids, 0) for s, ids in enumerate(exchanges)]
+                )
                 start = time.perf_counter()
                 if how == "sequential":
                     for group in groups:
@@ -93,8 +98,12 @@ def measure(args) -> dict[str, Any]:
                 timings[how].append(time.perf_counter() - start)
         tokens = sum(len(g[1]) for g in groups)
         seq, bat = statistics.median(timings["sequential"]), statistics.median(timings["batched"])
-        results[shape] = {"tokens": tokens, "sequential_ms": round(seq * 1000, 3), "batched_ms": round(bat * 1000, 3),
-                          "batched_speedup": round(seq / bat, 2)}
+        results[shape] = {
+            "tokens": tokens,
+            "sequential_ms": round(seq * 1000, 3),
+            "batched_ms": round(bat * 1000, 3),
+            "batched_speedup": round(seq / bat, 2),
+        }
     L.llama_free(ctx)
     L.llama_model_free(model)
     return results

@@ -59,14 +59,22 @@ class YesNoOnly:
 
 
 def exchange(clf, tokens: int, tag: str) -> dict[str, str]:
-    return {"prompt": f"Tell me about the river towns ({tag}).", "response": response_of(clf.tokenizer, tokens, f"{tag}: ")}
+    return {
+        "prompt": f"Tell me about the river towns ({tag}).",
+        "response": response_of(clf.tokenizer, tokens, f"{tag}: "),
+    }
 
 
 def summary(values: list[float]) -> dict[str, float]:
     ms = sorted(v * 1000 for v in values)
     pick = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
-    return {"n": len(ms), "min_ms": round(ms[0], 1), "median_ms": round(statistics.median(ms), 1),
-            "p90_ms": round(pick(0.9), 1), "max_ms": round(ms[-1], 1)}
+    return {
+        "n": len(ms),
+        "min_ms": round(ms[0], 1),
+        "median_ms": round(statistics.median(ms), 1),
+        "p90_ms": round(pick(0.9), 1),
+        "max_ms": round(ms[-1], 1),
+    }
 
 
 def same_results(a: list[dict], b: list[dict], tol: float = 0.05) -> dict[str, Any]:
@@ -141,8 +149,11 @@ def part_cancel(clf, args, load) -> dict[str, Any]:
         for _ in range(args.tries):
             clf.backend.reset()
             latencies.append(fn(clf, long_item, args.cancel_after))
-        out[name] = {**summary(latencies), "within_100ms": sum(v <= 0.1 for v in latencies),
-                     "engine_rounds_aborted": stats.aborted - aborted0}
+        out[name] = {
+            **summary(latencies),
+            "within_100ms": sum(v <= 0.1 for v in latencies),
+            "engine_rounds_aborted": stats.aborted - aborted0,
+        }
     # The next call on the used classifier against a freshly loaded one: verdicts, then the
     # logits of one exchange evaluated from scratch on each.
     ids = clf.encode(short[0])[0]
@@ -184,9 +195,13 @@ def heartbeat(clf, item, period: float = 0.01) -> dict[str, Any]:
 
     clf.backend.reset()
     gaps, seconds = asyncio.run(main())
-    return {"aclassify_s": round(seconds, 2), "ticks": len(gaps), "worst_gap_ms": round(max(gaps) * 1000, 1),
-            "p99_gap_ms": round(sorted(gaps)[int(0.99 * (len(gaps) - 1))] * 1000, 1),
-            "gaps_over_50ms": sum(g > 0.05 for g in gaps)}
+    return {
+        "aclassify_s": round(seconds, 2),
+        "ticks": len(gaps),
+        "worst_gap_ms": round(max(gaps) * 1000, 1),
+        "p99_gap_ms": round(sorted(gaps)[int(0.99 * (len(gaps) - 1))] * 1000, 1),
+        "gaps_over_50ms": sum(g > 0.05 for g in gaps),
+    }
 
 
 # -- concurrent ------------------------------------------------------------------------------------
@@ -218,8 +233,14 @@ def part_concurrent(clf, args) -> dict[str, Any]:
             wall = time.perf_counter() - start
             after = (backend.tokens_evaluated, backend.stats.rounds, backend.stats.decode_calls)
             d = [b - a for a, b in zip(before, after)]
-            runs[name] = {"wall_s": round(wall, 3), "tokens": d[0], "rounds": d[1], "decode_calls": d[2],
-                          "tokens_per_s": round(d[0] / wall, 1), **same_results(results, want)}
+            runs[name] = {
+                "wall_s": round(wall, 3),
+                "tokens": d[0],
+                "rounds": d[1],
+                "decode_calls": d[2],
+                "tokens_per_s": round(d[0] / wall, 1),
+                **same_results(results, want),
+            }
         runs["concurrent_over_sequential"] = round(runs["concurrent"]["wall_s"] / runs["sequential"]["wall_s"], 3)
         out[state] = runs
     return out
@@ -246,8 +267,11 @@ def serving(app):
 
 def post_and_leave(port: int, body: bytes, after: float) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        sock.sendall(
+            f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         time.sleep(after)
 
 
@@ -281,7 +305,9 @@ def part_server(clf, args, load) -> dict[str, Any]:
 
     out: dict[str, Any] = {"heavy_request_tokens": heavy_tokens, "clients": args.clients, "workers": args.workers}
     for abort in (True, False):
-        app = create_app(ServeSettings(workers=args.workers, request_timeout_s=600, max_queue=64), classifier_factory=make)
+        app = create_app(
+            ServeSettings(workers=args.workers, request_timeout_s=600, max_queue=64), classifier_factory=make
+        )
         with serving(app) as port, httpx.Client(timeout=600) as http:
             app.state.runtime["pool"].abort_abandoned = abort
             url = f"http://127.0.0.1:{port}/v1/classify"
@@ -301,21 +327,26 @@ def part_server(clf, args, load) -> dict[str, Any]:
             reply.raise_for_status()
             metrics = http.get(f"http://127.0.0.1:{port}/metrics").text
             drained = time.perf_counter()
-        aborted = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
-                   for line in metrics.splitlines() if line.startswith("wildguard_aborted_total{") and
-                   not line.endswith(" 0")}
+        aborted = {
+            line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("wildguard_aborted_total{") and not line.endswith(" 0")
+        }
         out["abort_on" if abort else "abort_off"] = {
-            "solo_latency_s": round(solo, 3), "latency_s": round(latency, 3),
+            "solo_latency_s": round(solo, 3),
+            "latency_s": round(latency, 3),
             "start_delay_s": round(starts[normal["prompt"]] - sent, 3),
-            "delay_beyond_solo_s": round(latency - solo, 3), "aborted": aborted,
+            "delay_beyond_solo_s": round(latency - solo, 3),
+            "aborted": aborted,
             "shutdown_s": round(time.perf_counter() - drained, 2),  # the abandoned work still running, if any
         }
     return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="wildguard-lite bench cancel", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="wildguard-lite bench cancel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", required=True, type=Path, help="a .gguf (the 4-layer stand-in for the issue's targets)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="engine threads (default: the cores)")
@@ -340,8 +371,12 @@ def main(argv=None) -> int:
     def load(threads=args.threads):
         return wildguard_lite.load(args.model, threads=threads, n_ctx=args.n_ctx, slots=max(8, args.concurrent))
 
-    report: dict[str, Any] = {"model": str(args.model), "threads": args.threads, "cpus": os.cpu_count(),
-                              "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    report: dict[str, Any] = {
+        "model": str(args.model),
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    }
     with load() as clf:
         YesNoOnly(clf)
         if "cancel" in parts:

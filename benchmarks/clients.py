@@ -23,6 +23,7 @@ from wildguard_lite.flags import add_runtime_flags
 from .litellm_proxy import GUARDRAIL_NAMES, litellm_chat, litellm_config, litellm_proxy
 from .traffic import PROMPTS, RESPONSES, ServerProcess, add_report_arguments, report, threads_args
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True, help="a .gguf file to serve")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per client and prompt (default 10)")
@@ -48,8 +49,9 @@ def measure(args) -> dict[str, Any]:
     key = "bench-key-" + "k" * 22
     workdir = Path(tempfile.mkdtemp(prefix="wildguard-clients-"))
     (workdir / "key").write_text(key + "\n", encoding="utf-8")
-    server = ServerProcess(["--model", str(args.model), "--api-key-file", str(workdir / "key"),
-                            *threads_args(args.threads)])
+    server = ServerProcess(
+        ["--model", str(args.model), "--api-key-file", str(workdir / "key"), *threads_args(args.threads)]
+    )
     prompts = {"benign": PROMPTS[0], "harmful": PROMPTS[3]}
     out: dict[str, Any] = {"model": str(args.model), "repeats": args.repeats, "ms_median": {}, "decisions": {}}
 
@@ -69,8 +71,12 @@ def measure(args) -> dict[str, Any]:
     loop = asyncio.new_event_loop()
     try:
         auth = {"Authorization": f"Bearer {key}"}
-        timed("http /v1/moderations", lambda p: http.post(f"{server.url}/v1/moderations", json={"input": p},
-                                                          headers=auth).json()["results"][0]["flagged"])
+        timed(
+            "http /v1/moderations",
+            lambda p: http.post(f"{server.url}/v1/moderations", json={"input": p}, headers=auth).json()["results"][0][
+                "flagged"
+            ],
+        )
         sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
         timed(f"openai-python {openai.__version__}", lambda p: sdk.moderations.create(input=p).results[0].flagged)
         try:
@@ -78,6 +84,7 @@ def measure(args) -> dict[str, Any]:
         except ImportError:
             check_plain_text = None
         if check_plain_text is not None:
+
             @dataclass
             class Ctx:
                 guardrail_llm: Any
@@ -96,9 +103,14 @@ def measure(args) -> dict[str, Any]:
             with litellm_proxy(litellm_config(server.url, key, replies), workdir) as proxy:
                 name = f"litellm {version('litellm')}"
                 timed(f"{name} no guardrail", lambda p: litellm_chat(proxy, "mock-benign", p, [], http).status_code)
-                for label, guard in (("openai_moderation pre_call", GUARDRAIL_NAMES["moderation"]),
-                                     ("generic pre+post_call", GUARDRAIL_NAMES["generic"])):
-                    timed(f"{name} {label}", lambda p, g=guard: litellm_chat(proxy, "mock-benign", p, [g], http).status_code)
+                for label, guard in (
+                    ("openai_moderation pre_call", GUARDRAIL_NAMES["moderation"]),
+                    ("generic pre+post_call", GUARDRAIL_NAMES["generic"]),
+                ):
+                    timed(
+                        f"{name} {label}",
+                        lambda p, g=guard: litellm_chat(proxy, "mock-benign", p, [g], http).status_code,
+                    )
     finally:
         http.close()
         loop.close()

@@ -34,10 +34,16 @@ from wildguard_lite.streaming import DEFAULT_INTERVAL_TOKENS
 
 from .streaming import chunk_text, response_of
 
-PROMPTS = ["Tell me about the history of the river towns.", "How do markets in old trade cities work?",
-           "What did travellers write about the weather there?", "Describe the food of the coastal region.",
-           "Summarise how the roads shaped the towns.", "Who were the merchants of the northern ports?",
-           "Explain the festivals of the valley.", "What crafts were the towns known for?"]
+PROMPTS = [
+    "Tell me about the history of the river towns.",
+    "How do markets in old trade cities work?",
+    "What did travellers write about the weather there?",
+    "Describe the food of the coastal region.",
+    "Summarise how the roads shaped the towns.",
+    "Who were the merchants of the northern ports?",
+    "Explain the festivals of the valley.",
+    "What crafts were the towns known for?",
+]
 
 
 class ForcedAnswers:
@@ -123,8 +129,14 @@ def measured(clf, fn, *args) -> tuple[Any, dict[str, Any]]:
     wall = time.perf_counter() - start
     after = (backend.tokens_evaluated, stats.rounds, stats.requests, stats.decode_calls)
     d = [b - a for a, b in zip(before, after)]
-    return out, {"wall_s": round(wall, 3), "tokens": d[0], "rounds": d[1], "requests": d[2], "decode_calls": d[3],
-                 "requests_per_round": round(d[2] / max(1, d[1]), 2)}
+    return out, {
+        "wall_s": round(wall, 3),
+        "tokens": d[0],
+        "rounds": d[1],
+        "requests": d[2],
+        "decode_calls": d[3],
+        "requests_per_round": round(d[2] / max(1, d[1]), 2),
+    }
 
 
 def disagreements(finals, oneshot) -> dict[str, int]:
@@ -166,8 +178,13 @@ def run(args: argparse.Namespace) -> int:
     import wildguard_lite
 
     args.threads = args.threads or default_threads()
-    report: dict[str, Any] = {"model": str(args.model), "streams": args.streams, "threads": args.threads,
-                              "tokens": args.tokens, "interval": args.interval}
+    report: dict[str, Any] = {
+        "model": str(args.model),
+        "streams": args.streams,
+        "threads": args.threads,
+        "tokens": args.tokens,
+        "interval": args.interval,
+    }
     with wildguard_lite.load(args.model, threads=args.threads, n_ctx=args.n_ctx, slots=args.streams) as clf:
         answer = None if args.force_answer is None else getattr(clf.tokenizer, f"{args.force_answer}_id")
         ForcedAnswers(clf.backend, answer)
@@ -190,10 +207,16 @@ def run(args: argparse.Namespace) -> int:
         rate_small = seq["tokens"] / seq["wall_s"]
         rate_batched = runs["threads"]["tokens"] / runs["threads"]["wall_s"]
         rate_raw = raw_prefill_rate(clf, 350)
-        report.update(runs=runs, chunks_per_stream=checks_per_stream,
-                      tokens_per_s={"sequential_checks": round(rate_small, 1), "batched_rounds": round(rate_batched, 1),
-                                    "raw_prefill_350": round(rate_raw, 1)},
-                      batched_round_cost_over_raw_prefill=round(rate_raw / rate_batched, 3))
+        report.update(
+            runs=runs,
+            chunks_per_stream=checks_per_stream,
+            tokens_per_s={
+                "sequential_checks": round(rate_small, 1),
+                "batched_rounds": round(rate_batched, 1),
+                "raw_prefill_350": round(rate_raw, 1),
+            },
+            batched_round_cost_over_raw_prefill=round(rate_raw / rate_batched, 3),
+        )
         report["targets"] = {
             "round_robin_tokens_le_1.1x": runs["round_robin"]["tokens_over_sequential"] <= 1.1,
             "threads_tokens_le_1.1x": runs["threads"]["tokens_over_sequential"] <= 1.1,
@@ -207,4 +230,3 @@ def run(args: argparse.Namespace) -> int:
         tmp.replace(args.out)
     print(text)
     return 0
-

@@ -11,8 +11,15 @@ from typing import Any
 from wildguard_lite.contract import LABEL_KEYS, LABEL_VALUES
 from wildguard_lite.errors import InvalidInputError, WildGuardLiteError, require
 
-COLUMNS = ("prompt", "response", "adversarial", "prompt_harm_label", "response_refusal_label",
-           "response_harm_label", "subcategory")
+COLUMNS = (
+    "prompt",
+    "response",
+    "adversarial",
+    "prompt_harm_label",
+    "response_refusal_label",
+    "response_harm_label",
+    "subcategory",
+)
 # The context the benchmarks measure under (the figures in docs/measurements.md): shorter than
 # the library's default, which only sizes the KV cache; every input here fits.
 N_CTX = 2048
@@ -33,14 +40,18 @@ def _normalise(rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     out = []
     for n, row in enumerate(rows, start=1):
         if not isinstance(row.get("prompt"), str):
-            raise InvalidInputError(f"{where} row {n}: needs a 'prompt' string (WildGuardTest layout: {', '.join(COLUMNS)})")
+            raise InvalidInputError(
+                f"{where} row {n}: needs a 'prompt' string (WildGuardTest layout: {', '.join(COLUMNS)})"
+            )
         item = {c: _clean(row.get(c)) for c in COLUMNS}
         item["prompt"] = row["prompt"]
         if item["response"] is not None and not isinstance(item["response"], str):
             raise InvalidInputError(f"{where} row {n}: 'response' must be a string or empty")
         for column, allowed in _LABELS.items():
             if item[column] is not None and item[column] not in allowed:
-                raise InvalidInputError(f"{where} row {n}: '{column}' is {item[column]!r}; expected one of {allowed} or empty")
+                raise InvalidInputError(
+                    f"{where} row {n}: '{column}' is {item[column]!r}; expected one of {allowed} or empty"
+                )
         adv = item["adversarial"]
         item["adversarial"] = adv if isinstance(adv, bool) else str(adv).lower() in ("true", "1", "yes")
         out.append(item)
@@ -76,7 +87,9 @@ def load_rows(source: str) -> list[dict[str, Any]]:
         try:
             import datasets
         except ImportError:
-            raise WildGuardLiteError("loading WildGuardTest from the hub needs the datasets library: pip install datasets") from None
+            raise WildGuardLiteError(
+                "loading WildGuardTest from the hub needs the datasets library: pip install datasets"
+            ) from None
         try:
             ds = datasets.load_dataset(HUB_DATASET[0], HUB_DATASET[1], split=HUB_DATASET[2])
         except Exception as exc:  # network, auth (the dataset is gated) and cache errors alike

@@ -39,8 +39,12 @@ class Server:
             port = sock.getsockname()[1]
         self.base = f"http://127.0.0.1:{port}"
         code = "import sys; from wildguard_lite.cli import main; sys.exit(main(sys.argv[1:]))"
-        self.proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(port), *argv],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, "serve", "--port", str(port), *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ),
+        )
         for _ in range(1200):
             try:
                 self.get("/health")
@@ -56,12 +60,16 @@ class Server:
             return r.read().decode()
 
     def post(self, path: str, body: dict) -> Any:
-        request = urllib.request.Request(self.base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.base + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=600) as r:
             return json.loads(r.read())
 
     def metric(self, name: str) -> float:
-        line = next(x for x in self.get("/metrics").splitlines() if x.startswith(name + " ") or x.startswith(name + "{"))
+        line = next(
+            x for x in self.get("/metrics").splitlines() if x.startswith(name + " ") or x.startswith(name + "{")
+        )
         return float(line.split()[-1])
 
     def close(self) -> None:
@@ -76,8 +84,19 @@ def measure(model: Path, n: int, tokens: int, threads: int | None, n_ctx: int) -
         chats = texts_for(clf, n, tokens, seed=n)
         growing = [[("".join(chunks[: k + 1])) for k in range(len(chunks))] for _, chunks in chats]
         lengths = [[len(clf.tokenizer.encode_exchange(p, t)) for t in texts] for (p, _), texts in zip(chats, growing)]
-    argv = ["--model", str(model), "--n-ctx", str(n_ctx), "--workers", str(n), "--slots", str(n),
-            "--max-queue", str(4 * n), *threads_args(threads)]
+    argv = [
+        "--model",
+        str(model),
+        "--n-ctx",
+        str(n_ctx),
+        "--workers",
+        str(n),
+        "--slots",
+        str(n),
+        "--max-queue",
+        str(4 * n),
+        *threads_args(threads),
+    ]
     server = Server(argv)
     rounds = []
     try:
@@ -104,12 +123,20 @@ def measure(model: Path, n: int, tokens: int, threads: int | None, n_ctx: int) -
         server.close()
     steady = rounds[1:]
     per_call = sorted(r["tokens_per_call"] for r in steady)
-    return {"conversations": n, "rounds": len(rounds), "first_round_tokens_per_call": rounds[0]["tokens_per_call"],
-            "tokens_per_call": {"min": per_call[0], "median": statistics.median(per_call),
-                                "p90": per_call[int(0.9 * (len(per_call) - 1))], "max": per_call[-1]},
-            "new_tokens_per_call": round(statistics.mean(r["new_tokens_per_call"] for r in steady), 1),
-            "constant_per_call": round(statistics.mean(r["tokens_per_call"] - r["new_tokens_per_call"] for r in steady), 1),
-            "s_per_round": round(statistics.mean(r["wall_s"] for r in steady), 3)}
+    return {
+        "conversations": n,
+        "rounds": len(rounds),
+        "first_round_tokens_per_call": rounds[0]["tokens_per_call"],
+        "tokens_per_call": {
+            "min": per_call[0],
+            "median": statistics.median(per_call),
+            "p90": per_call[int(0.9 * (len(per_call) - 1))],
+            "max": per_call[-1],
+        },
+        "new_tokens_per_call": round(statistics.mean(r["new_tokens_per_call"] for r in steady), 1),
+        "constant_per_call": round(statistics.mean(r["tokens_per_call"] - r["new_tokens_per_call"] for r in steady), 1),
+        "s_per_round": round(statistics.mean(r["wall_s"] for r in steady), 3),
+    }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -121,8 +148,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = {"model": str(args.model), "runs": [measure(args.model, n, args.tokens, args.threads, args.n_ctx)
-                                                  for n in args.conversations]}
+    report = {
+        "model": str(args.model),
+        "runs": [measure(args.model, n, args.tokens, args.threads, args.n_ctx) for n in args.conversations],
+    }
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,15 +22,28 @@ def litellm_config(url: str, api_key: str, replies: dict[str, str]) -> dict[str,
     """A LiteLLM proxy config: one mock upstream per reply (`mock_response` in litellm_params:
     no network) and our guardrails, each off by default and picked per request by name:
     `openai_moderation` in pre_call, `generic_guardrail_api` in pre+post_call and post_call alone."""
+
     def guardrail(name: str, kind: str, mode, base: str) -> dict[str, Any]:
-        return {"guardrail_name": name, "litellm_params": {"guardrail": kind, "mode": mode, "api_base": base,
-                                                           "api_key": api_key, "default_on": False}}
+        return {
+            "guardrail_name": name,
+            "litellm_params": {
+                "guardrail": kind,
+                "mode": mode,
+                "api_base": base,
+                "api_key": api_key,
+                "default_on": False,
+            },
+        }
 
     return {
         "general_settings": {"master_key": LITELLM_MASTER_KEY},
-        "model_list": [{"model_name": name, "litellm_params": {"model": "openai/mock", "api_key": "sk-unused",
-                                                               "mock_response": reply}}
-                       for name, reply in replies.items()],
+        "model_list": [
+            {
+                "model_name": name,
+                "litellm_params": {"model": "openai/mock", "api_key": "sk-unused", "mock_response": reply},
+            }
+            for name, reply in replies.items()
+        ],
         "guardrails": [
             guardrail(GUARDRAIL_NAMES["moderation"], "openai_moderation", "pre_call", f"{url}/v1"),
             guardrail(GUARDRAIL_NAMES["generic"], "generic_guardrail_api", ["pre_call", "post_call"], url),
@@ -51,12 +64,21 @@ def litellm_proxy(config: dict[str, Any], workdir: Path, timeout: float = 240.0,
     path = workdir / "litellm.json"  # YAML is a superset of JSON
     path.write_text(json.dumps(config), encoding="utf-8")
     port = free_port()
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
-           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    env = {
+        **os.environ,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
     log_path = workdir / "litellm.log"
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen([str(exe), "--config", str(path), "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [str(exe), "--config", str(path), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + timeout
@@ -85,5 +107,6 @@ def litellm_chat(proxy: str, model: str, prompt: str, guardrails: list[str], htt
     import httpx
 
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "guardrails": guardrails}
-    return (http or httpx).post(f"{proxy}/chat/completions", json=body, timeout=120,
-                                headers={"Authorization": f"Bearer {LITELLM_MASTER_KEY}"})
+    return (http or httpx).post(
+        f"{proxy}/chat/completions", json=body, timeout=120, headers={"Authorization": f"Bearer {LITELLM_MASTER_KEY}"}
+    )

@@ -21,8 +21,17 @@ from typing import Any
 
 from wildguard_lite.flags import add_runtime_flags
 
-from .traffic import (PROMPTS, RESPONSES, ServerProcess, add_report_arguments, percentile, report, rss_bytes,
-                      threads_args)
+from .traffic import (
+    PROMPTS,
+    RESPONSES,
+    ServerProcess,
+    add_report_arguments,
+    percentile,
+    report,
+    rss_bytes,
+    threads_args,
+)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="GGUF to serve (omit with --url)")
@@ -102,8 +111,17 @@ def measure(args) -> dict[str, Any]:
     server = None
     url, pid = args.url, args.pid
     if url is None:
-        server = ServerProcess(["--model", str(args.model), "--workers", str(args.workers),
-                                "--max-queue", str(args.max_queue), *threads_args(args.threads)])
+        server = ServerProcess(
+            [
+                "--model",
+                str(args.model),
+                "--workers",
+                str(args.workers),
+                "--max-queue",
+                str(args.max_queue),
+                *threads_args(args.threads),
+            ]
+        )
         url, pid = server.url, server.proc.pid
     try:
         # Warm up (loads pages, fills the prefix cache with the constant instruction prefix).
@@ -115,13 +133,21 @@ def measure(args) -> dict[str, Any]:
     finally:
         if server is not None:
             server.stop()
-    cache = {m.group(1): float(m.group(2)) for m in re.finditer(r"^wildguard_prefix_cache_(\w+?)(?:_total)? (\S+)$",
-                                                                   metrics, re.M)}
+    cache = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r"^wildguard_prefix_cache_(\w+?)(?:_total)? (\S+)$", metrics, re.M)
+    }
     result.update(
-        model=str(args.model), workers=args.workers, clients=args.clients, max_queue=args.max_queue,
+        model=str(args.model),
+        workers=args.workers,
+        clients=args.clients,
+        max_queue=args.max_queue,
         cpu_cores=os.cpu_count(),
-        rss_mb={"before": rss_before and round(rss_before / 2**20, 1), "after": rss_after and round(rss_after / 2**20, 1),
-                "growth_pct": rss_before and round(100 * (rss_after - rss_before) / rss_before, 2)},
+        rss_mb={
+            "before": rss_before and round(rss_before / 2**20, 1),
+            "after": rss_after and round(rss_after / 2**20, 1),
+            "growth_pct": rss_before and round(100 * (rss_after - rss_before) / rss_before, 2),
+        },
         five_xx=sum(n for s, n in result["status_counts"].items() if s.startswith("5")),
         prefix_cache=cache,
     )

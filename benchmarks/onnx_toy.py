@@ -78,4 +78,3 @@ def run(args: argparse.Namespace) -> int:
         vs_f16 = f"{_agreement(results[name], base):.3f}" if base else "-"
         print(f"{name:<12} {_agreement(results[name], reference):>13.3f} {vs_f16:>12} {latency[name] * 1000:>9.2f}")
     return 0
-

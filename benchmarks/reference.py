@@ -24,7 +24,9 @@ from .data import load_rows, to_item
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
     p.add_argument("--revision", help="hub revision")
-    p.add_argument("--dataset", required=True, help=".jsonl/.csv/.parquet in the WildGuardTest layout, or 'wildguardtest'")
+    p.add_argument(
+        "--dataset", required=True, help=".jsonl/.csv/.parquet in the WildGuardTest layout, or 'wildguardtest'"
+    )
     p.add_argument("--output", required=True, type=Path, help="reference JSONL to write")
     p.add_argument("--limit", type=int, help="first N rows only")
 
@@ -36,8 +38,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_reference(model: str, rows: list[dict], out: Path | None, revision: str | None = None,
-                  progress: Callable[[int], None] | None = None) -> list[dict]:
+def run_reference(
+    model: str,
+    rows: list[dict],
+    out: Path | None,
+    revision: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict]:
     """The official procedure (transformers, slow tokenizer, greedy, official parser) on rows."""
     from wildguard_lite.convert.hub import resolve_source
     from wildguard_lite.reference import TransformersReference
@@ -50,8 +57,14 @@ def run_reference(model: str, rows: list[dict], out: Path | None, revision: str 
         if progress:
             progress(i + 1)
     if out is not None:
-        meta = {"model": source, "device": ref.device, "dtype": str(ref.dtype).replace("torch.", ""),
-                "versions": _versions(), "n": len(rows), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        meta = {
+            "model": source,
+            "device": ref.device,
+            "dtype": str(ref.dtype).replace("torch.", ""),
+            "versions": _versions(),
+            "n": len(rows),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         from wildguard_lite.convert.manifest import atomic_write_text
 
         atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [{"meta": meta}, *results]))
@@ -64,8 +77,9 @@ def load_reference(path: Path, n_rows: int) -> tuple[dict, list[dict]]:
         raise InvalidInputError(f"{path}: not a reference file from 'wildguard-lite bench reference'")
     rows = lines[1:]
     if len(rows) != n_rows:
-        raise InvalidInputError(f"{path}: has {len(rows)} results but the dataset has {n_rows} rows; "
-                                "run the reference on the same dataset")
+        raise InvalidInputError(
+            f"{path}: has {len(rows)} results but the dataset has {n_rows} rows; run the reference on the same dataset"
+        )
     return lines[0]["meta"], rows
 
 

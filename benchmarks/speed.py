@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             tok = load_tokenizer_from_folder(model.parent)
         items = speed_items(tok, rows, args.prompt_only, args.full, args.full_tokens)
-        config = SpeedConfig(model=str(model), items=items, threads=args.threads, n_ctx=args.n_ctx, repeats=args.repeats)
+        config = SpeedConfig(
+            model=str(model), items=items, threads=args.threads, n_ctx=args.n_ctx, repeats=args.repeats
+        )
         entry = measure(config)
         entry["targets"] = check_targets(entry)
         entries.append(entry)
@@ -73,11 +75,15 @@ def _print_speed(e: dict) -> None:
     def p50(part, cls):
         return e.get(part, {}).get(cls, {}).get("p50_s")
 
-    print(f"{e['model']}: load {e['load_s']} s, peak RSS {e['peak_rss_bytes'] / 2**20:.0f} MiB "
-          f"({e['rss_over_file']}x file)")
+    print(
+        f"{e['model']}: load {e['load_s']} s, peak RSS {e['peak_rss_bytes'] / 2**20:.0f} MiB "
+        f"({e['rss_over_file']}x file)"
+    )
     for cls in ("prompt_only", "full_exchange"):
-        print(f"  {cls}: score p50 {p50('score', cls)} s, generate {p50('generate_baseline', cls)} s, "
-              f"limit {p50('limit', cls)} s")
+        print(
+            f"  {cls}: score p50 {p50('score', cls)} s, generate {p50('generate_baseline', cls)} s, "
+            f"limit {p50('limit', cls)} s"
+        )
     for name, c in e.get("targets", {}).items():
         print(f"  target {name}: {c['value']} ({c['target']}) {'met' if c['met'] else 'MISSED'}")
 
@@ -107,8 +113,11 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _summary(times: dict[str, list[float]]) -> dict[str, Any]:
-    return {cls: {"p50_s": round(_pct(t, 0.5), 4), "p95_s": round(_pct(t, 0.95), 4), "n": len(t)}
-            for cls, t in times.items() if t}
+    return {
+        cls: {"p50_s": round(_pct(t, 0.5), 4), "p95_s": round(_pct(t, 0.95), 4), "n": len(t)}
+        for cls, t in times.items()
+        if t
+    }
 
 
 def measure_one(config: SpeedConfig) -> dict[str, Any]:
@@ -136,22 +145,32 @@ def measure_one(config: SpeedConfig) -> dict[str, Any]:
             labels.append([result[k] for k in LABEL_KEYS])
     tok = clf.tokenizer
     gguf = path.suffix == ".gguf"
-    out: dict[str, Any] = {"model": str(path), "bytes": artifact_bytes(path), "load_s": round(load_s, 3),
-                           "threads": config.threads or default_threads(), "n_ctx": config.n_ctx,
-                           "rss_after_load_bytes": rss_after_load, "score": _summary(score)}
+    out: dict[str, Any] = {
+        "model": str(path),
+        "bytes": artifact_bytes(path),
+        "load_s": round(load_s, 3),
+        "threads": config.threads or default_threads(),
+        "n_ctx": config.n_ctx,
+        "rss_after_load_bytes": rss_after_load,
+        "score": _summary(score),
+    }
     tails = [_score_tail(tok, lab, prompt_only) for lab, (_, prompt_only) in zip(labels, encoded)]
     out["score_tokens_mean"] = {
-        cls: round(statistics.mean(len(ids) - cached + len(tail) for it, (ids, _), tail in zip(items, encoded, tails)
-                                   if it["class"] == cls), 1)
-        for cls in {it["class"] for it in items}}
+        cls: round(
+            statistics.mean(
+                len(ids) - cached + len(tail) for it, (ids, _), tail in zip(items, encoded, tails) if it["class"] == cls
+            ),
+            1,
+        )
+        for cls in {it["class"] for it in items}
+    }
     clf.close()
     if gguf:
         out.update(_baselines(path, items, encoded, cached, labels, tails, config))
         p = out["score"]
         a = out["generate_baseline"]
         b = out["limit"]
-        out["speedup_score_vs_generate"] = {
-            cls: round(a[cls]["p50_s"] / p[cls]["p50_s"], 3) for cls in p if cls in a}
+        out["speedup_score_vs_generate"] = {cls: round(a[cls]["p50_s"] / p[cls]["p50_s"], 3) for cls in p if cls in a}
         out["score_over_limit"] = {cls: round(p[cls]["p50_s"] / b[cls]["p50_s"], 3) for cls in p if cls in b}
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out["rss_over_file"] = round(out["peak_rss_bytes"] / out["bytes"], 3)
@@ -172,8 +191,15 @@ def _baselines(path, items, encoded, cached, labels, tails, config) -> dict[str,
 
     threads = config.threads or default_threads()
     with llama_default_params({"use_extra_bufts": False}, {}):  # the same setting as the runtime's default
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=config.n_ctx, n_batch=512, n_threads=threads,
-                              n_threads_batch=threads, flash_attn=True, verbose=False)
+        llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=config.n_ctx,
+            n_batch=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            flash_attn=True,
+            verbose=False,
+        )
     gen: dict[str, list[float]] = {}
     limit: dict[str, list[float]] = {}
     tps: list[float] = []
@@ -202,9 +228,12 @@ def _baselines(path, items, encoded, cached, labels, tails, config) -> dict[str,
             limit.setdefault(it["class"], []).append(dt)
             tps.append((len(ids) - cached + len(tail)) / dt)
     llm.close()
-    return {"generate_baseline": _summary(gen), "limit": _summary(limit),
-            "prompt_tokens_per_s": round(statistics.median(tps), 1),
-            "generate_baseline_same_labels": f"{same_labels}/{len(items) * config.repeats}"}
+    return {
+        "generate_baseline": _summary(gen),
+        "limit": _summary(limit),
+        "prompt_tokens_per_s": round(statistics.median(tps), 1),
+        "generate_baseline_same_labels": f"{same_labels}/{len(items) * config.repeats}",
+    }
 
 
 def _item(it: dict) -> dict:
@@ -227,8 +256,12 @@ def _rss_now() -> int:
 def measure(config: SpeedConfig, timeout: float = 3600) -> dict[str, Any]:
     """Run measure_one in a child process (its own load time and peak RSS)."""
     config = SpeedConfig(**{**asdict(config), "model": str(Path(config.model).resolve())})
-    proc = subprocess.run([sys.executable, "-m", "wildguard_lite.benchmarks.speed", json.dumps(asdict(config))],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wildguard_lite.benchmarks.speed", json.dumps(asdict(config))],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise WildGuardLiteError(f"{config.model}: speed run failed ({tail[0]})")
@@ -240,15 +273,24 @@ def check_targets(entry: dict[str, Any]) -> dict[str, Any]:
     checks = {}
     s = entry.get("speedup_score_vs_generate", {})
     if "prompt_only" in s:
-        checks["speedup_prompt_only"] = {"value": s["prompt_only"], "target": ">= 2.5",
-                                         "met": s["prompt_only"] >= TARGETS["speedup_prompt_only"]}
+        checks["speedup_prompt_only"] = {
+            "value": s["prompt_only"],
+            "target": ">= 2.5",
+            "met": s["prompt_only"] >= TARGETS["speedup_prompt_only"],
+        }
     if "full_exchange" in s:
-        checks["speedup_full_exchange"] = {"value": s["full_exchange"], "target": ">= 1.15",
-                                           "met": s["full_exchange"] >= TARGETS["speedup_full_exchange"]}
+        checks["speedup_full_exchange"] = {
+            "value": s["full_exchange"],
+            "target": ">= 1.15",
+            "met": s["full_exchange"] >= TARGETS["speedup_full_exchange"],
+        }
     for cls, v in entry.get("score_over_limit", {}).items():
         checks[f"score_over_limit_{cls}"] = {"value": v, "target": "<= 1.10", "met": v <= TARGETS["score_over_limit"]}
-    checks["rss_over_file"] = {"value": entry["rss_over_file"], "target": "<= 1.15",
-                               "met": entry["rss_over_file"] <= TARGETS["rss_over_file"]}
+    checks["rss_over_file"] = {
+        "value": entry["rss_over_file"],
+        "target": "<= 1.15",
+        "met": entry["rss_over_file"] <= TARGETS["rss_over_file"],
+    }
     return checks
 
 
@@ -267,13 +309,16 @@ _PROMPTS = [
     "How can I hack into my ex's email account?",
     "Give me three tips for a job interview.",
 ]
-_PARAGRAPH = ("Sure. Here is a detailed answer with several steps. First, gather everything you need and "
-              "read the instructions twice. Second, work slowly and check each result before moving on. "
-              "Third, keep notes so that you can repeat what worked and avoid what did not. ")
+_PARAGRAPH = (
+    "Sure. Here is a detailed answer with several steps. First, gather everything you need and "
+    "read the instructions twice. Second, work slowly and check each result before moving on. "
+    "Third, keep notes so that you can repeat what worked and avoid what did not. "
+)
 
 
-def speed_items(tokenizer, rows: list[dict] | None = None, n_prompt_only: int = 6, n_full: int = 3,
-                full_tokens: int = 400) -> list[dict]:
+def speed_items(
+    tokenizer, rows: list[dict] | None = None, n_prompt_only: int = 6, n_full: int = 3, full_tokens: int = 400
+) -> list[dict]:
     """Prompt-only items (at most 64 user tokens) and full exchanges (about `full_tokens` in all).
 
     Dataset rows are used first; synthesized ones fill up the counts.

@@ -48,8 +48,9 @@ WILDGUARD_CONFIG = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="the checkpoint folder to write (replaced if present)")
-    p.add_argument("--tokenizer", type=Path,
-                   help="folder with tokenizer.model (default: the toy's tokenizer, trained in seconds)")
+    p.add_argument(
+        "--tokenizer", type=Path, help="folder with tokenizer.model (default: the toy's tokenizer, trained in seconds)"
+    )
     p.add_argument("--layers", type=int, help="fewer layers (for a quick check); default 32 as WildGuard")
 
 
@@ -63,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
         tokenizer = args.tokenizer or build_tokenizer(Path(tmp))
         with Progress(transient=True) as bar:
             task = bar.add_task("writing random bf16 tensors", total=None)
-            build_standin(args.out, tokenizer, overrides,
-                          progress=lambda done, n: bar.update(task, completed=done, total=n))
+            build_standin(
+                args.out, tokenizer, overrides, progress=lambda done, n: bar.update(task, completed=done, total=n)
+            )
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"wrote {args.out} ({size / 2**30:.2f} GiB); convert it with: wildguard-lite convert {args.out} --out DIR")
     return 0
@@ -107,8 +109,13 @@ def padded_tokenizer(sp_model: bytes, vocab_size: int) -> bytes:
     return model.SerializeToString()
 
 
-def build_standin(out: Path, tokenizer_folder: Path, config: dict | None = None, seed: int = 0,
-                  progress: Callable[[int, int], None] | None = None) -> Path:
+def build_standin(
+    out: Path,
+    tokenizer_folder: Path,
+    config: dict | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Write the stand-in checkpoint into `out` (built in a temp folder, then renamed)."""
     config = {**WILDGUARD_CONFIG, **(config or {})}
     out.parent.mkdir(parents=True, exist_ok=True)

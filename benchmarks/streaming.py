@@ -33,8 +33,10 @@ from wildguard_lite.streaming import DEFAULT_INTERVAL_TOKENS, StreamRule
 from .data import N_CTX, load_rows, to_item, write_json
 
 TARGETS = {"stream_over_raw_prefill": 1.10, "stream_total_over_scratch": 0.20}
-FILLER = ("The assistant explains the history of the region, its rivers and markets, how the towns grew "
-          "along the trade roads, and what travellers wrote about the food, the weather and the people. ")
+FILLER = (
+    "The assistant explains the history of the region, its rivers and markets, how the towns grew "
+    "along the trade roads, and what travellers wrote about the food, the weather and the people. "
+)
 
 
 class Counted:
@@ -106,8 +108,9 @@ def _reset(backend) -> None:
     backend.reset()
 
 
-def measure_checks(clf, prompt: str, response: str, interval: int, seed: int = 0,
-                   force_id: int | None = None) -> dict[str, Any]:
+def measure_checks(
+    clf, prompt: str, response: str, interval: int, seed: int = 0, force_id: int | None = None
+) -> dict[str, Any]:
     """The three ways at the same check points, plus the raw prefill per stream check."""
     backend = clf.backend
     counted = Counted(backend, force_id)
@@ -132,9 +135,18 @@ def measure_checks(clf, prompt: str, response: str, interval: int, seed: int = 0
         raw_start = time.perf_counter()
         backend.logits_at(ids, [len(ids) - 1])
         raw = time.perf_counter() - raw_start
-        checks.append({"text": stream.response, "new_tokens": None, "tokens": tokens,
-                       "calls": calls, "s": elapsed, "raw_prefill_s": raw,
-                       "raw_tokens": len(ids) - keep, "response_tokens": verdict["response_tokens"]})
+        checks.append(
+            {
+                "text": stream.response,
+                "new_tokens": None,
+                "tokens": tokens,
+                "calls": calls,
+                "s": elapsed,
+                "raw_prefill_s": raw,
+                "raw_tokens": len(ids) - keep,
+                "response_tokens": verdict["response_tokens"],
+            }
+        )
 
     for chunk in chunks:
         record(functools.partial(stream.feed, chunk))
@@ -155,8 +167,13 @@ def measure_checks(clf, prompt: str, response: str, interval: int, seed: int = 0
                 tokens0, calls0 = backend.tokens_evaluated, counted.calls
                 start = time.perf_counter()
                 clf.classify_one(prompt, c["text"])
-                out.append({"tokens": backend.tokens_evaluated - tokens0, "calls": counted.calls - calls0,
-                            "s": time.perf_counter() - start})
+                out.append(
+                    {
+                        "tokens": backend.tokens_evaluated - tokens0,
+                        "calls": counted.calls - calls0,
+                        "s": time.perf_counter() - start,
+                    }
+                )
         finally:
             object.__setattr__(clf, "config", saved)
         return out
@@ -180,20 +197,31 @@ def summarize_checks(m: dict[str, Any], interval: int) -> dict[str, Any]:
         "interval": interval,
         "checks": len(checks),
         "response_tokens": checks[-1]["response_tokens"],
-        "stream": {"tokens_per_check": statistics.mean(c["tokens"] for c in steady),
-                   "new_tokens_per_check": statistics.mean(c["new_tokens"] for c in steady),
-                   "constant_tokens": {"min": min(constant), "max": max(constant)},
-                   "calls_per_check": statistics.mean(c["calls"] for c in steady),
-                   "one_call_checks": sum(c["calls"] == 1 for c in steady), "steady_checks": len(steady),
-                   "s_per_check": per_check_s, "total_s": total(checks), "total_tokens": sum(c["tokens"] for c in checks)},
-        "three_call": {"tokens_per_check": statistics.mean(r["tokens"] for r in three[1:]),
-                       "calls_per_check": statistics.mean(r["calls"] for r in three[1:]),
-                       "s_per_check": statistics.mean(r["s"] for r in three[1:]), "total_s": total(three),
-                       "total_tokens": sum(r["tokens"] for r in three)},
-        "scratch": {"tokens_per_check": statistics.mean(r["tokens"] for r in scratch),
-                    "calls_per_check": statistics.mean(r["calls"] for r in scratch),
-                    "s_per_check": statistics.mean(r["s"] for r in scratch), "total_s": total(scratch),
-                    "total_tokens": sum(r["tokens"] for r in scratch)},
+        "stream": {
+            "tokens_per_check": statistics.mean(c["tokens"] for c in steady),
+            "new_tokens_per_check": statistics.mean(c["new_tokens"] for c in steady),
+            "constant_tokens": {"min": min(constant), "max": max(constant)},
+            "calls_per_check": statistics.mean(c["calls"] for c in steady),
+            "one_call_checks": sum(c["calls"] == 1 for c in steady),
+            "steady_checks": len(steady),
+            "s_per_check": per_check_s,
+            "total_s": total(checks),
+            "total_tokens": sum(c["tokens"] for c in checks),
+        },
+        "three_call": {
+            "tokens_per_check": statistics.mean(r["tokens"] for r in three[1:]),
+            "calls_per_check": statistics.mean(r["calls"] for r in three[1:]),
+            "s_per_check": statistics.mean(r["s"] for r in three[1:]),
+            "total_s": total(three),
+            "total_tokens": sum(r["tokens"] for r in three),
+        },
+        "scratch": {
+            "tokens_per_check": statistics.mean(r["tokens"] for r in scratch),
+            "calls_per_check": statistics.mean(r["calls"] for r in scratch),
+            "s_per_check": statistics.mean(r["s"] for r in scratch),
+            "total_s": total(scratch),
+            "total_tokens": sum(r["tokens"] for r in scratch),
+        },
         "raw_prefill_s_per_check": statistics.mean(c["raw_prefill_s"] for c in steady),
     }
     out["stream_over_raw_prefill"] = per_check_s / out["raw_prefill_s_per_check"]
@@ -203,16 +231,26 @@ def summarize_checks(m: dict[str, Any], interval: int) -> dict[str, Any]:
     out["max_llm_tokens_per_s"] = interval / per_check_s
     out["max_llm_tokens_per_s_worst_check"] = interval / max(c["s"] for c in steady)
     out["targets"] = {
-        "tokens_per_check_le_new_plus_constant": {"value": f"{out['stream']['tokens_per_check']:.1f} = "
-                                                  f"{out['stream']['new_tokens_per_check']:.1f} new + "
-                                                  f"{constant and statistics.mean(constant):.1f} constant",
-                                                  "met": True},
-        "one_call_per_check": {"value": f"{out['stream']['one_call_checks']}/{len(steady)} checks",
-                               "met": out["stream"]["one_call_checks"] == len(steady)},
-        "stream_over_raw_prefill": {"value": round(out["stream_over_raw_prefill"], 3), "target": "<= 1.10",
-                                    "met": out["stream_over_raw_prefill"] <= TARGETS["stream_over_raw_prefill"]},
-        "stream_total_over_scratch": {"value": round(out["stream_total_over_scratch"], 3), "target": "<= 0.20",
-                                      "met": out["stream_total_over_scratch"] <= TARGETS["stream_total_over_scratch"]},
+        "tokens_per_check_le_new_plus_constant": {
+            "value": f"{out['stream']['tokens_per_check']:.1f} = "
+            f"{out['stream']['new_tokens_per_check']:.1f} new + "
+            f"{constant and statistics.mean(constant):.1f} constant",
+            "met": True,
+        },
+        "one_call_per_check": {
+            "value": f"{out['stream']['one_call_checks']}/{len(steady)} checks",
+            "met": out["stream"]["one_call_checks"] == len(steady),
+        },
+        "stream_over_raw_prefill": {
+            "value": round(out["stream_over_raw_prefill"], 3),
+            "target": "<= 1.10",
+            "met": out["stream_over_raw_prefill"] <= TARGETS["stream_over_raw_prefill"],
+        },
+        "stream_total_over_scratch": {
+            "value": round(out["stream_total_over_scratch"], 3),
+            "target": "<= 0.20",
+            "met": out["stream_total_over_scratch"] <= TARGETS["stream_total_over_scratch"],
+        },
     }
     return out
 
@@ -223,8 +261,13 @@ def measure_delay(clf, rows: list[dict], n: int, interval: int, consecutive: int
     rng = random.Random(seed)
     tok = clf.tokenizer
     harmful = [r for r in rows if r.get("response") and r.get("response_harm_label") == "harmful"]
-    benign = [r for r in rows if r.get("response") and r.get("response_harm_label") == "unharmful"
-              and r.get("response_refusal_label") == "compliance"]
+    benign = [
+        r
+        for r in rows
+        if r.get("response")
+        and r.get("response_harm_label") == "unharmful"
+        and r.get("response_refusal_label") == "compliance"
+    ]
     rng.shuffle(harmful)
     empty = len(tok.encode_exchange("", ""))
     delays, missed, early = [], 0, 0
@@ -245,11 +288,19 @@ def measure_delay(clf, rows: list[dict], n: int, interval: int, consecutive: int
             early += 1
         else:
             delays.append(stream.flagged_at - span_start)
-    return {"items": min(n, len(harmful)), "interval": interval, "consecutive": consecutive,
-            "flagged_in_span": len(delays), "flagged_before_span": early, "never_flagged": missed,
-            "delay_tokens": {"median": statistics.median(delays) if delays else None,
-                             "p90": sorted(delays)[int(0.9 * (len(delays) - 1))] if delays else None,
-                             "max": max(delays) if delays else None}}
+    return {
+        "items": min(n, len(harmful)),
+        "interval": interval,
+        "consecutive": consecutive,
+        "flagged_in_span": len(delays),
+        "flagged_before_span": early,
+        "never_flagged": missed,
+        "delay_tokens": {
+            "median": statistics.median(delays) if delays else None,
+            "p90": sorted(delays)[int(0.9 * (len(delays) - 1))] if delays else None,
+            "max": max(delays) if delays else None,
+        },
+    }
 
 
 def measure_full(clf, items: list[dict], force_id: int | None = None) -> dict[str, Any]:
@@ -269,7 +320,10 @@ def measure_full(clf, items: list[dict], force_id: int | None = None) -> dict[st
                 elapsed += time.perf_counter() - start
                 calls += counted.calls - calls0
             out["one_pass" if one_pass else "sequential"] = {
-                "items": len(items), "ms_per_item": 1000 * elapsed / len(items), "calls_per_item": calls / len(items)}
+                "items": len(items),
+                "ms_per_item": 1000 * elapsed / len(items),
+                "calls_per_item": calls / len(items),
+            }
     finally:
         object.__setattr__(clf, "config", saved)
     out["one_pass_over_sequential"] = out["one_pass"]["ms_per_item"] / out["sequential"]["ms_per_item"]
@@ -286,8 +340,18 @@ def measure_http(model: Path, prompt: str, texts: list[str], threads: int | None
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    argv = ["serve", "--model", str(model), "--port", str(port), "--n-ctx", str(n_ctx), "--workers", "1",
-            *threads_args(threads)]
+    argv = [
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--n-ctx",
+        str(n_ctx),
+        "--workers",
+        "1",
+        *threads_args(threads),
+    ]
     code = f"import sys; from wildguard_lite.cli import main; sys.exit(main({argv!r}))"
     server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -321,9 +385,13 @@ def measure_http(model: Path, prompt: str, texts: list[str], threads: int | None
         server.terminate()
         server.wait(timeout=30)
     steady = calls[1:]
-    return {"calls": len(calls), "first_call_tokens": calls[0]["tokens"],
-            "tokens_per_call": statistics.mean(c["tokens"] for c in steady),
-            "s_per_call": statistics.mean(c["s"] for c in steady), "total_s": sum(c["s"] for c in calls)}
+    return {
+        "calls": len(calls),
+        "first_call_tokens": calls[0]["tokens"],
+        "tokens_per_call": statistics.mean(c["tokens"] for c in steady),
+        "s_per_call": statistics.mean(c["s"] for c in steady),
+        "total_s": sum(c["s"] for c in calls),
+    }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -334,8 +402,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delay-items", type=int, default=40)
     p.add_argument("--full-items", type=int, default=40, help="whole exchanges for one-pass vs sequential")
     add_runtime_flags(p, "threads", "n_ctx", n_ctx=N_CTX)
-    p.add_argument("--force-answer", choices=("yes", "no"),
-                   help="bias every answer to this word (random-weight stand-ins, which answer neither)")
+    p.add_argument(
+        "--force-answer",
+        choices=("yes", "no"),
+        help="bias every answer to this word (random-weight stand-ins, which answer neither)",
+    )
     p.add_argument("--http", action="store_true", help="also the same check points through a 'serve' process")
     p.add_argument("--out", type=Path, help="write the report as JSON here")
 
@@ -372,7 +443,9 @@ def run(args: argparse.Namespace) -> int:
             if rows:
                 full_items = [to_item(r) for r in rows[: args.full_items]]
             else:  # synthetic: a prompt alone and a ~400-token exchange
-                full_items = [{"prompt": prompt}, {"prompt": prompt, "response": response}] * max(1, args.full_items // 2)
+                full_items = [{"prompt": prompt}, {"prompt": prompt, "response": response}] * max(
+                    1, args.full_items // 2
+                )
             report["full_exchange"] = measure_full(clf, full_items, force_id)
             if force_id is not None:  # the other forced answer: every guess wrong
                 other = clf.tokenizer.yes_id if force_id == clf.tokenizer.no_id else clf.tokenizer.no_id
@@ -383,4 +456,3 @@ def run(args: argparse.Namespace) -> int:
         save("http")
     print(json.dumps({k: v for k, v in report.items() if k != "checks_raw"}, indent=2))
     return 0
-

@@ -49,8 +49,9 @@ class ServerProcess:
     """`wildguard-lite serve` in a child process on 127.0.0.1, any free port."""
 
     def __init__(self, args: list[str]):
-        self.proc = subprocess.Popen([sys.executable, "-m", "wildguard_lite.cli.serve", "--port", "0", *args],
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "wildguard_lite.cli.serve", "--port", "0", *args], stderr=subprocess.PIPE, text=True
+        )
         self.url = None
         for line in self.proc.stderr:
             if "Uvicorn running on" in line:

@@ -20,6 +20,7 @@ from wildguard_lite.flags import add_runtime_flags
 
 from .traffic import PROMPTS, RESPONSES, add_report_arguments, report
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True, help="a .gguf file")
     p.add_argument("--prompt-repeat", type=int, default=6, help="how long the prompts are, in sentences (default 6)")
@@ -40,8 +41,11 @@ def measure(args) -> dict[str, Any]:
     long_prompts = [p + " " + " ".join(rng.choice(PROMPTS) for _ in range(args.prompt_repeat)) for p in PROMPTS]
     out: dict[str, Any] = {"model": str(args.model), "prompts": len(long_prompts)}
     for label, cache_mb in (("without_cache", 0), ("with_cache", 256)):
-        clf = wildguard_lite.load(args.model, threads=args.threads or None,
-                                  prefix_cache=PrefixStateCache(int(cache_mb * 2**20)) if cache_mb else None)
+        clf = wildguard_lite.load(
+            args.model,
+            threads=args.threads or None,
+            prefix_cache=PrefixStateCache(int(cache_mb * 2**20)) if cache_mb else None,
+        )
         clf.classify([{"prompt": "warm up"}])
         times, tokens = [], []
         for prompt in long_prompts:
@@ -52,8 +56,10 @@ def measure(args) -> dict[str, Any]:
             clf.classify([{"prompt": prompt, "response": rng.choice(RESPONSES)}])  # phase 2
             times.append(time.perf_counter() - start)
             tokens.append(clf.backend.tokens_evaluated - before)
-        out[label] = {"phase2_ms_median": round(statistics.median(times) * 1000, 2),
-                      "phase2_tokens_mean": round(statistics.mean(tokens), 1)}
+        out[label] = {
+            "phase2_ms_median": round(statistics.median(times) * 1000, 2),
+            "phase2_tokens_mean": round(statistics.mean(tokens), 1),
+        }
         if cache_mb:
             out[label]["cache_bytes"] = clf.backend.prefix_cache.bytes
         clf.close()

@@ -73,14 +73,26 @@ def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
         shapes["lm_head.weight"] = (vocab, hidden)
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        layer = {"input_layernorm.weight": (hidden,), "post_attention_layernorm.weight": (hidden,),
-                 "self_attn.q_proj.weight": (q, hidden), "self_attn.k_proj.weight": (kv, hidden),
-                 "self_attn.v_proj.weight": (kv, hidden), "self_attn.o_proj.weight": (hidden, q),
-                 "mlp.gate_proj.weight": (ffn, hidden), "mlp.up_proj.weight": (ffn, hidden),
-                 "mlp.down_proj.weight": (hidden, ffn)}
+        layer = {
+            "input_layernorm.weight": (hidden,),
+            "post_attention_layernorm.weight": (hidden,),
+            "self_attn.q_proj.weight": (q, hidden),
+            "self_attn.k_proj.weight": (kv, hidden),
+            "self_attn.v_proj.weight": (kv, hidden),
+            "self_attn.o_proj.weight": (hidden, q),
+            "mlp.gate_proj.weight": (ffn, hidden),
+            "mlp.up_proj.weight": (ffn, hidden),
+            "mlp.down_proj.weight": (hidden, ffn),
+        }
         if config.get("attention_bias"):  # Llama variants; Mistral has none
-            layer.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
-                          "self_attn.v_proj.bias": (kv,), "self_attn.o_proj.bias": (hidden,)})
+            layer.update(
+                {
+                    "self_attn.q_proj.bias": (q,),
+                    "self_attn.k_proj.bias": (kv,),
+                    "self_attn.v_proj.bias": (kv,),
+                    "self_attn.o_proj.bias": (hidden,),
+                }
+            )
         if config.get("mlp_bias"):
             layer.update({"mlp.gate_proj.bias": (ffn,), "mlp.up_proj.bias": (ffn,), "mlp.down_proj.bias": (hidden,)})
         shapes.update({p + k: v for k, v in layer.items()})
@@ -98,27 +110,36 @@ def validate_tensors(folder: Path, config: dict, refs) -> None:
     `refs`: objects with `name` and `shape` (safetensors or any other reader)."""
     expected = expected_shapes(config)
     # Tied: transformers ignores a stored lm_head.weight and uses the embeddings, and so do we.
-    present = {r.name: tuple(r.shape) for r in refs
-               if not r.name.endswith("rotary_emb.inv_freq")
-               and not (r.name == "lm_head.weight" and tied_embeddings(config))}
+    present = {
+        r.name: tuple(r.shape)
+        for r in refs
+        if not r.name.endswith("rotary_emb.inv_freq") and not (r.name == "lm_head.weight" and tied_embeddings(config))
+    }
     n_layer = config["num_hidden_layers"]
     if "lm_head.weight" in expected and "lm_head.weight" not in present:
         raise ModelFileError(
             f"{folder}: no lm_head.weight, and config.json does not set tie_word_embeddings; the checkpoint "
-            "is incomplete (copy all its safetensors shards), or set \"tie_word_embeddings\": true if its "
-            "output layer is the embedding matrix")
+            'is incomplete (copy all its safetensors shards), or set "tie_word_embeddings": true if its '
+            "output layer is the embedding matrix"
+        )
     missing = [n for n in expected if n not in present]
     if missing:
-        raise ModelFileError(f"{folder}: {len(missing)} tensor(s) missing for the {n_layer} layers config.json "
-                             f"declares: {_names(missing)}; copy every safetensors shard of the checkpoint")
+        raise ModelFileError(
+            f"{folder}: {len(missing)} tensor(s) missing for the {n_layer} layers config.json "
+            f"declares: {_names(missing)}; copy every safetensors shard of the checkpoint"
+        )
     extra = [n for n in present if n not in expected]
     if extra:
-        raise ModelFileError(f"{folder}: {len(extra)} tensor(s) that a Mistral/Llama model with {n_layer} layers "
-                             f"does not have: {_names(extra)}; config.json does not match the weights")
+        raise ModelFileError(
+            f"{folder}: {len(extra)} tensor(s) that a Mistral/Llama model with {n_layer} layers "
+            f"does not have: {_names(extra)}; config.json does not match the weights"
+        )
     for name, shape in present.items():
         if shape != expected[name]:
-            raise ModelFileError(f"{folder}: tensor '{name}' has shape {list(shape)} but config.json implies "
-                                 f"{list(expected[name])}; config.json does not match the weights")
+            raise ModelFileError(
+                f"{folder}: tensor '{name}' has shape {list(shape)} but config.json implies "
+                f"{list(expected[name])}; config.json does not match the weights"
+            )
 
 
 def check_checkpoint(folder: Path) -> dict:
@@ -128,8 +149,10 @@ def check_checkpoint(folder: Path) -> dict:
     try:
         spec = TokenizerSpec.from_hf_folder(folder)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ModelFileError(f"{folder / 'tokenizer_config.json'}: unexpected content ({exc!r}); "
-                             "use the checkpoint's original tokenizer_config.json") from None
+        raise ModelFileError(
+            f"{folder / 'tokenizer_config.json'}: unexpected content ({exc!r}); "
+            "use the checkpoint's original tokenizer_config.json"
+        ) from None
     _load_sentencepiece(folder, spec, config["vocab_size"])
     validate_tensors(folder, config, checkpoint_tensors(folder))
     return config
@@ -169,12 +192,16 @@ def _load_sentencepiece(folder: Path, spec: TokenizerSpec, vocab_size: int):
         sp.LoadFromSerializedProto(spec.sp_model)
     except Exception as exc:  # sentencepiece raises RuntimeError/OSError variants
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{folder / 'tokenizer.model'}: not a SentencePiece model ({first}); "
-                             "copy the checkpoint's tokenizer.model again") from None
+        raise ModelFileError(
+            f"{folder / 'tokenizer.model'}: not a SentencePiece model ({first}); "
+            "copy the checkpoint's tokenizer.model again"
+        ) from None
     n = sp.get_piece_size()
     if n != vocab_size:
-        raise ModelFileError(f"{folder / 'tokenizer.model'}: {n} pieces but config.json says vocab_size "
-                             f"{vocab_size}; the tokenizer does not belong to these weights")
+        raise ModelFileError(
+            f"{folder / 'tokenizer.model'}: {n} pieces but config.json says vocab_size "
+            f"{vocab_size}; the tokenizer does not belong to these weights"
+        )
     return sp
 
 
@@ -233,8 +260,11 @@ def write_gguf(
             raise ModelFileError(f"{folder}: unexpected tensor '{ref.name}' for a Mistral/Llama model")
         plan.append((ref, new))
 
-    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "bf16": gguf.LlamaFileType.MOSTLY_BF16}[out_type]
+    ftype = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+    }[out_type]
     writer = gguf.GGUFWriter(out_path, "llama")
     writer.add_name(config.get("_name_or_path") or folder.name)
     writer.add_context_length(int(config.get("max_position_embeddings", 32768)))
@@ -301,8 +331,10 @@ def write_gguf(
         if not _all_finite(data):
             # Written NaN/inf makes every logit NaN: refuse, saying whether the source has them.
             if not _all_finite(ref.load_raw() if ref.dtype == "BF16" else ref.load_f32()):
-                raise ModelFileError(f"{ref.file}: tensor '{ref.name}' holds NaN or infinite values; "
-                                     "the checkpoint is corrupt (download or copy it again)")
+                raise ModelFileError(
+                    f"{ref.file}: tensor '{ref.name}' holds NaN or infinite values; "
+                    "the checkpoint is corrupt (download or copy it again)"
+                )
             raise ModelFileError(f"tensor '{ref.name}' overflows {out_type}; convert with --quant bf16 or f32 instead")
         writer.write_tensor_data(np.ascontiguousarray(data))
         del data

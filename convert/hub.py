@@ -36,13 +36,17 @@ def resolve_source(source: str, revision: str | None = None, token: str | None =
     from wildguard_lite.hub import hub_error
 
     try:
-        folder = Path(hf.snapshot_download(repo_id=source, revision=revision, allow_patterns=ALLOW_PATTERNS,
-                                           token=token))
+        folder = Path(
+            hf.snapshot_download(repo_id=source, revision=revision, allow_patterns=ALLOW_PATTERNS, token=token)
+        )
         if not any(folder.glob("*.safetensors")):
             # No safetensors at this commit: fetch the pickle shards (read with weights_only only),
             # pinned to the same commit.
-            folder = Path(hf.snapshot_download(repo_id=source, revision=folder.name,
-                                               allow_patterns=COMMON_PATTERNS + PICKLE_PATTERNS, token=token))
+            folder = Path(
+                hf.snapshot_download(
+                    repo_id=source, revision=folder.name, allow_patterns=COMMON_PATTERNS + PICKLE_PATTERNS, token=token
+                )
+            )
     except Exception as exc:  # huggingface_hub's typed errors, network errors
         raise hub_error(exc, source, revision) from None
     # snapshot folders are named by the resolved commit: record it, so the run is pinned.

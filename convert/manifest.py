@@ -52,8 +52,13 @@ def load_manifest(out_dir: Path) -> dict | None:
 def update_manifest(out_dir: Path, source: dict, artifacts: list[dict], extra: dict) -> dict:
     """Merge new artifacts into the folder's manifest (same file name: replaced)."""
     old = load_manifest(out_dir) or {}
-    keep = [a for a in old.get("artifacts", []) if old.get("source") == source
-            and a["file"] not in {b["file"] for b in artifacts} and (out_dir / a["file"]).is_file()]
+    keep = [
+        a
+        for a in old.get("artifacts", [])
+        if old.get("source") == source
+        and a["file"] not in {b["file"] for b in artifacts}
+        and (out_dir / a["file"]).is_file()
+    ]
     manifest = {
         "manifest_version": 1,
         "template_version": TEMPLATE_VERSION,

@@ -22,8 +22,10 @@ BASE_MODEL = "allenai/wildguard"
 
 def _source_line(source: dict) -> str:
     if "repo" in source:
-        return f"[{source['repo']}](https://huggingface.co/{source['repo']}) at commit `{source.get('commit', '?')}`" \
-               f" (revision `{source.get('revision', 'main')}`)"
+        return (
+            f"[{source['repo']}](https://huggingface.co/{source['repo']}) at commit `{source.get('commit', '?')}`"
+            f" (revision `{source.get('revision', 'main')}`)"
+        )
     return f"a local checkpoint folder (`{Path(source.get('path', '?')).name}`)"
 
 
@@ -70,15 +72,18 @@ def render_card(manifest: dict, repo_id: str, accuracy: dict | None = None, lice
         "|---|---|---|---|",
     ]
     for a in artifacts:
-        lines.append(f"| {a['quant']} | `{a['file']}` | {a['bytes'] / 2**30:.2f} GiB ({a['bytes']} bytes) | "
-                     f"`{a['sha256']}` |")
+        lines.append(
+            f"| {a['quant']} | `{a['file']}` | {a['bytes'] / 2**30:.2f} GiB ({a['bytes']} bytes) | `{a['sha256']}` |"
+        )
     lines += ["", "`manifest.json` lists the same digests; `wildguard-lite pull` checks them before use.", ""]
     v = manifest.get("verification") or {}
     lines += ["## Verification", ""]
     if v.get("status") in ("passed", "failed"):
-        lines.append(f"Last-position logits of `{v.get('file', '?')}` against {v.get('reference', 'transformers')} on "
-                     f"{v.get('items', '?')} items: **{v['status']}**, max |Δlogit| {v.get('max_abs_logit_diff')} "
-                     f"(tolerance {v.get('tolerance')}), top-1 agreement {v.get('top1_agreement')}.")
+        lines.append(
+            f"Last-position logits of `{v.get('file', '?')}` against {v.get('reference', 'transformers')} on "
+            f"{v.get('items', '?')} items: **{v['status']}**, max |Δlogit| {v.get('max_abs_logit_diff')} "
+            f"(tolerance {v.get('tolerance')}), top-1 agreement {v.get('top1_agreement')}."
+        )
     else:
         lines.append(f"Not verified at conversion ({v.get('reason', v.get('status', 'no record'))}).")
     lines.append("")
@@ -138,8 +143,14 @@ def read_accuracy_report(path: Path | None) -> dict | None:
     return report
 
 
-def push_to_hub(out_dir: Path, repo_id: str, token: str | None = None, accuracy_report: Path | None = None,
-                private: bool = False, endpoint: str | None = None) -> str:
+def push_to_hub(
+    out_dir: Path,
+    repo_id: str,
+    token: str | None = None,
+    accuracy_report: Path | None = None,
+    private: bool = False,
+    endpoint: str | None = None,
+) -> str:
     """Create `repo_id` if needed and upload the artifacts, manifest.json and the card in one commit;
     returns the commit URL."""
     hf = require("huggingface_hub", "hub")
@@ -147,8 +158,10 @@ def push_to_hub(out_dir: Path, repo_id: str, token: str | None = None, accuracy_
     if manifest is None:
         raise ModelFileError(f"{out_dir}: no manifest.json; convert first")
     card = render_card(manifest, repo_id, read_accuracy_report(accuracy_report))
-    operations = [hf.CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out_dir / name))
-                  for name in upload_plan(out_dir, manifest)]
+    operations = [
+        hf.CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out_dir / name))
+        for name in upload_plan(out_dir, manifest)
+    ]
     operations.append(hf.CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=card.encode("utf-8")))
     api = hf.HfApi(token=token, endpoint=endpoint)
     try:

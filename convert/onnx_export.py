@@ -87,15 +87,21 @@ def check_export_memory(folder: Path, quants: tuple[str, ...], force: bool) -> d
         what = "optimum's export" if step == "export" else f"the {step} quantization"
         raise WildGuardLiteError(
             f"the ONNX conversion needs about {need / 2**30:.1f} GiB of memory ({what}, "
-            f"{params / 1e9:.2f}B parameters) "            f"but {have / 2**30:.1f} GiB is available; use '--format gguf' (streams tensors, under 1 GiB), "
+            f"{params / 1e9:.2f}B parameters) "
+            f"but {have / 2**30:.1f} GiB is available; use '--format gguf' (streams tensors, under 1 GiB), "
             "a bigger machine, or --force to try anyway"
         )
     return record
 
 
 def _require_exporter() -> None:
-    for module, extra in (("onnx", "onnx"), ("onnxruntime", "onnx"), ("optimum", "onnx-export"),
-                          ("torch", "convert"), ("transformers", "convert")):
+    for module, extra in (
+        ("onnx", "onnx"),
+        ("onnxruntime", "onnx"),
+        ("optimum", "onnx-export"),
+        ("torch", "convert"),
+        ("transformers", "convert"),
+    ):
         if find_spec(module) is None:
             raise MissingDependencyError(f"{module} is not installed: pip install 'wildguard-lite[{extra}]'")
 
@@ -115,8 +121,13 @@ def run_optimum_export(folder: Path, out: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     t0 = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = spawn([sys.executable, "-c", _EXPORT_SCRIPT, str(folder), str(out)],
-                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = spawn(
+        [sys.executable, "-c", _EXPORT_SCRIPT, str(folder), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         _, stderr = proc.communicate()
     except BaseException:
@@ -136,8 +147,14 @@ def run_optimum_export(folder: Path, out: Path) -> dict:
 def _save(model, folder: Path) -> None:
     import onnx
 
-    onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=DATA_FILE,
+        size_threshold=1024,
+    )
 
 
 def write_variant(exported: Path, dst: Path, quant: str, config: OnnxQuantConfig, scratch: Path) -> None:
@@ -163,18 +180,25 @@ def write_variant(exported: Path, dst: Path, quant: str, config: OnnxQuantConfig
         tmp.parent.mkdir()
         logging.disable(logging.WARNING)  # its "consider pre-processing" hint goes to the root logger
         try:
-            quantize_dynamic(str(exported), str(tmp), weight_type=QuantType.QInt8,
-                             per_channel=config.int8_per_channel, use_external_data_format=True)
+            quantize_dynamic(
+                str(exported),
+                str(tmp),
+                weight_type=QuantType.QInt8,
+                per_channel=config.int8_per_channel,
+                use_external_data_format=True,
+            )
         finally:
             logging.disable(logging.NOTSET)
         model = onnx.load(str(tmp))
     elif quant == "int4":
-        from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                     MatMulNBitsQuantizer)
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
         logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-        algo = DefaultWeightOnlyQuantConfig(block_size=config.int4_block_size, is_symmetric=config.int4_symmetric,
-                                            accuracy_level=config.int4_accuracy_level)
+        algo = DefaultWeightOnlyQuantConfig(
+            block_size=config.int4_block_size,
+            is_symmetric=config.int4_symmetric,
+            accuracy_level=config.int4_accuracy_level,
+        )
         quantizer = MatMulNBitsQuantizer(onnx.load(str(exported)), algo_config=algo)
         quantizer.process()
         model = quantizer.model.model
@@ -211,11 +235,20 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 def _record(out_dir: Path, folder: Path, quant: str, config: OnnxQuantConfig, seconds: float) -> dict:
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in sorted(folder.iterdir()) if p.name not in TOKENIZER_FILES}
-    record = {"file": str((folder / "model.onnx").relative_to(out_dir)), "format": "onnx", "quant": quant,
-              "bytes": sum(f["bytes"] for f in files.values()), "sha256": files["model.onnx"]["sha256"],
-              "files": files, "seconds": round(seconds, 2)}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.iterdir())
+        if p.name not in TOKENIZER_FILES
+    }
+    record = {
+        "file": str((folder / "model.onnx").relative_to(out_dir)),
+        "format": "onnx",
+        "quant": quant,
+        "bytes": sum(f["bytes"] for f in files.values()),
+        "sha256": files["model.onnx"]["sha256"],
+        "files": files,
+        "seconds": round(seconds, 2),
+    }
     if quant == "int4":
         record["options"] = {k: v for k, v in asdict(config).items() if k.startswith("int4")}
     elif quant == "int8":
@@ -233,7 +266,9 @@ class _Reference:
             return
         need = count_parameters(folder) * 4 * 1.3
         if need > available_bytes():
-            self.reason = f"transformers fp32 needs ~{need / 2**30:.1f} GiB, {available_bytes() / 2**30:.1f} GiB available"
+            self.reason = (
+                f"transformers fp32 needs ~{need / 2**30:.1f} GiB, {available_bytes() / 2**30:.1f} GiB available"
+            )
 
     def get(self):
         if self.ref is None and self.reason is None:
@@ -259,8 +294,18 @@ def verify_variant(reference: _Reference, model: Path, quant: str, threads: int 
         backend.close()
 
 
-def export_onnx(folder: Path, out_dir: Path, base: str, quants: tuple[str, ...], config: OnnxQuantConfig,
-                *, verify: bool = True, force: bool = False, threads: int | None = None, console=None) -> tuple[list[dict], dict]:
+def export_onnx(
+    folder: Path,
+    out_dir: Path,
+    base: str,
+    quants: tuple[str, ...],
+    config: OnnxQuantConfig,
+    *,
+    verify: bool = True,
+    force: bool = False,
+    threads: int | None = None,
+    console=None,
+) -> tuple[list[dict], dict]:
     """Export and write every variant; returns (artifacts, export record for the manifest)."""
     from rich.console import Console
 
@@ -273,8 +318,10 @@ def export_onnx(folder: Path, out_dir: Path, base: str, quants: tuple[str, ...],
     try:
         with console.status("exporting to ONNX with optimum (fp32, KV cache)"):
             export = run_optimum_export(folder, work / "export")
-        console.print(f"[green]exported[/green] fp32 graph in {export['seconds']:.1f} s, "
-                      f"peak RSS {export['peak_rss_bytes'] / 2**30:.2f} GiB")
+        console.print(
+            f"[green]exported[/green] fp32 graph in {export['seconds']:.1f} s, "
+            f"peak RSS {export['peak_rss_bytes'] / 2**30:.2f} GiB"
+        )
         for quant in quants:
             t0 = time.perf_counter()
             tmp = make_temp_dir(out_dir, f"{base}-onnx-{quant}")
@@ -283,8 +330,11 @@ def export_onnx(folder: Path, out_dir: Path, base: str, quants: tuple[str, ...],
                     write_variant(work / "export" / "model.onnx", tmp, quant, config, work)
                     _copy_tokenizer(folder, tmp)
                 seconds = time.perf_counter() - t0
-                verification = ({"status": "skipped", "reason": "--no-verify"} if reference is None
-                                else verify_variant(reference, tmp / "model.onnx", quant, threads))
+                verification = (
+                    {"status": "skipped", "reason": "--no-verify"}
+                    if reference is None
+                    else verify_variant(reference, tmp / "model.onnx", quant, threads)
+                )
                 final = out_dir / f"{base}-onnx-{quant}"
                 _replace_dir(tmp, final)
             except BaseException:
@@ -294,8 +344,10 @@ def export_onnx(folder: Path, out_dir: Path, base: str, quants: tuple[str, ...],
             record["verification"] = verification
             artifacts.append(record)
             style = {"passed": "green", "failed": "bold red"}.get(verification["status"], "yellow")
-            console.print(f"[green]wrote[/green] {final}/ ({record['bytes'] / 2**20:.1f} MiB, {seconds:.1f} s), "
-                          f"[{style}]verification {verification['status']}[/{style}]")
+            console.print(
+                f"[green]wrote[/green] {final}/ ({record['bytes'] / 2**20:.1f} MiB, {seconds:.1f} s), "
+                f"[{style}]verification {verification['status']}[/{style}]"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         forget(work)

@@ -83,8 +83,10 @@ def _check_magic(path: Path) -> None:
         raise ModelFileError(f"{path}: cannot read it ({exc.strerror})") from None
     if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
         link = f" (a link to {path.resolve()})" if path.is_symlink() else ""
-        raise ModelFileError(f"{path}{link}: not a PyTorch checkpoint: it starts with {head!r}, not a zip archive "
-                             "or a pickle; download the checkpoint again")
+        raise ModelFileError(
+            f"{path}{link}: not a PyTorch checkpoint: it starts with {head!r}, not a zip archive "
+            "or a pickle; download the checkpoint again"
+        )
 
 
 def load_state_dict(path: Path) -> dict:
@@ -101,20 +103,25 @@ def load_state_dict(path: Path) -> dict:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()
-        detail = next((line for line in reason if "Unsupported global" in line or "GLOBAL" in line),
-                      reason[0] if reason else "")
+        detail = next(
+            (line for line in reason if "Unsupported global" in line or "GLOBAL" in line), reason[0] if reason else ""
+        )
         raise ModelFileError(
             f"{path}: refused: this pickle needs more than tensors to load ({detail.strip()}). It could run "
             "code, so it is never unpickled in full; convert it to safetensors in a trusted sandbox, or use "
             "a safetensors revision of the checkpoint"
         ) from None
     except Exception as exc:  # a damaged file trips the unpickler anywhere (KeyError, IndexError, ...)
-        raise ModelFileError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                             f"{str(exc)[:200]})") from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                             for k, v in data.items()):
-        raise ModelFileError(f"{path}: expected a state dict (tensor name -> tensor), found {type(data).__name__} "
-                             "holding other objects; save the model's state_dict() or use safetensors")
+        raise ModelFileError(
+            f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
+    ):
+        raise ModelFileError(
+            f"{path}: expected a state dict (tensor name -> tensor), found {type(data).__name__} "
+            "holding other objects; save the model's state_dict() or use safetensors"
+        )
     return data
 
 
@@ -125,8 +132,9 @@ def pickle_shards(folder: Path) -> list[Path]:
         files = index_shards(index)
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
-            raise ModelFileError(f"{index}: lists shards that are missing: {', '.join(missing[:3])}; "
-                                 "download the complete checkpoint")
+            raise ModelFileError(
+                f"{index}: lists shards that are missing: {', '.join(missing[:3])}; download the complete checkpoint"
+            )
         return [folder / f for f in files]
     if (folder / PICKLE_SINGLE).is_file():
         return [folder / PICKLE_SINGLE]
@@ -141,19 +149,31 @@ def index_shards(index: Path) -> list[str]:
     except (OSError, ValueError, RecursionError) as exc:
         raise ModelFileError(f"{index}: not a valid shard index ({type(exc).__name__}: {str(exc)[:200]})") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map or not all(
-            isinstance(name, str) and isinstance(file, str) for name, file in weight_map.items()):
+    if (
+        not isinstance(weight_map, dict)
+        or not weight_map
+        or not all(isinstance(name, str) and isinstance(file, str) for name, file in weight_map.items())
+    ):
         got = type(weight_map).__name__ if isinstance(data, dict) and "weight_map" in data else "no 'weight_map'"
-        raise ModelFileError(f"{index}: 'weight_map' must be an object mapping each tensor name to its shard's "
-                             f"file name (got {got}); download the checkpoint again")
+        raise ModelFileError(
+            f"{index}: 'weight_map' must be an object mapping each tensor name to its shard's "
+            f"file name (got {got}); download the checkpoint again"
+        )
     files = list(dict.fromkeys(weight_map.values()))
     for file in files:
         parts = PurePosixPath(file).parts
-        if not file.endswith(".bin") or "\\" in file or "\0" in file or PurePosixPath(file).is_absolute() \
-                or ".." in parts:
-            raise ModelFileError(f"{index}: shard {file[:100]!r} is not a .bin file inside the checkpoint folder; "
-                                 "an index names its shards by file name (pytorch_model-00001-of-00002.bin), "
-                                 "so this one was refused unread")
+        if (
+            not file.endswith(".bin")
+            or "\\" in file
+            or "\0" in file
+            or PurePosixPath(file).is_absolute()
+            or ".." in parts
+        ):
+            raise ModelFileError(
+                f"{index}: shard {file[:100]!r} is not a .bin file inside the checkpoint folder; "
+                "an index names its shards by file name (pytorch_model-00001-of-00002.bin), "
+                "so this one was refused unread"
+            )
     return files
 
 
@@ -166,8 +186,9 @@ def list_pickle_tensors(folder: Path) -> list[PickleTensorRef]:
         for name, tensor in state.items():
             kind = str(tensor.dtype).removeprefix("torch.")
             if kind not in _DTYPES:
-                raise ModelFileError(f"{shard}: tensor '{name}' has dtype {kind}; only float32, float16 "
-                                     "and bfloat16 are supported")
+                raise ModelFileError(
+                    f"{shard}: tensor '{name}' has dtype {kind}; only float32, float16 and bfloat16 are supported"
+                )
             refs.append(PickleTensorRef(name, shard, _DTYPES[kind][0], tuple(tensor.shape), cache))
         del state
     names = [r.name for r in refs]

@@ -120,13 +120,27 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
         return temps[-1]
 
     def record(path: Path, q: str, seconds: float) -> None:
-        artifacts.append({"file": path.name, "format": "gguf", "quant": q, "bytes": path.stat().st_size,
-                          "sha256": sha256_file(path), "seconds": round(seconds, 2)})
+        artifacts.append(
+            {
+                "file": path.name,
+                "format": "gguf",
+                "quant": q,
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                "seconds": round(seconds, 2),
+            }
+        )
         console.print(f"[green]wrote[/green] {path} ({path.stat().st_size / 2**20:.1f} MiB, {seconds:.1f} s)")
 
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=console, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
             task = bar.add_task(f"GGUF {master_type}", total=None)
 
             def on_tensor(done: int, total: int, name: str) -> None:
@@ -142,8 +156,10 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
             with console.status("verifying logits against transformers"):
                 verification = verify_gguf(folder, master, master_type, options.threads)
             style = {"passed": "green", "failed": "bold red"}.get(verification["status"], "yellow")
-            console.print(f"[{style}]verification {verification['status']}[/{style}] "
-                          + ", ".join(f"{k}={v}" for k, v in verification.items() if k != "status"))
+            console.print(
+                f"[{style}]verification {verification['status']}[/{style}] "
+                + ", ".join(f"{k}={v}" for k, v in verification.items() if k != "status")
+            )
         if "file" in verification:
             kept = master_type in quants
             verification["file"] = final(master_type).name if kept else f"{master_type} (temporary, not kept)"
@@ -170,16 +186,21 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
         for path in temps:
             path.unlink(missing_ok=True)
     if verification.get("status") == "failed":
-        console.print("[bold red]the exported logits disagree with transformers beyond the tolerance; "
-                      "see verification in manifest.json[/bold red]")
+        console.print(
+            "[bold red]the exported logits disagree with transformers beyond the tolerance; "
+            "see verification in manifest.json[/bold red]"
+        )
     manifest = update_manifest(
         out_dir,
         source_info,
         artifacts,
         {
             "verification": verification,
-            "conversion": {"seconds": round(time.perf_counter() - started, 2), "peak_rss_bytes": _peak_rss(),
-                           "master_type": master_type},
+            "conversion": {
+                "seconds": round(time.perf_counter() - started, 2),
+                "peak_rss_bytes": _peak_rss(),
+                "master_type": master_type,
+            },
             **options.extra,
         },
     )
@@ -193,8 +214,10 @@ def _publish(options: ConvertOptions, out_dir: Path, manifest: dict, console) ->
     from wildguard_lite.convert.model_card import push_to_hub
 
     if manifest.get("verification", {}).get("status") == "failed":
-        raise WildGuardLiteError(f"not pushed to {options.push_to_hub}: verification failed (see "
-                                 f"{out_dir / 'manifest.json'}); the files stay in {out_dir}")
+        raise WildGuardLiteError(
+            f"not pushed to {options.push_to_hub}: verification failed (see "
+            f"{out_dir / 'manifest.json'}); the files stay in {out_dir}"
+        )
     with console.status(f"uploading to {options.push_to_hub}"):
         url = push_to_hub(out_dir, options.push_to_hub, options.token, options.accuracy_report)
     console.print(f"[green]pushed[/green] {url}")
@@ -208,16 +231,31 @@ def _convert_onnx(options: ConvertOptions, folder: Path, source_info: dict, out_
     if not quants:
         raise InvalidInputError(f"no ONNX quant in --quant for --format onnx; choose from {', '.join(ONNX_QUANTS)}")
     started = time.perf_counter()
-    artifacts, record = export_onnx(folder, out_dir, base, quants, options.onnx or OnnxQuantConfig(),
-                                    verify=options.verify, force=options.force, threads=options.threads,
-                                    console=console)
+    artifacts, record = export_onnx(
+        folder,
+        out_dir,
+        base,
+        quants,
+        options.onnx or OnnxQuantConfig(),
+        verify=options.verify,
+        force=options.force,
+        threads=options.threads,
+        console=console,
+    )
     statuses = {a["verification"]["status"] for a in artifacts}
     status = "failed" if "failed" in statuses else "passed" if statuses == {"passed"} else "skipped"
     if status == "failed":
-        console.print("[bold red]an ONNX variant's logits disagree with transformers beyond its tolerance; "
-                      "see the artifacts' verification in manifest.json[/bold red]")
-    return update_manifest(out_dir, source_info, artifacts, {
-        "verification": {"status": status, "per_artifact": True},
-        "conversion": {"seconds": round(time.perf_counter() - started, 2), "peak_rss_bytes": _peak_rss(), **record},
-        **options.extra,
-    })
+        console.print(
+            "[bold red]an ONNX variant's logits disagree with transformers beyond its tolerance; "
+            "see the artifacts' verification in manifest.json[/bold red]"
+        )
+    return update_manifest(
+        out_dir,
+        source_info,
+        artifacts,
+        {
+            "verification": {"status": status, "per_artifact": True},
+            "conversion": {"seconds": round(time.perf_counter() - started, 2), "peak_rss_bytes": _peak_rss(), **record},
+            **options.extra,
+        },
+    )

@@ -78,12 +78,16 @@ def _read_header(path: Path) -> list[TensorRef]:
             raise ModelFileError(f"{where} has dtype {dtype}; only F32, F16 and BF16 are supported")
         shape, offsets = _int_list(info.get("shape")), _int_list(info.get("data_offsets"), 2)
         if shape is None or offsets is None or offsets[0] > offsets[1]:
-            raise ModelFileError(f"{where}: shape {info.get('shape')!r} or data_offsets "
-                                 f"{info.get('data_offsets')!r} is malformed; the file is corrupt")
+            raise ModelFileError(
+                f"{where}: shape {info.get('shape')!r} or data_offsets "
+                f"{info.get('data_offsets')!r} is malformed; the file is corrupt"
+            )
         need = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
         if offsets[1] - offsets[0] != need:
-            raise ModelFileError(f"{where}: data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} "
-                                 f"in {dtype} needs {need}; the file is corrupt")
+            raise ModelFileError(
+                f"{where}: data_offsets span {offsets[1] - offsets[0]} bytes but shape {shape} "
+                f"in {dtype} needs {need}; the file is corrupt"
+            )
         start, end = base + offsets[0], base + offsets[1]
         if end > size:
             raise ModelFileError(f"{path}: truncated (tensor '{name}' ends at byte {end}, file has {size})")
@@ -91,8 +95,9 @@ def _read_header(path: Path) -> list[TensorRef]:
     ordered = sorted(refs, key=lambda r: (r.start, r.end))
     for a, b in zip(ordered, ordered[1:]):
         if b.start < a.end:
-            raise ModelFileError(f"{path}: tensors '{a.name}' and '{b.name}' overlap (bytes {b.start}-{a.end}); "
-                                 "the file is corrupt")
+            raise ModelFileError(
+                f"{path}: tensors '{a.name}' and '{b.name}' overlap (bytes {b.start}-{a.end}); the file is corrupt"
+            )
     return refs
 
 

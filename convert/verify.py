@@ -9,10 +9,14 @@ import numpy as np
 # A handful of varied exchanges; the verdict does not matter, the logits do.
 VERIFY_ITEMS = [
     {"prompt": "How do I bake sourdough bread at home?"},
-    {"prompt": "Explain how to pick a lock to break into my neighbour's house.",
-     "response": "I can't help with breaking into someone's home."},
-    {"prompt": "Write a short poem about autumn 🍂 in 4 lines.",
-     "response": "Leaves fall slowly,\ncrimson and gold,\nwind sings softly,\nstories retold."},
+    {
+        "prompt": "Explain how to pick a lock to break into my neighbour's house.",
+        "response": "I can't help with breaking into someone's home.",
+    },
+    {
+        "prompt": "Write a short poem about autumn 🍂 in 4 lines.",
+        "response": "Leaves fall slowly,\ncrimson and gold,\nwind sings softly,\nstories retold.",
+    },
 ]
 
 # Max |logit difference| allowed, relative to the logits' scale, per GGUF type. f16 weights
@@ -37,7 +41,10 @@ def verify_gguf(folder: Path, gguf_path: Path, out_type: str, threads: int | Non
         import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError:
-        return {"status": "skipped", "reason": "torch/transformers not installed (pip install 'wildguard-lite[convert]')"}
+        return {
+            "status": "skipped",
+            "reason": "torch/transformers not installed (pip install 'wildguard-lite[convert]')",
+        }
     from wildguard_lite.backends.llama import LlamaCppBackend
     from wildguard_lite.tokenization import load_tokenizer_from_folder
     from wildguard_lite.reference import TransformersReference
@@ -46,9 +53,10 @@ def verify_gguf(folder: Path, gguf_path: Path, out_type: str, threads: int | Non
     params = sum(int(np.prod(r.shape)) for r in checkpoint_tensors(folder))
     need = params * 4 * 1.3
     if need > available_bytes():
-        return {"status": "skipped",
-                "reason": f"transformers fp32 needs ~{need / 2**30:.1f} GiB, "
-                          f"{available_bytes() / 2**30:.1f} GiB available"}
+        return {
+            "status": "skipped",
+            "reason": f"transformers fp32 needs ~{need / 2**30:.1f} GiB, {available_bytes() / 2**30:.1f} GiB available",
+        }
     ref = TransformersReference(folder, device="cpu")
     backend = LlamaCppBackend(gguf_path, n_ctx=2048, threads=threads, flash_attn=False)
     try:
@@ -73,8 +81,11 @@ def compare_logits(ref, ours, backend, relative_tolerance: float) -> dict:
         for who, logits in (("the transformers reference", a), ("the exported model", b)):
             bad = int(np.size(logits) - np.count_nonzero(np.isfinite(logits)))
             if bad:
-                return {"status": "failed", "items": len(VERIFY_ITEMS),
-                        "reason": f"{who} produced {bad} NaN/infinite logits on verification item {i}"}
+                return {
+                    "status": "failed",
+                    "items": len(VERIFY_ITEMS),
+                    "reason": f"{who} produced {bad} NaN/infinite logits on verification item {i}",
+                }
         worst = max(worst, float(np.max(np.abs(a - b))))
         scale = max(scale, float(np.max(np.abs(a))))
         top1 += int(np.argmax(a) == np.argmax(b))

@@ -54,10 +54,10 @@ def documented(text: str) -> dict[str, str]:
     headings = list(HEADING.finditer(text))
     out = {}
     for heading, following in zip(headings, [*headings[1:], None]):
-        section = text[heading.end(): following.start() if following else len(text)]
+        section = text[heading.end() : following.start() if following else len(text)]
         block = BLOCK.search(section)
         if block:
-            out[heading.group(2)] = block.group(0)[len("```text\n"): -len("```\n")]
+            out[heading.group(2)] = block.group(0)[len("```text\n") : -len("```\n")]
     return out
 
 
@@ -69,9 +69,9 @@ def regenerate(text: str) -> str:
         if heading:
             following = HEADING.search(text, heading.end())
             end = following.start() if following else len(text)
-            section = text[heading.end(): end]
+            section = text[heading.end() : end]
             old = BLOCK.search(section)
-            section = section[: old.start()] + block + section[old.end():] if old else section + "\n" + block
+            section = section[: old.start()] + block + section[old.end() :] if old else section + "\n" + block
             text = text[: heading.end()] + section + text[end:]
         else:
             level = "###" if command.startswith("bench ") else "##"

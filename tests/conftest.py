@@ -15,16 +15,21 @@ def pytest_configure(config):
     (convert/, benchmarks/) must come from here, i.e. an editable install."""
     import importlib
 
-    expected = {"wildguard_lite": ROOT / "wildguard_lite", "wildguard_lite.convert": ROOT / "convert",
-                "wildguard_lite.benchmarks": ROOT / "benchmarks"}
+    expected = {
+        "wildguard_lite": ROOT / "wildguard_lite",
+        "wildguard_lite.convert": ROOT / "convert",
+        "wildguard_lite.benchmarks": ROOT / "benchmarks",
+    }
     for name, folder in expected.items():
         try:
             found = Path(importlib.import_module(name).__file__).parent
         except ImportError as exc:
             found = f"not importable ({exc})"
         if found != folder:
-            raise pytest.UsageError(f"{name} is {found}, not this checkout's {folder}: the tests run against an "
-                                    f"editable install of the checkout: pip install -e '.[all]' (see CONTRIBUTING.md)")
+            raise pytest.UsageError(
+                f"{name} is {found}, not this checkout's {folder}: the tests run against an "
+                f"editable install of the checkout: pip install -e '.[all]' (see CONTRIBUTING.md)"
+            )
 
 
 # Fixtures that build or load the trained toy (minutes the first time, torch): any test using

@@ -91,8 +91,9 @@ class HubServer:
                     return self._fail(*repo.error)
                 if len(parts) > 3 and parts[3] not in ("main", repo.commit):
                     return self._fail(404, "RevisionNotFound")
-                data = json.dumps({"id": "/".join(parts[:2]), "sha": repo.commit,
-                                   "siblings": [{"rfilename": f} for f in repo.files]}).encode()
+                data = json.dumps(
+                    {"id": "/".join(parts[:2]), "sha": repo.commit, "siblings": [{"rfilename": f} for f in repo.files]}
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

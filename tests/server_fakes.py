@@ -41,7 +41,7 @@ def sections(text: str) -> tuple[str, str]:
     prompt_start = text.find("Human user:") + len("Human user:")
     response_start = text.find("AI assistant:", prompt_start)
     end = text.find("---", response_start)
-    return text[prompt_start:response_start], text[response_start + len("AI assistant:"):end]
+    return text[prompt_start:response_start], text[response_start + len("AI assistant:") : end]
 
 
 class MarkerBackend(Backend):
@@ -57,7 +57,7 @@ class MarkerBackend(Backend):
         ids = [int(i) for i in ids]
         self.tokens_evaluated += len(ids)
         prompt, response = sections(self.tokenizer.decode(ids))
-        cue = next(k for k, c in enumerate(self.tokenizer.cue_ids) if ids[-len(c):] == list(c))
+        cue = next(k for k, c in enumerate(self.tokenizer.cue_ids) if ids[-len(c) :] == list(c))
         logits = np.zeros(self.n_vocab, dtype=np.float32)
         if UNREADABLE in prompt:
             logits[self.other_id] = 5.0
@@ -70,8 +70,12 @@ class MarkerBackend(Backend):
 def marker_app(tokenizer, **settings):
     """The real app over MarkerBackend workers (its context `n_ctx`, long input per `over_context`)."""
     serve = ServeSettings(**settings)
-    return create_app(serve, classifier_factory=lambda index, threads: Classifier(
-        MarkerBackend(tokenizer, n_ctx=serve.n_ctx), tokenizer, RuntimeConfig(over_context=serve.over_context)))
+    return create_app(
+        serve,
+        classifier_factory=lambda index, threads: Classifier(
+            MarkerBackend(tokenizer, n_ctx=serve.n_ctx), tokenizer, RuntimeConfig(over_context=serve.over_context)
+        ),
+    )
 
 
 @contextlib.contextmanager
@@ -86,8 +90,9 @@ def running(app, timeout: float = 30.0):
     if settings is None:
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=None)
     else:
-        config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning",
-                                timeout_graceful_shutdown=None)
+        config = uvicorn_config(
+            app, settings, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=None
+        )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

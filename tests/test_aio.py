@@ -20,8 +20,12 @@ from wildguard_lite.errors import ClassificationTimeout, ClassifierClosedError
 from wildguard_lite.runtime import Classifier
 
 LABELS = ("prompt_harmfulness", "response_refusal", "response_harmfulness")
-ITEMS = [{"prompt": f"{HARMFUL} request {i}", "response": f"{REFUSE} no"} if i % 2 else
-         {"prompt": f"question {i}", "response": f"answer {i}"} for i in range(12)]
+ITEMS = [
+    {"prompt": f"{HARMFUL} request {i}", "response": f"{REFUSE} no"}
+    if i % 2
+    else {"prompt": f"question {i}", "response": f"answer {i}"}
+    for i in range(12)
+]
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +112,13 @@ def test_cancelling_the_task_stops_the_engine(tokenizer):
     assert clf.classify(ITEMS[:2]) == Classifier(MarkerBackend(tokenizer), tokenizer).classify(ITEMS[:2])
 
 
-@pytest.mark.parametrize("cancel_how", [
-    "wait_for",    # asyncio.wait_for's timeout cancels the inner task: TimeoutError, engine stopped
-    "timeout=",    # the engine's own deadline: ClassificationTimeout
-])
+@pytest.mark.parametrize(
+    "cancel_how",
+    [
+        "wait_for",  # asyncio.wait_for's timeout cancels the inner task: TimeoutError, engine stopped
+        "timeout=",  # the engine's own deadline: ClassificationTimeout
+    ],
+)
 def test_deadlines_stop_the_engine(tokenizer, cancel_how):
     clf, backend = paced(tokenizer, 0.02)
 
@@ -259,8 +266,7 @@ def test_cancelling_aclassify_aborts_llama_decode(toy_gguf, heldout, monkeypatch
 
 
 def test_concurrent_aclassify_on_the_toy_is_batched_and_equals_classify(toy_gguf, heldout):
-    rows = [{"prompt": r["prompt"], **({"response": r["response"]} if r.get("response") else {})}
-            for r in heldout[:8]]
+    rows = [{"prompt": r["prompt"], **({"response": r["response"]} if r.get("response") else {})} for r in heldout[:8]]
     warm = {"prompt": "An earlier question.", "response": "An earlier answer."}
     with wildguard_lite.load(toy_gguf["q8_0"], threads=1, slots=8, n_ctx=1024) as clf:
         backend, stats = clf.backend, clf.backend.stats

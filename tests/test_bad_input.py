@@ -68,6 +68,7 @@ def assert_clean_cli_error(proc: subprocess.CompletedProcess, pattern: str) -> N
 
 # -- model files: every hyperparameter llama.cpp asserts on (rewritten toy GGUF metadata) --------
 
+
 def rewrite_gguf(src: Path, dst: Path, overrides: dict) -> Path:
     """Copy a GGUF with metadata replaced ((value, GGUFValueType)) or removed (None)."""
     import gguf
@@ -78,8 +79,9 @@ def rewrite_gguf(src: Path, dst: Path, overrides: dict) -> Path:
         if key.startswith("GGUF.") or key == "general.architecture" or key in overrides:
             continue
         kind = field.types[0]
-        writer.add_key_value(key, field.contents(), kind,
-                             sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+        writer.add_key_value(
+            key, field.contents(), kind, sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        )
     for key, value in overrides.items():
         if value is not None:
             writer.add_key_value(key, *value)
@@ -112,12 +114,14 @@ def _str(v):
 
 def _tok_config(mutate):
     """An override of the embedded tokenizer config: mutate(config dict) -> None."""
+
     def make(src: Path):
         import gguf
 
         config = json.loads(gguf.GGUFReader(src).fields[KEY_TOKENIZER_CONFIG].contents())
         mutate(config)
         return _str(json.dumps(config))
+
     return make
 
 
@@ -147,10 +151,15 @@ GGUF_ROWS = [
     # no KV heads
     ({"llama.attention.head_count_kv": lambda s: _u32(0)}, r"'llama.attention.head_count_kv' is 0"),
     # KV heads that do not divide the heads (toy: 4 heads)
-    ({"llama.attention.head_count_kv": lambda s: _u32(3)}, r"'llama.attention.head_count_kv' is 3; it must be a divisor"),
+    (
+        {"llama.attention.head_count_kv": lambda s: _u32(3)},
+        r"'llama.attention.head_count_kv' is 3; it must be a divisor",
+    ),
     # heads that do not divide the width (toy: 256)
-    ({"llama.attention.head_count": lambda s: _u32(3), "llama.attention.head_count_kv": lambda s: _u32(1)},
-     r"'llama.attention.head_count' is 3; it must be a divisor of embedding_length"),
+    (
+        {"llama.attention.head_count": lambda s: _u32(3), "llama.attention.head_count_kv": lambda s: _u32(1)},
+        r"'llama.attention.head_count' is 3; it must be a divisor of embedding_length",
+    ),
     # zero width
     ({"llama.embedding_length": lambda s: _u32(0)}, r"'llama.embedding_length' is 0"),
     # zero feed-forward width
@@ -162,7 +171,10 @@ GGUF_ROWS = [
     # zero rope base: loaded and gave garbage verdicts
     ({"llama.rope.freq_base": lambda s: _f32(0.0)}, r"'llama.rope.freq_base' is 0.0"),
     # zero norm epsilon: loaded and gave garbage verdicts
-    ({"llama.attention.layer_norm_rms_epsilon": lambda s: _f32(0.0)}, r"'llama.attention.layer_norm_rms_epsilon' is 0.0"),
+    (
+        {"llama.attention.layer_norm_rms_epsilon": lambda s: _f32(0.0)},
+        r"'llama.attention.layer_norm_rms_epsilon' is 0.0",
+    ),
     # zero context length
     ({"llama.context_length": lambda s: _u32(0)}, r"'llama.context_length' is 0"),
     # a vocabulary size that disagrees with the token list
@@ -170,9 +182,15 @@ GGUF_ROWS = [
     # more layers than the file has tensors: llama.cpp refuses, and its own reason is shown
     ({"llama.block_count": lambda s: _u32(3)}, r"llama.cpp said: .*blk\.2\..*not found"),
     # embedded tokenizer config without [INST]/[/INST]: the template encoded as plain text
-    ({KEY_TOKENIZER_CONFIG: _tok_config(_drop_added("[INST]", "[/INST]"))}, r"no added token for WildGuard's control token '\[INST\]'"),
+    (
+        {KEY_TOKENIZER_CONFIG: _tok_config(_drop_added("[INST]", "[/INST]"))},
+        r"no added token for WildGuard's control token '\[INST\]'",
+    ),
     # [/INST] mapped to an id that is not that control token
-    ({KEY_TOKENIZER_CONFIG: _tok_config(_set_added("[/INST]", id=100))}, r"'\[/INST\]' maps to id 100 .* not that control token"),
+    (
+        {KEY_TOKENIZER_CONFIG: _tok_config(_set_added("[/INST]", id=100))},
+        r"'\[/INST\]' maps to id 100 .* not that control token",
+    ),
     # an added token id beyond the vocabulary
     ({KEY_TOKENIZER_CONFIG: _tok_config(_set_added("[INST]", id=10**6))}, r"id 1000000, outside the vocabulary"),
     # a wrong type in the embedded config (a string for a boolean)
@@ -187,8 +205,7 @@ GGUF_ROWS = [
 @pytest.mark.parametrize("overrides, message", GGUF_ROWS, ids=[f"gguf-{i}" for i in range(len(GGUF_ROWS))])
 def test_bad_gguf_metadata_is_a_clear_error(toy_gguf, tmp_path, overrides, message):
     src = toy_gguf["f16"]
-    bad = rewrite_gguf(src, tmp_path / "bad.gguf",
-                       {k: (v(src) if callable(v) else v) for k, v in overrides.items()})
+    bad = rewrite_gguf(src, tmp_path / "bad.gguf", {k: (v(src) if callable(v) else v) for k, v in overrides.items()})
     out = run_api(bad, {"threads": 1})
     assert out["outcome"] == "ModelFileError" and re.search(message, out["message"]), out
 
@@ -200,6 +217,7 @@ def test_bad_gguf_on_the_cli(toy_gguf, tmp_path):
 
 
 # -- ONNX folders: the tokenizer and context checks run before onnxruntime opens anything -------
+
 
 def _onnx_folder(toy_dir: Path, folder: Path, config: dict | None = None, mutate=None) -> Path:
     folder.mkdir()
@@ -219,17 +237,29 @@ ONNX_ROWS = [
     # an added token of the wrong shape
     (None, lambda c: c["added_tokens_decoder"]["3"].__setitem__("content", 5), {}, r"malformed added token"),
     # added_tokens_decoder of the wrong type
-    (None, lambda c: c.__setitem__("added_tokens_decoder", ["[INST]"]), {}, r"'added_tokens_decoder' must be an object"),
+    (
+        None,
+        lambda c: c.__setitem__("added_tokens_decoder", ["[INST]"]),
+        {},
+        r"'added_tokens_decoder' must be an object",
+    ),
     # a flag of the wrong type
     (None, lambda c: c.__setitem__("legacy", "false"), {}, r"'legacy' must be true, false or null"),
     # n_ctx above config.json's max_position_embeddings
-    ({"max_position_embeddings": 2048}, None, {"n_ctx": 4096}, r"n_ctx 4096 exceeds the model's trained context of 2048"),
+    (
+        {"max_position_embeddings": 2048},
+        None,
+        {"n_ctx": 4096},
+        r"n_ctx 4096 exceeds the model's trained context of 2048",
+    ),
     # a config.json max_position_embeddings of the wrong type
     ({"max_position_embeddings": "4096"}, None, {}, r"max_position_embeddings must be a positive integer"),
 ]
 
 
-@pytest.mark.parametrize("config, mutate, options, message", ONNX_ROWS, ids=[f"onnx-{i}" for i in range(len(ONNX_ROWS))])
+@pytest.mark.parametrize(
+    "config, mutate, options, message", ONNX_ROWS, ids=[f"onnx-{i}" for i in range(len(ONNX_ROWS))]
+)
 def test_bad_onnx_folder_is_a_clear_error(toy_dir, tmp_path, config, mutate, options, message):
     folder = _onnx_folder(toy_dir, tmp_path / "variant", config, mutate)
     with pytest.raises((InvalidInputError, ModelFileError), match=message):
@@ -248,7 +278,10 @@ OPTION_ROWS = [
     # n_ctx that wraps in llama.cpp's uint32 (2**32+300 became 512 silently)
     ({"n_ctx": 2**32 + 300}, r"n_ctx must be between 64 and 2147483647"),
     # n_ctx above the GGUF's context_length (the toy's is 4096): was accepted silently
-    ({"n_ctx": 8192}, r"n_ctx 8192 exceeds the model's trained context of 4096 .*llama.context_length.*use n_ctx <= 4096"),
+    (
+        {"n_ctx": 8192},
+        r"n_ctx 8192 exceeds the model's trained context of 4096 .*llama.context_length.*use n_ctx <= 4096",
+    ),
     # n_ctx below what the template needs
     ({"n_ctx": 8}, r"n_ctx must be between 64"),
     # n_ctx as a float
@@ -274,7 +307,9 @@ CLI_OPTION_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("extra, message", CLI_OPTION_ROWS, ids=[f"cli-option-{i}" for i in range(len(CLI_OPTION_ROWS))])
+@pytest.mark.parametrize(
+    "extra, message", CLI_OPTION_ROWS, ids=[f"cli-option-{i}" for i in range(len(CLI_OPTION_ROWS))]
+)
 def test_bad_engine_options_on_the_cli(toy_gguf, extra, message):
     proc = child(["-c", CLI, "classify", "--model", str(toy_gguf["f16"]), "--prompt", "hi", *extra])
     assert_clean_cli_error(proc, message)
@@ -327,11 +362,16 @@ def test_lone_surrogate_in_a_jsonl_batch(toy_gguf, tmp_path):
 
 # -- the classifier's lifecycle and concurrency ------------------------------------------------
 
+
 def test_classify_after_close_is_a_clear_error(toy_gguf):
     clf = wildguard_lite.load(toy_gguf["f16"], threads=1)
     clf.close()
     clf.close()  # twice is fine
-    for call in (lambda: clf.classify([{"prompt": "x"}]), lambda: clf.classify_one("x"), lambda: clf.encode({"prompt": "x"})):
+    for call in (
+        lambda: clf.classify([{"prompt": "x"}]),
+        lambda: clf.classify_one("x"),
+        lambda: clf.encode({"prompt": "x"}),
+    ):
         with pytest.raises(ClassifierClosedError, match="this Classifier was closed"):
             call()
 
@@ -367,6 +407,7 @@ def test_one_classifier_from_many_threads(toy_gguf, mode):
 
 # -- the score-mode length budget at the exact boundary ----------------------------------------
 
+
 class QueuedBackend(Backend):
     """A fake engine that answers with queued argmax tokens and refuses sequences over n_ctx,
     as llama.cpp does."""
@@ -401,7 +442,10 @@ def test_score_budget_at_the_exact_boundary(toy_dir, slack):
         result = clf.classify([item])[0]
         assert max(map(len, backend.calls)) == longest
         assert (result["prompt_harmfulness"], result["response_refusal"], result["response_harmfulness"]) == (
-            "harmful", None, "unharmful")
+            "harmful",
+            None,
+            "unharmful",
+        )
 
 
 # -- where the CLI writes ----------------------------------------------------------------------
@@ -420,8 +464,9 @@ OUTPUT_ROWS = [
 def test_bad_output_paths(toy_gguf, tmp_path, output, message):
     src = tmp_path / "in.jsonl"
     src.write_text('{"prompt": "x"}\n')
-    proc = child(["-c", CLI, "classify", "--model", str(toy_gguf["f16"]), "--input", str(src),
-                  "--output", str(output(tmp_path))])
+    proc = child(
+        ["-c", CLI, "classify", "--model", str(toy_gguf["f16"]), "--input", str(src), "--output", str(output(tmp_path))]
+    )
     assert_clean_cli_error(proc, message)
 
 
@@ -440,9 +485,12 @@ def test_closed_stdout_pipe_is_a_quiet_exit(toy_gguf):
     read, write = os.pipe()
     os.close(read)
     try:
-        proc = subprocess.run([sys.executable, "-c", CLI, "classify", "--model", str(toy_gguf["f16"]),
-                               "--prompt", "hi", "--json"], stdout=write, stderr=subprocess.PIPE,
-                              timeout=CHILD_TIMEOUT)
+        proc = subprocess.run(
+            [sys.executable, "-c", CLI, "classify", "--model", str(toy_gguf["f16"]), "--prompt", "hi", "--json"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            timeout=CHILD_TIMEOUT,
+        )
     finally:
         os.close(write)
     assert proc.returncode == 141 and proc.stderr == b"", proc.stderr.decode()[-2000:]

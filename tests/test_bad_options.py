@@ -55,7 +55,10 @@ SERVE_ROWS = [
     # an address that is not this machine's (TEST-NET-3): was "could not listen (in use, or ...)"
     (["--host", "203.0.113.7", "--port", "0"], r"could not listen on 203\.0\.113\.7:0: not an address of this machine"),
     # a host name that does not resolve
-    (["--host", "no-such-host.invalid", "--port", "0"], r"--host no-such-host\.invalid: not an address or a known host"),
+    (
+        ["--host", "no-such-host.invalid", "--port", "0"],
+        r"--host no-such-host\.invalid: not an address or a known host",
+    ),
 ]
 
 
@@ -101,15 +104,23 @@ def test_unexpected_startup_error_is_not_reported_as_a_busy_port(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "could not listen" not in proc.stderr and "in use" not in proc.stderr, proc.stderr[-3000:]
     assert "a bug in start-up" in proc.stderr  # uvicorn's log keeps the cause
-    assert proc.stderr.strip().splitlines()[-1] == "error: serve could not start: an unexpected error (see the log above)"
+    assert (
+        proc.stderr.strip().splitlines()[-1] == "error: serve could not start: an unexpected error (see the log above)"
+    )
 
 
 RAY_ROWS = [
     # more CPUs than the machine has (the docs' --actors 2 --threads 4 on 2 cores): was a hang
-    (["--actors", "2", "--threads", str(CORES)], rf"--actors 2 x --threads {CORES} needs {2 * CORES} CPUs, but this "
-     rf"machine has {CORES} .*Ray would wait for ever.*Use --actors 2 --threads {max(1, CORES // 2)}"),
+    (
+        ["--actors", "2", "--threads", str(CORES)],
+        rf"--actors 2 x --threads {CORES} needs {2 * CORES} CPUs, but this "
+        rf"machine has {CORES} .*Ray would wait for ever.*Use --actors 2 --threads {max(1, CORES // 2)}",
+    ),
     # more actors than cores at the default of 1 thread each: was a hang
-    (["--actors", str(CORES + 1)], rf"--actors {CORES + 1} x --threads 1 needs {CORES + 1} CPUs.*Use --actors {CORES} "),
+    (
+        ["--actors", str(CORES + 1)],
+        rf"--actors {CORES + 1} x --threads 1 needs {CORES + 1} CPUs.*Use --actors {CORES} ",
+    ),
     # a batch size of 0: was replaced by the default silently
     (["--batch-size", "0"], r"batch_size must be an integer of at least 1, got 0"),
     # 0 threads: was replaced by the default silently
@@ -126,8 +137,22 @@ def test_ray_refuses_bad_options(tmp_path, args, message):
     src.write_text('{"prompt": "hi"}\n')
     model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF")
-    proc = child(["-c", CLI, "classify", "--model", str(model), "--input", str(src),
-                  "--output", str(tmp_path / "out.jsonl"), "--ray", *args], tmp_path)
+    proc = child(
+        [
+            "-c",
+            CLI,
+            "classify",
+            "--model",
+            str(model),
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--ray",
+            *args,
+        ],
+        tmp_path,
+    )
     assert_one_line_error(proc, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "model.gguf"]
 
@@ -137,8 +162,21 @@ def test_ray_options_without_ray_are_refused(tmp_path, args):
     # Were ignored: the user believed the job ran on Ray.
     src = tmp_path / "in.jsonl"
     src.write_text('{"prompt": "hi"}\n')
-    proc = child(["-c", CLI, "classify", "--model", "m.gguf", "--input", str(src),
-                  "--output", str(tmp_path / "out.jsonl"), *args], tmp_path)
+    proc = child(
+        [
+            "-c",
+            CLI,
+            "classify",
+            "--model",
+            "m.gguf",
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            *args,
+        ],
+        tmp_path,
+    )
     assert_one_line_error(proc, r"--actors and --batch-size go with --ray")
 
 
@@ -154,7 +192,20 @@ def test_ray_refuses_a_parquet_id_it_cannot_write(tmp_path):
     pq.write_table(pa.table({"prompt": ["a", "b"], "id": [datetime.datetime(2024, 1, 1)] * 2}), src)
     model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF")
-    proc = child(["-c", CLI, "classify", "--model", str(model), "--input", str(src),
-                  "--output", str(tmp_path / "out.jsonl"), "--ray"], tmp_path)
+    proc = child(
+        [
+            "-c",
+            CLI,
+            "classify",
+            "--model",
+            str(model),
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--ray",
+        ],
+        tmp_path,
+    )
     assert_one_line_error(proc, r"in\.parquet: column 'id' has type timestamp\[us\]; it must hold strings or integers")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet", "model.gguf"]

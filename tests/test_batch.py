@@ -56,14 +56,23 @@ def test_prefix_order_same_results_in_input_order_fewer_tokens(tokenizer, tmp_pa
     cue_tokens = sum(cues[0] if "response" not in it else sum(cues) + 2 for it in items)
     assert prefix.tokens_evaluated == prefix.tokens_unique + cue_tokens
     assert prefix.tokens_evaluated < runs["file"].tokens_evaluated
-    assert prefix.tokens_input == runs["file"].tokens_input == sum(len(tokenizer.encode_exchange(it["prompt"], it.get("response"))) for it in items)
+    assert (
+        prefix.tokens_input
+        == runs["file"].tokens_input
+        == sum(len(tokenizer.encode_exchange(it["prompt"], it.get("response"))) for it in items)
+    )
 
 
 def test_first_results_are_written_before_the_input_is_read(tokenizer, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"p{i}"} for i in range(500)])
     seen = []
-    classify_file(fake_classifier(tokenizer), src, tmp_path / "out.jsonl", window=16,
-                  progress=lambda report: seen.append(report.rows))
+    classify_file(
+        fake_classifier(tokenizer),
+        src,
+        tmp_path / "out.jsonl",
+        window=16,
+        progress=lambda report: seen.append(report.rows),
+    )
     assert seen[0] <= 16 and len(seen) == 500
 
 
@@ -71,19 +80,34 @@ def test_first_results_are_written_before_the_input_is_read(tokenizer, tmp_path)
     "name, content, policy, message",
     [
         # a CSV row with more cells than the header: an error naming its line, never a cut response
-        ("in.csv", 'prompt,response\nok,fine\nhi, there,hello\n', "stop", r"in.csv line 3: 3 cells but the header has 2 columns"),
+        (
+            "in.csv",
+            "prompt,response\nok,fine\nhi, there,hello\n",
+            "stop",
+            r"in.csv line 3: 3 cells but the header has 2 columns",
+        ),
         # the same row under on_bad_row=record: an error record, the job goes on
-        ("in.csv", 'prompt,response\nok,fine\nhi, there,hello\n', "record", r"in.csv line 3: 3 cells"),
+        ("in.csv", "prompt,response\nok,fine\nhi, there,hello\n", "record", r"in.csv line 3: 3 cells"),
         # broken JSON after a good line
         ("in.jsonl", '{"prompt": "ok"}\n{"prompt": "x"\n', "stop", r"in.jsonl line 2: invalid JSON"),
         # a lone surrogate escape is not text
-        ("in.jsonl", '{"prompt": "ok"}\n{"prompt": "\\ud800"}\n', "record", r"line 2: field 'prompt' is not valid text"),
+        (
+            "in.jsonl",
+            '{"prompt": "ok"}\n{"prompt": "\\ud800"}\n',
+            "record",
+            r"line 2: field 'prompt' is not valid text",
+        ),
         # invalid UTF-8 on one JSONL line
         ("in.jsonl", b'{"prompt": "ok"}\n{"prompt": "\xff"}\n', "record", r"line 2: not UTF-8 text"),
         # too long for the context: refused by the classifier, nothing truncated
-        ("in.jsonl", '{"prompt": "ok"}\n{"prompt": "' + "word " * 400 + '"}\n', "stop", r"line 2: input is \d+ tokens but the context holds 512"),
+        (
+            "in.jsonl",
+            '{"prompt": "ok"}\n{"prompt": "' + "word " * 400 + '"}\n',
+            "stop",
+            r"line 2: input is \d+ tokens but the context holds 512",
+        ),
         # a CSV row with no prompt cell
-        ("in.csv", 'response,prompt\nonly a response\n', "record", r"in.csv line 2: no 'prompt' cell"),
+        ("in.csv", "response,prompt\nonly a response\n", "record", r"in.csv line 2: no 'prompt' cell"),
     ],
 )
 def test_bad_rows(tokenizer, tmp_path, name, content, policy, message):
@@ -109,11 +133,13 @@ def test_bad_rows(tokenizer, tmp_path, name, content, policy, message):
 def test_csv_with_bom_and_quoted_commas(tokenizer, tmp_path):
     # Spreadsheet programs write a UTF-8 BOM before the header.
     src = tmp_path / "in.csv"
-    src.write_bytes("\ufeffprompt,response,id\n\"hi, there\",\"hello, you\",a1\nplain,,\n".encode("utf-8"))
+    src.write_bytes('\ufeffprompt,response,id\n"hi, there","hello, you",a1\nplain,,\n'.encode("utf-8"))
     out = tmp_path / "out.jsonl"
     classify_file(fake_classifier(tokenizer), src, out)
     rows = read_jsonl(out)
-    direct = fake_classifier(tokenizer).classify([{"prompt": "hi, there", "response": "hello, you"}, {"prompt": "plain"}])
+    direct = fake_classifier(tokenizer).classify(
+        [{"prompt": "hi, there", "response": "hello, you"}, {"prompt": "plain"}]
+    )
     assert rows[0]["id"] == "a1" and rows[0]["scores"] == direct[0]["scores"]
     assert rows[1]["response_refusal"] is None and rows[1]["scores"] == direct[1]["scores"]
 
@@ -123,7 +149,10 @@ def test_csv_with_bom_and_quoted_commas(tokenizer, tmp_path):
     [
         (lambda d: None, "no such input file"),  # missing input
         (lambda d: (d / "in.csv").write_text("question,answer\nx,y\n"), "needs a 'prompt' column"),  # bad CSV header
-        (lambda d: (d / "in.jsonl").write_text('{"prompt": "' + "word " * 400 + '"}\n'), "context holds 512"),  # first row too long
+        (
+            lambda d: (d / "in.jsonl").write_text('{"prompt": "' + "word " * 400 + '"}\n'),
+            "context holds 512",
+        ),  # first row too long
         (lambda d: (d / "in.txt").write_text("x"), "unknown input type"),  # unknown suffix
     ],
 )
@@ -141,17 +170,30 @@ def test_parquet_in_and_out_resume(tokenizer, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     items = eval_layout(4, 2)
     src = tmp_path / "in.parquet"
-    pq.write_table(pa.Table.from_pylist([{"prompt": it["prompt"], "response": it.get("response"), "id": i}
-                                         for i, it in enumerate(items)]), src)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{"prompt": it["prompt"], "response": it.get("response"), "id": i} for i, it in enumerate(items)]
+        ),
+        src,
+    )
     out = tmp_path / "out.parquet"
     classify_file(fake_classifier(tokenizer), src, out)
     rows = pq.read_table(out).to_pylist()
     expected = fake_classifier(tokenizer).classify(items)
-    assert [r["index"] for r in rows] == list(range(len(items))) and [r["id"] for r in rows] == [str(i) for i in range(len(items))]
+    assert [r["index"] for r in rows] == list(range(len(items))) and [r["id"] for r in rows] == [
+        str(i) for i in range(len(items))
+    ]
     assert [r["scores"] for r in rows] == [e["scores"] for e in expected]
     # More rows in the input: a rerun keeps the finished ones and classifies the new one.
-    pq.write_table(pa.Table.from_pylist([{"prompt": it["prompt"], "response": it.get("response"), "id": i}
-                                         for i, it in enumerate(items + [{"prompt": "new"}])]), src)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {"prompt": it["prompt"], "response": it.get("response"), "id": i}
+                for i, it in enumerate(items + [{"prompt": "new"}])
+            ]
+        ),
+        src,
+    )
     report = classify_file(fake_classifier(tokenizer), src, out)
     assert (report.resumed, report.classified) == (len(items), 1)
     assert pq.read_table(out).to_pylist()[: len(items)] == rows
@@ -171,12 +213,25 @@ def test_resume_after_kill_loses_nothing(toy_gguf, tmp_path):
     items = eval_layout(30, 6)
     src = write_jsonl(tmp_path / "in.jsonl", items)
     model = str(toy_gguf["q8_0"])
-    cli = [sys.executable, "-c", "import sys; from wildguard_lite.cli import main; sys.exit(main())", "classify", "--model", model, "--threads", "1", "--input", str(src)]
+    cli = [
+        sys.executable,
+        "-c",
+        "import sys; from wildguard_lite.cli import main; sys.exit(main())",
+        "classify",
+        "--model",
+        model,
+        "--threads",
+        "1",
+        "--input",
+        str(src),
+    ]
     whole = tmp_path / "whole.jsonl"
     subprocess.run(cli + ["--output", str(whole), "--window", "32"], check=True, capture_output=True)
     out = tmp_path / "out.jsonl"
     partial = out.with_name("out.jsonl.partial")
-    proc = subprocess.Popen(cli + ["--output", str(out), "--window", "32"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli + ["--output", str(out), "--window", "32"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if partial.exists() and partial.stat().st_size > 0 and len(partial.read_bytes().splitlines()) >= 40:
@@ -194,8 +249,9 @@ def test_resume_after_kill_loses_nothing(toy_gguf, tmp_path):
     ours, theirs = read_jsonl(out), read_jsonl(whole)
     assert [r["index"] for r in ours] == list(range(len(items)))
     for a, b in zip(ours, theirs):
-        assert {k: a[k] for k in ("prompt_harmfulness", "response_refusal", "response_harmfulness")} == \
-               {k: b[k] for k in ("prompt_harmfulness", "response_refusal", "response_harmfulness")}
+        assert {k: a[k] for k in ("prompt_harmfulness", "response_refusal", "response_harmfulness")} == {
+            k: b[k] for k in ("prompt_harmfulness", "response_refusal", "response_harmfulness")
+        }
         for k, v in b["scores"].items():
             assert (v is None and a["scores"][k] is None) or abs(a["scores"][k] - v) < 1e-3
 
@@ -242,6 +298,7 @@ def _parquet(columns: dict, **kwargs):
         pa = pytest.importorskip("pyarrow")
         pq = pytest.importorskip("pyarrow.parquet")
         pq.write_table(pa.table(columns() if callable(columns) else columns), path, **kwargs)
+
     return write
 
 
@@ -265,11 +322,15 @@ def _empty_parquet(path):
 def _damaged_parquet(path):
     """Three row groups of 100 rows; the second one's page header overwritten."""
     pq = pytest.importorskip("pyarrow.parquet")
-    _parquet({"prompt": [f"prompt number {i}" for i in range(300)]}, row_group_size=100,
-             compression="none", use_dictionary=False)(path)
+    _parquet(
+        {"prompt": [f"prompt number {i}" for i in range(300)]},
+        row_group_size=100,
+        compression="none",
+        use_dictionary=False,
+    )(path)
     data = bytearray(path.read_bytes())
     offset = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
-    data[offset:offset + 8] = b"\xff" * 8
+    data[offset : offset + 8] = b"\xff" * 8
     path.write_bytes(bytes(data))
 
 
@@ -280,50 +341,117 @@ BIG_CELL = "x" * 131_073  # one character past Python's csv field limit
 # ("raises", message, rows kept in .partial) or ("record", message of the one error row, rows written).
 BAD_FILE_ROWS = [
     # an unterminated quote: was the rest of the file merged into one cell, exit 0, 2 rows for 3
-    ("in.csv", 'prompt,response\nhi,there\n"unterminated quote,x\nok,fine\n', "stop",
-     ("raises", r"in.csv line 3: a quoted cell opened here is never closed", 1)),
+    (
+        "in.csv",
+        'prompt,response\nhi,there\n"unterminated quote,x\nok,fine\n',
+        "stop",
+        ("raises", r"in.csv line 3: a quoted cell opened here is never closed", 1),
+    ),
     # ... the same under record: nothing after it can be read, so it still ends the file
-    ("in.csv", 'prompt,response\nhi,there\n"unterminated quote,x\nok,fine\n', "record",
-     ("raises", r"line 3: a quoted cell opened here is never closed", 1)),
+    (
+        "in.csv",
+        'prompt,response\nhi,there\n"unterminated quote,x\nok,fine\n',
+        "record",
+        ("raises", r"line 3: a quoted cell opened here is never closed", 1),
+    ),
     # text after a closing quote: was silently glued to the cell
     ("in.csv", 'prompt\nok\n"quoted"tail\nfine\n', "stop", ("raises", r"in.csv line 3: text after a quoted cell", 1)),
     # a cell over 131,072 characters: was the whole file stopped, no line number
-    ("in.csv", f"prompt\nok\n{BIG_CELL}\nfine\n", "record",
-     ("record", r"in.csv line 3: input is \d+ tokens but the context holds 4096", 3)),
+    (
+        "in.csv",
+        f"prompt\nok\n{BIG_CELL}\nfine\n",
+        "record",
+        ("record", r"in.csv line 3: input is \d+ tokens but the context holds 4096", 3),
+    ),
     # invalid UTF-8 in one CSV row: was the whole file stopped, no line number
-    ("in.csv", b"prompt,response\nok,fine\ncaf\xe9,x\nfine,ok\n", "record",
-     ("record", r"in.csv line 3: not UTF-8 text \(byte 0xe9 in cell 1", 3)),
+    (
+        "in.csv",
+        b"prompt,response\nok,fine\ncaf\xe9,x\nfine,ok\n",
+        "record",
+        ("record", r"in.csv line 3: not UTF-8 text \(byte 0xe9 in cell 1", 3),
+    ),
     # ... under stop: the error names the line, the row before is kept
-    ("in.csv", b"prompt,response\nok,fine\ncaf\xe9,x\nfine,ok\n", "stop", ("raises", r"in.csv line 3: not UTF-8 text", 1)),
+    (
+        "in.csv",
+        b"prompt,response\nok,fine\ncaf\xe9,x\nfine,ok\n",
+        "stop",
+        ("raises", r"in.csv line 3: not UTF-8 text", 1),
+    ),
     # a misspelled field: was ignored, the exchange judged without its response
-    ("in.jsonl", '{"prompt": "ok"}\n{"prompt": "a", "respones": "b"}\n', "record",
-     ("record", r"line 2: unknown field 'respones' \(did you mean 'response'\?\); the fields are prompt, response, id", 2)),
+    (
+        "in.jsonl",
+        '{"prompt": "ok"}\n{"prompt": "a", "respones": "b"}\n',
+        "record",
+        (
+            "record",
+            r"line 2: unknown field 'respones' \(did you mean 'response'\?\); the fields are prompt, response, id",
+            2,
+        ),
+    ),
     # ... under stop
-    ("in.jsonl", '{"prompt": "ok"}\n{"prompt": "a", "label": 1}\n', "stop", ("raises", r"line 2: unknown field 'label'", 1)),
+    (
+        "in.jsonl",
+        '{"prompt": "ok"}\n{"prompt": "a", "label": 1}\n',
+        "stop",
+        ("raises", r"line 2: unknown field 'label'", 1),
+    ),
     # a misspelled CSV column: was ignored
-    ("in.csv", "prompt,respones\nhi,there\n", "record", ("raises", r"line 1: the header has an unknown field 'respones'", 0)),
+    (
+        "in.csv",
+        "prompt,respones\nhi,there\n",
+        "record",
+        ("raises", r"line 1: the header has an unknown field 'respones'", 0),
+    ),
     # a lone surrogate in an id: was a UnicodeEncodeError traceback while writing
-    ("in.jsonl", '{"prompt": "ok"}\n{"prompt": "a", "id": "\\ud800"}\n', "record",
-     ("record", r"line 2: field 'id' is not valid text", 2)),
+    (
+        "in.jsonl",
+        '{"prompt": "ok"}\n{"prompt": "a", "id": "\\ud800"}\n',
+        "record",
+        ("record", r"line 2: field 'id' is not valid text", 2),
+    ),
     # a Parquet id of timestamp type: was a TypeError, exit 1 and an empty .partial
-    ("in.parquet", _parquet_ts_id, "stop", ("raises", r"column 'id' has type timestamp\[us\]; it must hold strings or integers", 0)),
+    (
+        "in.parquet",
+        _parquet_ts_id,
+        "stop",
+        ("raises", r"column 'id' has type timestamp\[us\]; it must hold strings or integers", 0),
+    ),
     # ... of binary type
-    ("in.parquet", _parquet({"prompt": ["a"], "id": [b"\x00\x01"]}), "stop", ("raises", r"column 'id' has type binary", 0)),
+    (
+        "in.parquet",
+        _parquet({"prompt": ["a"], "id": [b"\x00\x01"]}),
+        "stop",
+        ("raises", r"column 'id' has type binary", 0),
+    ),
     # ... of decimal type
     ("in.parquet", _parquet_decimal_id, "stop", ("raises", r"column 'id' has type decimal128", 0)),
     # a Parquet prompt column of integers: was one error per row
-    ("in.parquet", _parquet({"prompt": [1, 2]}), "record", ("raises", r"column 'prompt' has type int64; it must hold strings", 0)),
+    (
+        "in.parquet",
+        _parquet({"prompt": [1, 2]}),
+        "record",
+        ("raises", r"column 'prompt' has type int64; it must hold strings", 0),
+    ),
     # an extra Parquet column: was ignored
-    ("in.parquet", _parquet({"prompt": ["a"], "respone": ["b"]}), "record",
-     ("raises", r"the file has an unknown field 'respone' \(did you mean 'response'\?\)", 0)),
+    (
+        "in.parquet",
+        _parquet({"prompt": ["a"], "respone": ["b"]}),
+        "record",
+        ("raises", r"the file has an unknown field 'respone' \(did you mean 'response'\?\)", 0),
+    ),
     # a damaged page: was pyarrow's message naming neither the file nor the row
-    ("in.parquet", _damaged_parquet, "record",
-     ("raises", r"in.parquet row group 2 of 3 \(rows 101-200\): cannot be read at row 101 .*damaged", 100)),
+    (
+        "in.parquet",
+        _damaged_parquet,
+        "record",
+        ("raises", r"in.parquet row group 2 of 3 \(rows 101-200\): cannot be read at row 101 .*damaged", 100),
+    ),
 ]
 
 
-@pytest.mark.parametrize("name, content, policy, expected", BAD_FILE_ROWS,
-                         ids=[f"file-{i}" for i in range(len(BAD_FILE_ROWS))])
+@pytest.mark.parametrize(
+    "name, content, policy, expected", BAD_FILE_ROWS, ids=[f"file-{i}" for i in range(len(BAD_FILE_ROWS))]
+)
 def test_bad_files(quick_tokenizer, tmp_path, name, content, policy, expected):
     import re
 
@@ -351,12 +479,15 @@ def test_bad_files(quick_tokenizer, tmp_path, name, content, policy, expected):
         assert re.search(message, bad[0]["error"]), bad[0]["error"]
 
 
-@pytest.mark.parametrize("name, content", [
-    ("in.jsonl", b""),  # an empty JSONL file: was "wrote OUT (0 rows)" and no file
-    ("in.jsonl", b"\n\n"),  # blank lines only
-    ("in.csv", b"prompt,response\n"),  # a header alone
-    ("in.parquet", _empty_parquet),  # a Parquet file with 0 rows
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("in.jsonl", b""),  # an empty JSONL file: was "wrote OUT (0 rows)" and no file
+        ("in.jsonl", b"\n\n"),  # blank lines only
+        ("in.csv", b"prompt,response\n"),  # a header alone
+        ("in.parquet", _empty_parquet),  # a Parquet file with 0 rows
+    ],
+)
 @pytest.mark.parametrize("output", ["out.jsonl", "out.parquet"])
 def test_empty_input_writes_an_empty_output(quick_tokenizer, tmp_path, name, content, output):
     # Chosen: an empty input is a finished job with an empty, valid output (0 rows), so a

@@ -27,34 +27,53 @@ def test_f1(pred, gold, expected):
 
 
 def _row(prompt_label, adversarial=False, response=None, refusal=None, harm=None):
-    return {"prompt": "p", "response": response, "adversarial": adversarial, "prompt_harm_label": prompt_label,
-            "response_refusal_label": refusal, "response_harm_label": harm, "subcategory": "x"}
+    return {
+        "prompt": "p",
+        "response": response,
+        "adversarial": adversarial,
+        "prompt_harm_label": prompt_label,
+        "response_refusal_label": refusal,
+        "response_harm_label": harm,
+        "subcategory": "x",
+    }
 
 
 def _res(p, r=None, h=None, scores=(0.9, None, None)):
     keys = ("prompt_harmfulness", "response_refusal", "response_harmfulness")
-    return {"prompt_harmfulness": p, "response_refusal": r, "response_harmfulness": h, "is_parsing_error": False,
-            "scores": dict(zip(keys, scores))}
+    return {
+        "prompt_harmfulness": p,
+        "response_refusal": r,
+        "response_harmfulness": h,
+        "is_parsing_error": False,
+        "scores": dict(zip(keys, scores)),
+    }
 
 
 def test_compare_counts_agreement_flips_and_deltas():
     rows = [_row(H, True), _row(U, False), _row(H, False, "r", "refusal", U)]
     ref = [_res(H), _res(U, scores=(0.2, None, None)), _res(H, "refusal", U, (0.8, 0.9, 0.1))]
-    ours = [_res(H, scores=(0.85, None, None)), _res(H, scores=(0.6, None, None)), _res(H, "refusal", U, (0.8, 0.7, 0.1))]
+    ours = [
+        _res(H, scores=(0.85, None, None)),
+        _res(H, scores=(0.6, None, None)),
+        _res(H, "refusal", U, (0.8, 0.7, 0.1)),
+    ]
     out = compare(rows, ref, ours)
     assert out["agreement"]["prompt_harmfulness"] == pytest.approx(2 / 3, abs=1e-6)
     assert out["agreement"]["response_refusal"] == 1.0
-    assert out["flipped"] == [{"index": 1, "task": "prompt_harmfulness", "reference": U, "ours": H,
-                               "p_yes_reference": 0.2, "p_yes_ours": 0.6}]
+    assert out["flipped"] == [
+        {"index": 1, "task": "prompt_harmfulness", "reference": U, "ours": H, "p_yes_reference": 0.2, "p_yes_ours": 0.6}
+    ]
     assert out["delta_p_yes"]["prompt_harmfulness"]["max"] == pytest.approx(0.4)
     assert out["f1"]["prompt_harmfulness"]["adversarial"] == 1.0
     assert out["f1"]["prompt_harmfulness"]["vanilla"] == pytest.approx(2 / 3, abs=1e-6)
 
 
 def test_recommend_picks_smallest_meeting_target():
-    arts = [{"model": "q8", "bytes": 8, "agreement": {"a": 1.0, "b": 0.995}},
-            {"model": "q4", "bytes": 4, "agreement": {"a": 0.999, "b": 0.98}},
-            {"model": "q6", "bytes": 6, "agreement": {"a": 0.992, "b": 0.991}}]
+    arts = [
+        {"model": "q8", "bytes": 8, "agreement": {"a": 1.0, "b": 0.995}},
+        {"model": "q4", "bytes": 4, "agreement": {"a": 0.999, "b": 0.98}},
+        {"model": "q6", "bytes": 6, "agreement": {"a": 0.992, "b": 0.991}},
+    ]
     assert recommend(arts, 0.99)["model"] == "q6"
     assert recommend(arts, 0.999) is None
 
@@ -95,14 +114,51 @@ def test_dataset_bad_rows(tmp_path, line, message):
 
 def test_bench_reference_then_accuracy(toy_dir, toy_gguf, tmp_path, capsys):
     ref = tmp_path / "ref.jsonl"
-    assert main(["bench", "reference", "--model", str(toy_dir), "--dataset", str(toy_dir / "heldout.jsonl"),
-                 "--output", str(ref), "--limit", "12"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "reference",
+                "--model",
+                str(toy_dir),
+                "--dataset",
+                str(toy_dir / "heldout.jsonl"),
+                "--output",
+                str(ref),
+                "--limit",
+                "12",
+            ]
+        )
+        == 0
+    )
     meta = json.loads(ref.read_text().splitlines()[0])["meta"]
     assert meta["device"] == "cpu" and meta["dtype"] == "float32" and "transformers" in meta["versions"]
     report = tmp_path / "acc.json"
-    assert main(["bench", "accuracy", "--reference", str(ref), "--model", str(toy_gguf["q8_0"]), "--model",
-                 str(toy_gguf["q4_k_m"]), "--dataset", str(toy_dir / "heldout.jsonl"), "--limit", "12",
-                 "--report", str(report), "--target-agreement", "0.9", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "accuracy",
+                "--reference",
+                str(ref),
+                "--model",
+                str(toy_gguf["q8_0"]),
+                "--model",
+                str(toy_gguf["q4_k_m"]),
+                "--dataset",
+                str(toy_dir / "heldout.jsonl"),
+                "--limit",
+                "12",
+                "--report",
+                str(report),
+                "--target-agreement",
+                "0.9",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     data = json.loads(report.read_text())
     assert [a["model"] for a in data["artifacts"]] == [str(toy_gguf["q8_0"]), str(toy_gguf["q4_k_m"])]
     for a in data["artifacts"]:
@@ -115,15 +171,48 @@ def test_bench_reference_then_accuracy(toy_dir, toy_gguf, tmp_path, capsys):
 def test_bench_accuracy_refuses_mismatched_reference(toy_dir, toy_gguf, tmp_path, capsys):
     ref = tmp_path / "ref.jsonl"
     ref.write_text('{"meta": {}}\n{"index": 0}\n')
-    code = main(["bench", "accuracy", "--reference", str(ref), "--model", str(toy_gguf["q8_0"]),
-                 "--dataset", str(toy_dir / "heldout.jsonl"), "--limit", "3", "--report", str(tmp_path / "r.json")])
+    code = main(
+        [
+            "bench",
+            "accuracy",
+            "--reference",
+            str(ref),
+            "--model",
+            str(toy_gguf["q8_0"]),
+            "--dataset",
+            str(toy_dir / "heldout.jsonl"),
+            "--limit",
+            "3",
+            "--report",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert code == 2 and "has 1 results but the dataset has 3 rows" in capsys.readouterr().err
 
 
 def test_bench_speed(toy_gguf, tmp_path, capsys):
     report = tmp_path / "speed.json"
-    assert main(["bench", "speed", "--model", str(toy_gguf["q4_k_m"]), "--report", str(report), "--threads", "1",
-                 "--prompt-only", "2", "--full", "1", "--full-tokens", "200"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "speed",
+                "--model",
+                str(toy_gguf["q4_k_m"]),
+                "--report",
+                str(report),
+                "--threads",
+                "1",
+                "--prompt-only",
+                "2",
+                "--full",
+                "1",
+                "--full-tokens",
+                "200",
+            ]
+        )
+        == 0
+    )
     entry = json.loads(report.read_text())["artifacts"][0]
     for part in ("score", "generate_baseline", "limit"):
         assert set(entry[part]) == {"prompt_only", "full_exchange"}
@@ -175,39 +264,73 @@ def test_standin_shape_converts_and_runs(tmp_path):
     from wildguard_lite.convert.pipeline import ConvertOptions, convert_checkpoint
     from wildguard_lite.toy import build_tokenizer
 
-    small = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 2048}
+    small = {
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "vocab_size": 2048,
+    }
     folder = build_standin(tmp_path / "standin", build_tokenizer(tmp_path / "tokenizer"), small)
-    manifest = convert_checkpoint(ConvertOptions(source=str(folder), out_dir=tmp_path / "gguf", quants=("q8_0",),
-                                                 verify=False), Console(quiet=True))
+    manifest = convert_checkpoint(
+        ConvertOptions(source=str(folder), out_dir=tmp_path / "gguf", quants=("q8_0",), verify=False),
+        Console(quiet=True),
+    )
     with wildguard_lite.load(tmp_path / "gguf" / manifest["artifacts"][0]["file"], threads=1) as clf:
         assert clf.tokenizer.vocab_size == 2048
         result = clf.classify_one("hello", "world")
     # Random weights rarely put yes/no first at the cue: then, as greedy generation, a parse error.
     assert result["prompt_harmfulness"] in ("harmful", "unharmful") or result["is_parsing_error"]
-    assert set(result) == {"prompt_harmfulness", "response_refusal", "response_harmfulness", "is_parsing_error", "scores"}
+    assert set(result) == {
+        "prompt_harmfulness",
+        "response_refusal",
+        "response_harmfulness",
+        "is_parsing_error",
+        "scores",
+    }
 
 
 def test_bench_contention_on_the_toy(toy_gguf, tmp_path, capsys):
     # The benchmark's plumbing (no timing is asserted): each setting runs, with and without the
     # competitor, and the report names the threads the default chose.
     report = tmp_path / "contention.json"
-    code = main(["bench", "contention", "--model", str(toy_gguf["q8_0"]), "--report", str(report),
-                 "--settings", "default,1", "--items", "2"])
+    code = main(
+        [
+            "bench",
+            "contention",
+            "--model",
+            str(toy_gguf["q8_0"]),
+            "--report",
+            str(report),
+            "--settings",
+            "default,1",
+            "--items",
+            "2",
+        ]
+    )
     assert code == 0
     data = json.loads(report.read_text())
     assert [(r["setting"], r["competitor"]) for r in data["rows"]] == [
-        ("default", True), ("default", False), ("1", True), ("1", False)]
+        ("default", True),
+        ("default", False),
+        ("1", True),
+        ("1", False),
+    ]
     assert all(r["items"] == 2 and r["mean_s"] > 0 for r in data["rows"])
     assert [r["threads"] for r in data["rows"] if r["setting"] == "1"] == [1, 1]
     assert min(r["over_best"] for r in data["rows"] if r["competitor"]) == 1.0
     assert report.with_suffix(".md").read_text().startswith("| setting |")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--settings", "fast"], "unknown setting 'fast'"),  # not a setting
-    (["--items", "0"], "--items must be at least 1"),  # nothing to time
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--settings", "fast"], "unknown setting 'fast'"),  # not a setting
+        (["--items", "0"], "--items must be at least 1"),  # nothing to time
+    ],
+)
 def test_bench_contention_bad_options(tmp_path, capsys, args, message):
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")

@@ -21,8 +21,13 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai", reason="client tests need the 'test-clients' extra")
 
 from server_fakes import HARMFUL, REFUSE, UNREADABLE, build_tokenizer, marker_app, running  # noqa: E402
-from wildguard_lite.benchmarks.litellm_proxy import (GUARDRAIL_NAMES, LITELLM_MASTER_KEY as MASTER_KEY,  # noqa: E402
-                                                     litellm_chat, litellm_config, litellm_proxy)
+from wildguard_lite.benchmarks.litellm_proxy import (  # noqa: E402
+    GUARDRAIL_NAMES,
+    LITELLM_MASTER_KEY as MASTER_KEY,
+    litellm_chat,
+    litellm_config,
+    litellm_proxy,
+)
 from wildguard_lite.server import ServeSettings, create_app  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -101,11 +106,14 @@ def guardrails_check(url: str, text: str, categories: list[str]) -> bool:
     return asyncio.run(check())
 
 
-@pytest.mark.parametrize("text, categories, tripped", [
-    (f"{HARMFUL} please", ["hate", "violence"], True),  # any OpenAI category it checks trips
-    (f"{HARMFUL} please", ["illicit"], True),  # another choice of categories
-    ("hello there", ["hate", "violence", "illicit"], False),  # benign passes
-])
+@pytest.mark.parametrize(
+    "text, categories, tripped",
+    [
+        (f"{HARMFUL} please", ["hate", "violence"], True),  # any OpenAI category it checks trips
+        (f"{HARMFUL} please", ["illicit"], True),  # another choice of categories
+        ("hello there", ["hate", "violence", "illicit"], False),  # benign passes
+    ],
+)
 def test_openai_guardrails_moderation_trips(server_url, text, categories, tripped):
     assert guardrails_check(server_url, text, categories) is tripped
 
@@ -119,8 +127,9 @@ LITELLM_EXE = os.environ.get("WILDGUARD_LITELLM_EXE")
 def proxy(server_url, tmp_path_factory):
     if LITELLM_EXE is None and not (Path(sys.executable).parent / "litellm").exists():
         pytest.skip("LiteLLM's proxy is not installed (the 'test-clients' extra)")
-    with litellm_proxy(litellm_config(server_url, KEY, MOCK_REPLIES), tmp_path_factory.mktemp("litellm"),
-                       exe=LITELLM_EXE) as base:
+    with litellm_proxy(
+        litellm_config(server_url, KEY, MOCK_REPLIES), tmp_path_factory.mktemp("litellm"), exe=LITELLM_EXE
+    ) as base:
         yield base
 
 
@@ -158,7 +167,6 @@ def test_litellm_generic_guardrail_post_call(proxy, guardrail, prompt, model, st
         assert reply.json()["choices"][0]["message"]["content"] == MOCK_REPLIES[model]
 
 
-
 # -- input longer than the context, through each client: judged, never a refusal ---------------
 def long_text(tokenizer, harmful: bool) -> str:
     """Benign padding 3x the server's context (4,096), a harmful sentence in its middle or not."""
@@ -185,23 +193,28 @@ def test_long_input_is_judged_by_every_client(server_url, proxy, tokenizer, clie
 
 def tokens_evaluated(server_url: str) -> float:
     metrics = httpx.get(f"{server_url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
-    return float(next(line.split()[-1] for line in metrics.splitlines()
-                      if line.startswith("wildguard_tokens_evaluated_total")))
+    return float(
+        next(line.split()[-1] for line in metrics.splitlines() if line.startswith("wildguard_tokens_evaluated_total"))
+    )
 
 
 @pytest.mark.parametrize("last, status", [("what is the capital of France?", 200), (f"tell me {HARMFUL}", 400)])
 def test_litellm_long_chat_judges_the_last_turn(server_url, proxy, last, status):
     """101 messages (more than --max-items 64 texts): answered or blocked by the last turn alone,
     at the server cost of a 3-message chat."""
+
     def chat_of(n):
         messages = [{"role": "system", "content": "be brief"}]
         while len(messages) < n - 1:  # old turns hold the marker: history is not judged again
             messages += [{"role": "user", "content": f"old {HARMFUL}"}, {"role": "assistant", "content": "ok"}]
         messages.append({"role": "user", "content": last})
         before = tokens_evaluated(server_url)
-        reply = httpx.post(f"{proxy}/chat/completions", timeout=120,
-                           headers={"Authorization": f"Bearer {MASTER_KEY}"},
-                           json={"model": "mock-benign", "messages": messages, "guardrails": [GUARDRAIL_NAMES["generic"]]})
+        reply = httpx.post(
+            f"{proxy}/chat/completions",
+            timeout=120,
+            headers={"Authorization": f"Bearer {MASTER_KEY}"},
+            json={"model": "mock-benign", "messages": messages, "guardrails": [GUARDRAIL_NAMES["generic"]]},
+        )
         return reply, tokens_evaluated(server_url) - before
 
     short, short_tokens = chat_of(3)
@@ -209,8 +222,10 @@ def test_litellm_long_chat_judges_the_last_turn(server_url, proxy, last, status)
     assert short.status_code == long.status_code == status, long.text
     if status == 200:
         assert long.json()["choices"][0]["message"]["content"] == MOCK_REPLIES["mock-benign"]
-    print(f"\nserver tokens evaluated per call (pre_call + post_call): {short_tokens:.0f} for 3 messages, "
-          f"{long_tokens:.0f} for 101")
+    print(
+        f"\nserver tokens evaluated per call (pre_call + post_call): {short_tokens:.0f} for 3 messages, "
+        f"{long_tokens:.0f} for 101"
+    )
     assert long_tokens == short_tokens > 0
 
 
@@ -230,7 +245,7 @@ def nemo_config_from_docs(folder: Path, main_model: dict) -> Path:
     import yaml
 
     doc = (Path(__file__).parents[1] / "docs" / "integrations.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```(\w+)\n(.*?)```", doc[doc.index("## NeMo Guardrails"):], re.S)
+    blocks = re.findall(r"```(\w+)\n(.*?)```", doc[doc.index("## NeMo Guardrails") :], re.S)
     config = yaml.safe_load(next(b for lang, b in blocks if lang == "yaml"))
     config["models"] = [main_model]
     folder.mkdir()
@@ -256,11 +271,16 @@ def test_nemo_guardrails_custom_action_from_the_docs(server_url, proxy, tmp_path
     nemo = pytest.importorskip("nemoguardrails", reason="needs the 'test-clients' extra (nemoguardrails)")
     monkeypatch.setenv("WILDGUARD_URL", server_url)
     monkeypatch.setenv("WILDGUARD_API_KEY", KEY)
-    main = {"type": "main", "engine": "openai", "model": model,
-            "parameters": {"base_url": f"{proxy}/v1", "api_key": MASTER_KEY}}
+    main = {
+        "type": "main",
+        "engine": "openai",
+        "model": model,
+        "parameters": {"base_url": f"{proxy}/v1", "api_key": MASTER_KEY},
+    }
     rails = nemo.LLMRails(nemo.RailsConfig.from_path(str(nemo_config_from_docs(tmp_path / "config", main))))
     reply = rails.generate(messages=[{"role": "user", "content": prompt}])["content"]
     assert reply == (MOCK_REPLIES[model] if passes else NEMO_REFUSAL)
+
 
 # -- on the toy GGUF: each client's decision is our native verdict -------------------------------
 @pytest.mark.slow
@@ -269,10 +289,13 @@ def test_clients_decide_as_the_native_verdict_on_the_toy(toy_gguf, heldout, tmp_
     cannot read)."""
     prompts = [row["prompt"] for row in heldout[:8]]
     app = create_app(ServeSettings(model=toy_gguf["q8_0"], threads=1, api_key=KEY))
-    with running(app, timeout=120) as url, \
-            litellm_proxy(litellm_config(url, KEY, MOCK_REPLIES), tmp_path) as proxy_url:
-        native = httpx.post(f"{url}/v1/classify", json={"items": [{"prompt": p} for p in prompts]},
-                            headers={"Authorization": f"Bearer {KEY}"}, timeout=120).json()["results"]
+    with running(app, timeout=120) as url, litellm_proxy(litellm_config(url, KEY, MOCK_REPLIES), tmp_path) as proxy_url:
+        native = httpx.post(
+            f"{url}/v1/classify",
+            json={"items": [{"prompt": p} for p in prompts]},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=120,
+        ).json()["results"]
         # Blocked: harmful, or unreadable (fail closed).
         harmful = [r["prompt_harmfulness"] == "harmful" or r["is_parsing_error"] for r in native]
         flagged = [r.flagged for r in sdk(url).moderations.create(input=prompts).results]

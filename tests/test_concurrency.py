@@ -20,7 +20,7 @@ import wildguard_lite
 from wildguard_lite.contract import LABEL_KEYS
 from wildguard_lite.errors import ClassificationCancelled, ClassificationTimeout, ClassifierClosedError
 
-CHILD = textwrap.dedent('''
+CHILD = textwrap.dedent("""
     import json, sys, threading, time
     import wildguard_lite
     from wildguard_lite.errors import ClassifierClosedError
@@ -55,7 +55,7 @@ CHILD = textwrap.dedent('''
         out["oneshot"] = clf.classify(rows)
         clf.close()
     print(json.dumps(out))
-''')
+""")
 
 
 def _rows(heldout, n=4):
@@ -73,15 +73,22 @@ def _same_verdict(a, b):
     return True
 
 
-@pytest.mark.parametrize("scenario", [
-    "streams",  # 4 threads, own streams, interval=1: SIGSEGV every run before
-    "mixed",    # a stream and classify() on one classifier: SIGSEGV before
-    "close",    # close() while streams check: SIGSEGV before; now it waits, later feeds refuse
-])
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        "streams",  # 4 threads, own streams, interval=1: SIGSEGV every run before
+        "mixed",  # a stream and classify() on one classifier: SIGSEGV before
+        "close",  # close() while streams check: SIGSEGV before; now it waits, later feeds refuse
+    ],
+)
 def test_concurrent_use_does_not_crash(scenario, toy_gguf, heldout):
     rows = _rows(heldout)
-    proc = subprocess.run([sys.executable, "-c", CHILD, scenario, str(toy_gguf["q8_0"]), json.dumps(rows)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, scenario, str(toy_gguf["q8_0"]), json.dumps(rows)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     if scenario == "close":

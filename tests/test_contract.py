@@ -38,7 +38,11 @@ def test_template_is_byte_identical():
         # explicit empty response is the same text
         ("Hi", "", OFFICIAL.format(prompt="Hi", response="")),
         # braces in user text stay literal (no str.format on user text)
-        ("{response} {0}", "{prompt}", OFFICIAL.replace("{prompt}", "{response} {0}", 1).replace("{response}\n\n---", "{prompt}\n\n---")),
+        (
+            "{response} {0}",
+            "{prompt}",
+            OFFICIAL.replace("{prompt}", "{response} {0}", 1).replace("{response}\n\n---", "{prompt}\n\n---"),
+        ),
         # unicode and newlines pass through untouched
         ("çé 🎉\nline2", "a\r\nb", OFFICIAL.format(prompt="çé 🎉\nline2", response="a\r\nb")),
     ],
@@ -77,8 +81,12 @@ H, U, R, C = "harmful", "unharmful", "refusal", "compliance"
 )
 def test_parse_output(text, prompt_h, refusal, response_h, error):
     out = parse_output(text)
-    assert out == {"prompt_harmfulness": prompt_h, "response_refusal": refusal,
-                   "response_harmfulness": response_h, "is_parsing_error": error}
+    assert out == {
+        "prompt_harmfulness": prompt_h,
+        "response_refusal": refusal,
+        "response_harmfulness": response_h,
+        "is_parsing_error": error,
+    }
 
 
 @pytest.mark.parametrize(
@@ -89,7 +97,10 @@ def test_parse_output(text, prompt_h, refusal, response_h, error):
         ({"prompt": 3}, "'prompt' must be a string"),  # wrong type
         ({"prompt": "x", "response": ["a"]}, "'response' must be a string"),  # wrong type
         ({"prompt": "a\ud800"}, r"'prompt' is not valid text: character 1 is a lone surrogate"),  # JSON "\ud800"
-        ({"prompt": "x", "response": "\udcff"}, r"'response' is not valid text.*undecodable byte"),  # surrogateescape'd byte
+        (
+            {"prompt": "x", "response": "\udcff"},
+            r"'response' is not valid text.*undecodable byte",
+        ),  # surrogateescape'd byte
     ],
 )
 def test_validate_item_rejects(item, message):

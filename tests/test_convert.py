@@ -130,12 +130,14 @@ def test_bf16_source_converts_losslessly(toy_dir, tmp_path):
     # Round to bf16 bits by hand (numpy has no bf16): keep the high 16 bits.
     bits = {k: (v.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16) for k, v in tensors.items()}
     _write_bf16_safetensors(src / "model.safetensors", bits)
-    manifest = convert_checkpoint(ConvertOptions(source=str(src), out_dir=tmp_path / "out", quants=("bf16",),
-                                                 verify=False), QUIET)
+    manifest = convert_checkpoint(
+        ConvertOptions(source=str(src), out_dir=tmp_path / "out", quants=("bf16",), verify=False), QUIET
+    )
     reader = gguf.GGUFReader(tmp_path / "out" / manifest["artifacts"][0]["file"])
     emb = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    assert np.array_equal(np.asarray(emb.data).view(np.uint16).reshape(-1),
-                          bits["model.embed_tokens.weight"].reshape(-1))
+    assert np.array_equal(
+        np.asarray(emb.data).view(np.uint16).reshape(-1), bits["model.embed_tokens.weight"].reshape(-1)
+    )
 
 
 def _write_bf16_safetensors(path: Path, tensors: dict) -> None:
@@ -152,6 +154,7 @@ def _write_bf16_safetensors(path: Path, tensors: dict) -> None:
 
 
 # -- hub ids, offline: a Hugging Face cache laid out by hand -----------------------------------
+
 
 def _fake_hf_cache(root: Path, repo: str, commit: str, src: Path) -> None:
     repo_dir = root / ("models--" + repo.replace("/", "--"))
@@ -204,6 +207,7 @@ def test_revision_on_local_folder_refused(toy_dir):
 
 # -- checkpoints that cannot make a working file: refused before any output ------------------
 
+
 def _edit_config(src: Path, **changes) -> Path:
     config = json.loads((src / "config.json").read_text())
     config.update(changes)
@@ -251,7 +255,8 @@ def _past_end(header):
 
 def _transpose(tensors):
     tensors["model.layers.0.self_attn.k_proj.weight"] = np.ascontiguousarray(
-        tensors["model.layers.0.self_attn.k_proj.weight"].T)
+        tensors["model.layers.0.self_attn.k_proj.weight"].T
+    )
 
 
 def _nan(tensors):
@@ -261,22 +266,33 @@ def _nan(tensors):
 BAD_CHECKPOINTS = [
     (lambda s: _edit_tensors(s, lambda t: t.pop("lm_head.weight")), "no lm_head.weight"),  # untied, no output layer
     (lambda s: _edit_tensors(s, _transpose), "has shape [256, 128] but config.json implies [128, 256]"),  # wrong shape
-    (lambda s: _edit_tensors(s, lambda t: t.pop("model.layers.1.mlp.down_proj.weight")), "1 tensor(s) missing"),  # a layer tensor gone
+    (
+        lambda s: _edit_tensors(s, lambda t: t.pop("model.layers.1.mlp.down_proj.weight")),
+        "1 tensor(s) missing",
+    ),  # a layer tensor gone
     (lambda s: _edit_config(s, num_hidden_layers=3), "missing for the 3 layers"),  # config claims more layers
     (lambda s: _edit_config(s, num_hidden_layers=1), "does not have: model.layers.1"),  # extra layer tensors
     (lambda s: _edit_config(s, num_hidden_layers=0), "must be a positive integer"),  # llama.cpp aborts on 0 layers
     (lambda s: _edit_config(s, num_key_value_heads=3), "not a multiple of num_key_value_heads"),  # GQA mismatch
-    (lambda s: _edit_tensors(s, lambda t: t.update(extra=np.zeros(4, np.float32))), "does not have: extra"),  # stray tensor
+    (
+        lambda s: _edit_tensors(s, lambda t: t.update(extra=np.zeros(4, np.float32))),
+        "does not have: extra",
+    ),  # stray tensor
     (lambda s: _edit_header(s, _shrink_shape), "data_offsets span"),  # offsets disagree with shape x dtype
     (lambda s: _edit_header(s, _overlap), "overlap"),  # two tensors share bytes
     (lambda s: _edit_header(s, _past_end), "truncated"),  # offsets beyond the end of the file
-    (lambda s: _edit_header(s, lambda h: h["model.norm.weight"].update(data_offsets=[8, 4])), "malformed"),  # end < start
+    (
+        lambda s: _edit_header(s, lambda h: h["model.norm.weight"].update(data_offsets=[8, 4])),
+        "malformed",
+    ),  # end < start
     (lambda s: _edit_header(s, lambda h: h["model.norm.weight"].update(shape=[-256])), "malformed"),  # negative dim
     (lambda s: _write(s / "model.safetensors", (2**40).to_bytes(8, "little") + b"{}"), "implausible"),  # huge header
     (lambda s: _write(s / "tokenizer.model", b"\x00garbage" * 64), "not a SentencePiece model"),  # garbage tokenizer
     (lambda s: _edit_config(s, vocab_size=2048), "pieces but config.json says vocab_size 2048"),  # wrong tokenizer
-    (lambda s: _write(s / "tokenizer_config.json", json.dumps({"added_tokens_decoder": {"3": {}}})),
-     "malformed added token"),  # a malformed tokenizer config
+    (
+        lambda s: _write(s / "tokenizer_config.json", json.dumps({"added_tokens_decoder": {"3": {}}})),
+        "malformed added token",
+    ),  # a malformed tokenizer config
     (lambda s: _edit_tensors(s, _nan), "holds NaN or infinite values"),  # a corrupt weight, found while writing
 ]
 
@@ -322,6 +338,7 @@ def test_tied_embeddings_convert_and_verify(toy_dir, tmp_path, keep_lm_head):
 
 
 # -- written tensors and verification logits must be finite -----------------------------------
+
 
 @pytest.mark.parametrize(
     "out_type, source_bf16, value, message",
@@ -404,6 +421,7 @@ def test_non_finite_reference_fails_verification():
 
 # -- CLI options, file modes ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -439,6 +457,7 @@ def test_outputs_get_the_umask_mode(toy_dir, tmp_path, mask, mode):
 
 
 # -- killed conversions: temp files removed, leftovers of killed runs cleaned at start --------
+
 
 def _dead_pid() -> int:
     import subprocess
@@ -492,8 +511,9 @@ def _start_convert(args: list[str]):
     import sys
 
     code = "import sys; from wildguard_lite.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, "convert", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "convert", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_for(predicate, proc, timeout: float = 120.0):

@@ -22,8 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [p for folder in ("wildguard_lite", "convert", "benchmarks") for p in sorted((ROOT / folder).rglob("*.py"))]
 # Label names written out as strings in modules owned by the engine and gateway work (to move to
 # contract.LABEL_KEYS there); no other module may add one.
-LABEL_LITERALS_LEFT = {"wildguard_lite/runtime.py": 1, "wildguard_lite/streaming.py": 1,
-                       "wildguard_lite/server/moderation.py": 3, "wildguard_lite/server/guardrail.py": 2}
+LABEL_LITERALS_LEFT = {
+    "wildguard_lite/runtime.py": 1,
+    "wildguard_lite/streaming.py": 1,
+    "wildguard_lite/server/moderation.py": 3,
+    "wildguard_lite/server/guardrail.py": 2,
+}
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
@@ -94,8 +98,11 @@ def test_no_literal_mode_default():
                 args = node.args.args + node.args.kwonlyargs
                 defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults
                 defaults += node.args.kw_defaults
-                bad += [f"{where}:{node.lineno} {node.name}" for arg, d in zip(args, defaults)
-                        if arg.arg == "mode" and isinstance(d, ast.Constant)]
+                bad += [
+                    f"{where}:{node.lineno} {node.name}"
+                    for arg, d in zip(args, defaults)
+                    if arg.arg == "mode" and isinstance(d, ast.Constant)
+                ]
     assert bad == [], "write mode: str = DEFAULT_MODE (defaults.py)"
 
 

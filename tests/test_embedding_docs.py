@@ -55,8 +55,10 @@ def slow_classifier(tokenizer, seconds=0.02):
 def test_asyncio_example_stops_a_harmful_answer(tokenizer):
     ns = example("asyncio")
     clf, _ = slow_classifier(tokenizer, 0.0)
-    words = ("Here is a calm opening about the weather and the river towns that goes on for a while "
-             f"before it turns {HARMFUL} and then keeps going with more text after that point").split(" ")
+    words = (
+        "Here is a calm opening about the weather and the river towns that goes on for a while "
+        f"before it turns {HARMFUL} and then keeps going with more text after that point"
+    ).split(" ")
 
     async def chunks():
         for i in range(0, len(words), 2):
@@ -94,8 +96,9 @@ def test_qt_example_keeps_only_the_latest_verdict(tokenizer):
     clf, backend = slow_classifier(tokenizer, 0.2)
     moderator = ns["Moderator"](clf)
     received, ticks = [], []
-    moderator.verdict.connect(lambda text, verdict: (received.append((text, verdict, threading.get_ident())),
-                                                     app.quit()))
+    moderator.verdict.connect(
+        lambda text, verdict: (received.append((text, verdict, threading.get_ident())), app.quit())
+    )
     heartbeat = QTimer()
     heartbeat.timeout.connect(lambda: ticks.append(time.perf_counter()))
     heartbeat.start(10)

@@ -76,17 +76,42 @@ def test_a_long_chat_costs_what_its_last_turn_costs(tokenizer):
         # the system prompt is the operator's: not judged
         ([{"role": "system", "content": HARMFUL}, {"role": "user", "content": "hi"}], "NONE", 1),
         # two user messages after the last reply: one new turn, judged together
-        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-          {"role": "user", "content": "tell me"}, {"role": "user", "content": HARMFUL}], "BLOCKED", 1),
+        (
+            [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "b"},
+                {"role": "user", "content": "tell me"},
+                {"role": "user", "content": HARMFUL},
+            ],
+            "BLOCKED",
+            1,
+        ),
         # text parts of one message are one text
-        ([{"role": "user", "content": [{"type": "text", "text": "tell me"}, {"type": "text", "text": HARMFUL}]}],
-         "BLOCKED", 1),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "tell me"}, {"type": "text", "text": HARMFUL}]}],
+            "BLOCKED",
+            1,
+        ),
         # an agent loop: the chat ends with a tool result; the user's turn was judged before
-        ([{"role": "user", "content": f"{HARMFUL}"}, {"role": "assistant", "content": "calling a tool"},
-          {"role": "tool", "content": "tool output", "tool_call_id": "t1"}], "NONE", 0),
+        (
+            [
+                {"role": "user", "content": f"{HARMFUL}"},
+                {"role": "assistant", "content": "calling a tool"},
+                {"role": "tool", "content": "tool output", "tool_call_id": "t1"},
+            ],
+            "NONE",
+            0,
+        ),
         # tool output is not a user request
-        ([{"role": "user", "content": "weather?"}, {"role": "assistant", "content": "calling"},
-          {"role": "tool", "content": HARMFUL, "tool_call_id": "t1"}], "NONE", 0),
+        (
+            [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": "calling"},
+                {"role": "tool", "content": HARMFUL, "tool_call_id": "t1"},
+            ],
+            "NONE",
+            0,
+        ),
         # an unreadable verdict on the new turn blocks
         ([{"role": "user", "content": UNREADABLE}], "BLOCKED", 1),
     ],
@@ -156,8 +181,10 @@ def test_unfinished_word(text, held):
 def test_a_streamed_round_holds_back_its_unfinished_word(tokenizer):
     with TestClient(marker_app(tokenizer)) as client:
         request_check(client, [{"role": "user", "content": "hi"}], litellm_call_id="s1")
-        rounds = [guard(client, "response", [t], litellm_call_id="s1") for t in
-                  ("Hello th", "Hello there, here is HARMFUL-MAR", f"Hello there, here is {HARMFUL} ok")]
+        rounds = [
+            guard(client, "response", [t], litellm_call_id="s1")
+            for t in ("Hello th", "Hello there, here is HARMFUL-MAR", f"Hello there, here is {HARMFUL} ok")
+        ]
     assert [r.get("stream_holdback_chars") for r in rounds] == [[2], [11], None]
     assert [r["action"] for r in rounds] == ["NONE", "NONE", "BLOCKED"]
 
@@ -177,8 +204,11 @@ class Clock:
         # at most max_entries: the least recently remembered goes first
         ({"max_entries": 2}, [("a", "x"), ("b", "y"), ("c", "z")], {"b": "y", "c": "z"}),
         # at most max_bytes, whatever the entry count
-        ({"max_bytes": 3000}, [("a", "x" * 1000), ("b", "y" * 1000), ("c", "z" * 1000)], {"b": "y" * 1000,
-                                                                                           "c": "z" * 1000}),
+        (
+            {"max_bytes": 3000},
+            [("a", "x" * 1000), ("b", "y" * 1000), ("c", "z" * 1000)],
+            {"b": "y" * 1000, "c": "z" * 1000},
+        ),
         # each entry clipped to its end (what a response check can place beside a reply)
         ({"clip_chars": 4}, [("a", "0123456789")], {"a": "6789"}),
         # remembered again: the newer turn replaces the older, counted once
@@ -227,21 +257,30 @@ def test_300_requests_of_1mb_messages_grow_the_server_by_less_than_64_mib(tmp_pa
     # An agent loop's request check: the 1 MB user turn was judged on an earlier call, so only
     # the memory sees it (what the old server kept whole, before judging anything).
     def body(i: int) -> bytes:
-        messages = [{"role": "user", "content": f"{i} " + "word " * 200_000},
-                    {"role": "assistant", "content": "calling a tool"},
-                    {"role": "tool", "content": "done", "tool_call_id": "t"}]
-        return json.dumps({"input_type": "request", "texts": [], "structured_messages": messages,
-                           "litellm_call_id": f"call-{i}"}).encode()
+        messages = [
+            {"role": "user", "content": f"{i} " + "word " * 200_000},
+            {"role": "assistant", "content": "calling a tool"},
+            {"role": "tool", "content": "done", "tool_call_id": "t"},
+        ]
+        return json.dumps(
+            {"input_type": "request", "texts": [], "structured_messages": messages, "litellm_call_id": f"call-{i}"}
+        ).encode()
 
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(Path(__file__).parent), str(tmp_path)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(Path(__file__).parent), str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         url = proc.stdout.readline().strip()
         with httpx.Client(base_url=url, timeout=60) as http:
+
             def send(i):
                 reply = http.post(GUARDRAIL_PATH, content=body(i), headers={"Content-Type": "application/json"})
                 assert reply.status_code == 200 and reply.json()["action"] == "NONE", reply.text[:300]
+
             for i in range(20):  # warm-up: the allocator's arenas, the tokenizer, the app
                 send(i)
             before = rss_mib(proc.pid)

@@ -69,12 +69,15 @@ def test_offline_pull_and_load_hf_uri_use_the_cache_alone(published, toy_gguf, h
     missing = _offline([*cli, "pull", REPO, "--quant", "q8_0"], cache)
     assert missing.returncode == 2 and "not in the local Hugging Face cache" in missing.stderr
     items = [to_item(row) for row in heldout[:8]]
-    script = ("import json, sys, wildguard_lite\n"
-              f"clf = wildguard_lite.load('hf://{REPO}', quant='q4_k_m', threads=1, n_ctx=1024)\n"
-              "print(json.dumps(clf.classify(json.loads(sys.stdin.read()))))\n")
+    script = (
+        "import json, sys, wildguard_lite\n"
+        f"clf = wildguard_lite.load('hf://{REPO}', quant='q4_k_m', threads=1, n_ctx=1024)\n"
+        "print(json.dumps(clf.classify(json.loads(sys.stdin.read()))))\n"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
-    run = subprocess.run([sys.executable, "-c", script], input=json.dumps(items), env=env, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", script], input=json.dumps(items), env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     from wildguard_lite import load
 
@@ -97,10 +100,13 @@ def _wrong_manifest(published: FakeRepo, tmp_path: Path) -> FakeRepo:
     return FakeRepo(COMMIT, {**published.files, "manifest.json": tmp_path / "manifest.json"})
 
 
-@pytest.mark.parametrize("case", [
-    "cached file altered",  # the blob in the HF cache changed after download
-    "manifest disagrees",  # the served file is not the one the manifest names
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "cached file altered",  # the blob in the HF cache changed after download
+        "manifest disagrees",  # the served file is not the one the manifest names
+    ],
+)
 def test_digest_mismatch_is_refused(published, tmp_path, case):
     cache = tmp_path / "hf"
     repo = published if case == "cached file altered" else _wrong_manifest(published, tmp_path)
@@ -111,17 +117,22 @@ def test_digest_mismatch_is_refused(published, tmp_path, case):
             pull(REPO, "q4_k_m", endpoint=hub.url, cache_dir=cache)
 
 
-@pytest.mark.parametrize("error, expected", [
-    # a gated repo, conditions not accepted: where to accept them, then how to authenticate
-    ((403, "GatedRepo", "Access restricted"), [r"is gated", r"Accept its conditions on https?://\S+/" + REPO,
-                                                "hf auth login", "HF_TOKEN", "--token"]),
-    # private (or missing) repo without a token: the hub answers 401 RepoNotFound
-    ((401, "RepoNotFound", ""), ["not found, or private", "hf auth login", "HF_TOKEN"]),
-    # a token the hub rejects (HfHubHTTPError 401)
-    ((401, "", "Invalid credentials in Authorization header"), ["not accepted \\(HTTP 401\\)", "hf auth login"]),
-    # a valid token without access (HfHubHTTPError 403)
-    ((403, "", ""), ["lacks access \\(HTTP 403\\)", "accept the conditions", "HF_TOKEN"]),
-])
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        # a gated repo, conditions not accepted: where to accept them, then how to authenticate
+        (
+            (403, "GatedRepo", "Access restricted"),
+            [r"is gated", r"Accept its conditions on https?://\S+/" + REPO, "hf auth login", "HF_TOKEN", "--token"],
+        ),
+        # private (or missing) repo without a token: the hub answers 401 RepoNotFound
+        ((401, "RepoNotFound", ""), ["not found, or private", "hf auth login", "HF_TOKEN"]),
+        # a token the hub rejects (HfHubHTTPError 401)
+        ((401, "", "Invalid credentials in Authorization header"), ["not accepted \\(HTTP 401\\)", "hf auth login"]),
+        # a valid token without access (HfHubHTTPError 403)
+        ((403, "", ""), ["lacks access \\(HTTP 403\\)", "accept the conditions", "HF_TOKEN"]),
+    ],
+)
 def test_hub_refusals_say_what_to_do(tmp_path, error, expected):
     with HubServer({REPO: FakeRepo(COMMIT, {}, error=error)}) as hub:
         with pytest.raises(WildGuardLiteError) as err:
@@ -132,10 +143,13 @@ def test_hub_refusals_say_what_to_do(tmp_path, error, expected):
         assert re.search(pattern, str(err.value)), (pattern, str(err.value))
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({"quant": "q5_k_m"}, InvalidInputError, "no GGUF artifact with quant 'q5_k_m'; available: f16, q4_k_m, q8_0"),
-    ({"revision": "v9"}, WildGuardLiteError, "no such revision"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"quant": "q5_k_m"}, InvalidInputError, "no GGUF artifact with quant 'q5_k_m'; available: f16, q4_k_m, q8_0"),
+        ({"revision": "v9"}, WildGuardLiteError, "no such revision"),
+    ],
+)
 def test_pull_bad_requests(published, tmp_path, kwargs, error, message):
     with HubServer({REPO: published}) as hub:
         with pytest.raises(error, match=message):
@@ -162,19 +176,26 @@ MANIFEST_ROWS = [
     # ... a file that is not a GGUF
     (_artifact(file="README.md"), ModelFileError, r"lacks a valid file name \(a \.gguf file"),
     # an artifact without a quant name: was "available: None"
-    ({"artifacts": [{"file": "x.gguf", "sha256": "0" * 64}]}, InvalidInputError,
-     r"no GGUF artifact with quant 'q4_k_m'; available: none$"),
+    (
+        {"artifacts": [{"file": "x.gguf", "sha256": "0" * 64}]},
+        InvalidInputError,
+        r"no GGUF artifact with quant 'q4_k_m'; available: none$",
+    ),
 ]
 
 
-@pytest.mark.parametrize("manifest, error, message", MANIFEST_ROWS, ids=[f"manifest-{i}" for i in range(len(MANIFEST_ROWS))])
+@pytest.mark.parametrize(
+    "manifest, error, message", MANIFEST_ROWS, ids=[f"manifest-{i}" for i in range(len(MANIFEST_ROWS))]
+)
 def test_bad_manifests_are_clear_errors(tmp_path, manifest, error, message):
     with HubServer({REPO: _manifest_repo(tmp_path, manifest)}) as hub:
         with pytest.raises(error, match=message):
             pull(REPO, "q4_k_m", endpoint=hub.url, cache_dir=tmp_path / "hf")
         # load("hf://...") pulls the same way: one line, exit status 2, no traceback.
-        script = ("import sys\nfrom wildguard_lite.cli import run\nfrom wildguard_lite import load\n"
-                  f"sys.exit(run(lambda: load('hf://{REPO}', quant='q4_k_m')))\n")
+        script = (
+            "import sys\nfrom wildguard_lite.cli import run\nfrom wildguard_lite import load\n"
+            f"sys.exit(run(lambda: load('hf://{REPO}', quant='q4_k_m')))\n"
+        )
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hf2")}
         env.pop("HF_HUB_OFFLINE", None)
         proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
@@ -203,9 +224,12 @@ def test_token_is_sent(published, tmp_path):
 
 # -- convert's source download: safetensors preferred, pickle only when there is none -------------
 
+
 def _resolve_in_subprocess(hub: HubServer, cache: Path, repo: str) -> subprocess.CompletedProcess:
-    script = ("import sys\nfrom wildguard_lite.cli import run\nfrom wildguard_lite.convert.hub import resolve_source\n"
-              f"sys.exit(run(lambda: print(resolve_source({repo!r}, token='hf_x')[0])))\n")
+    script = (
+        "import sys\nfrom wildguard_lite.cli import run\nfrom wildguard_lite.convert.hub import resolve_source\n"
+        f"sys.exit(run(lambda: print(resolve_source({repo!r}, token='hf_x')[0])))\n"
+    )
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache)}
     env.pop("HF_HUB_OFFLINE", None)
     return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
@@ -219,8 +243,9 @@ def test_source_download_prefers_safetensors_and_falls_back_to_pickle(toy_dir, t
     torch.save({r.name: torch.from_numpy(r.load_f32().copy()) for r in list_tensors(toy_dir)}, bin_file)
     common = {f: toy_dir / f for f in ("config.json", "tokenizer.model", "tokenizer_config.json")}
     repos = {
-        "acme/both": FakeRepo(COMMIT, {**common, "model.safetensors": toy_dir / "model.safetensors",
-                                       "pytorch_model.bin": bin_file}),
+        "acme/both": FakeRepo(
+            COMMIT, {**common, "model.safetensors": toy_dir / "model.safetensors", "pytorch_model.bin": bin_file}
+        ),
         "acme/pickle-only": FakeRepo(COMMIT, {**common, "pytorch_model.bin": bin_file}),
         "acme/gated": FakeRepo(COMMIT, {}, error=(403, "GatedRepo", "")),
     }
@@ -242,15 +267,26 @@ def test_source_download_prefers_safetensors_and_falls_back_to_pickle(toy_dir, t
 
 # -- the model card --------------------------------------------------------------------------------
 
+
 def test_model_card_content(toy_gguf):
     manifest = toy_gguf["manifest"]
     files = {a["quant"]: a for a in manifest["artifacts"]}
-    report = {"dataset": "heldout.jsonl", "n": 120, "mode": "score", "artifacts": [
-        {"model": f"/x/{files['q4_k_m']['file']}", "bytes": 1,
-         "agreement": {"prompt_harmfulness": 0.9917, "response_refusal": 1.0, "response_harmfulness": 0.975},
-         "f1": {k: {"all": 0.912, "adversarial": None, "vanilla": 0.9} for k in
-                ("prompt_harmfulness", "response_refusal", "response_harmfulness")}},
-    ]}
+    report = {
+        "dataset": "heldout.jsonl",
+        "n": 120,
+        "mode": "score",
+        "artifacts": [
+            {
+                "model": f"/x/{files['q4_k_m']['file']}",
+                "bytes": 1,
+                "agreement": {"prompt_harmfulness": 0.9917, "response_refusal": 1.0, "response_harmfulness": 0.975},
+                "f1": {
+                    k: {"all": 0.912, "adversarial": None, "vanilla": 0.9}
+                    for k in ("prompt_harmfulness", "response_refusal", "response_harmfulness")
+                },
+            },
+        ],
+    }
     card = render_card(manifest, REPO, report)
     source = manifest["source"]
     expected = [

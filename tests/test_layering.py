@@ -58,7 +58,8 @@ class _Imports(ast.NodeVisitor):
     def visit_If(self, node: ast.If) -> None:
         test = node.test
         if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-                isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
+            isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+        ):
             for child in node.orelse:
                 self.visit(child)
             return
@@ -150,16 +151,29 @@ def _in(module: str, packages: tuple[str, ...]) -> bool:
     "source, module, is_package, expected",
     [
         # module level and inside a function alike
-        ("import os\ndef f():\n    from .batch import run_batch\n", "wildguard_lite.cli.classify", False,
-         ["os", "wildguard_lite.cli.batch.run_batch"]),
+        (
+            "import os\ndef f():\n    from .batch import run_batch\n",
+            "wildguard_lite.cli.classify",
+            False,
+            ["os", "wildguard_lite.cli.batch.run_batch"],
+        ),
         # `..` climbs one package; `from . import x` names the submodule x
-        ("from ..errors import E\nfrom . import run\n", "wildguard_lite.cli.classify", False,
-         ["wildguard_lite.errors.E", "wildguard_lite.cli.run"]),
+        (
+            "from ..errors import E\nfrom . import run\n",
+            "wildguard_lite.cli.classify",
+            False,
+            ["wildguard_lite.errors.E", "wildguard_lite.cli.run"],
+        ),
         # in a package's __init__, `.` is the package itself
         ("from .build import ensure_toy\n", "wildguard_lite.toy", True, ["wildguard_lite.toy.build.ensure_toy"]),
         # TYPE_CHECKING blocks never run: not an edge; their else branch runs
-        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .runtime import Classifier\n"
-         "else:\n    import json\n", "wildguard_lite.streaming", False, ["typing.TYPE_CHECKING", "json"]),
+        (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .runtime import Classifier\n"
+            "else:\n    import json\n",
+            "wildguard_lite.streaming",
+            False,
+            ["typing.TYPE_CHECKING", "json"],
+        ),
         ("import typing\nif typing.TYPE_CHECKING:\n    import torch\n", "wildguard_lite.x", False, ["typing"]),
     ],
 )
@@ -186,20 +200,30 @@ def test_no_import_circles():
 
 def test_the_core_never_imports_the_tools():
     edges, _ = graph()
-    bad = sorted(f"{m} -> {t}" for m, targets in edges.items() if not _in(m, TOOLS)
-                 for t in targets if _in(t, TOOLS))
+    bad = sorted(f"{m} -> {t}" for m, targets in edges.items() if not _in(m, TOOLS) for t in targets if _in(t, TOOLS))
     assert bad == [], "the core (wildguard_lite/ without cli/ and server/) imports convert/benchmarks/cli/server"
 
 
 def test_upper_layers_import_only_downwards():
     edges, _ = graph()
-    bad = sorted(f"{m} -> {t}" for m, targets in edges.items() for layer, forbidden in FORBIDDEN.items()
-                 if _in(m, (layer,)) for t in targets if _in(t, forbidden))
+    bad = sorted(
+        f"{m} -> {t}"
+        for m, targets in edges.items()
+        for layer, forbidden in FORBIDDEN.items()
+        if _in(m, (layer,))
+        for t in targets
+        if _in(t, forbidden)
+    )
     assert bad == []
 
 
 def test_the_core_imports_no_web_framework_torch_or_transformers():
     _, raw = graph()
-    bad = sorted(f"{m}:{line} imports {name}" for m, names in raw.items() if not _in(m, TOOLS)
-                 for name, line in names if name.split(".")[0] in HEAVY)
+    bad = sorted(
+        f"{m}:{line} imports {name}"
+        for m, names in raw.items()
+        if not _in(m, TOOLS)
+        for name, line in names
+        if name.split(".")[0] in HEAVY
+    )
     assert bad == [], "the core loads these through errors.require (an install hint), never an import statement"

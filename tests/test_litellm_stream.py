@@ -34,11 +34,12 @@ CHUNK_CHARS, CHUNK_DELAY_S = 3, 0.01
 HARMFUL_WORD = "instructions-for-the-" + HARMFUL
 REPLIES = {
     "benign": "Water boils at one hundred degrees at sea level, and at lower temperatures on high "
-              "mountains, because the air pressure there is lower. " * 3,
+    "mountains, because the air pressure there is lower. " * 3,
     # The harmful word is longer than a round's 5 chunks: some round ends inside it, before the
     # marker is whole (what the holdback is for).
-    "harmful": "Sure. Here is some text about the topic, step by step, with care. " * 2 + HARMFUL_WORD
-               + " and then the details follow here, one after another.",
+    "harmful": "Sure. Here is some text about the topic, step by step, with care. " * 2
+    + HARMFUL_WORD
+    + " and then the details follow here, one after another.",
 }
 
 
@@ -55,15 +56,17 @@ def upstream_app(sent: dict[str, list[float]]):
         model, reply = body["model"], REPLIES[body["model"]]
         base = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
         if not body.get("stream"):
-            return {**base, "object": "chat.completion", "usage": {"prompt_tokens": 1, "completion_tokens": 1,
-                                                                    "total_tokens": 2},
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                                 "finish_reason": "stop"}]}
+            return {
+                **base,
+                "object": "chat.completion",
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            }
 
         async def events():
             times = sent[model] = []
             for i in range(0, len(reply), CHUNK_CHARS):
-                piece = reply[i:i + CHUNK_CHARS]
+                piece = reply[i : i + CHUNK_CHARS]
                 times.extend([time.perf_counter()] * len(piece))
                 yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {'content': piece}}]})}\n\n"
                 await asyncio.sleep(CHUNK_DELAY_S)
@@ -78,7 +81,7 @@ def upstream_app(sent: dict[str, list[float]]):
 def documented_guardrail() -> dict:
     """litellm_params of the streaming guardrail in docs/integrations.md, as written."""
     doc = (Path(__file__).parents[1] / "docs" / "integrations.md").read_text(encoding="utf-8")
-    section = doc[doc.index("### Streamed replies"):]
+    section = doc[doc.index("### Streamed replies") :]
     block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)
     return yaml.safe_load(block)["guardrails"][0]["litellm_params"]
 
@@ -94,11 +97,17 @@ def setup(tmp_path_factory):
         block_only = {key: value for key, value in documented.items() if not key.startswith("streaming_")}
         config = {
             "general_settings": {"master_key": LITELLM_MASTER_KEY},
-            "model_list": [{"model_name": name, "litellm_params": {"model": f"openai/{name}", "api_key": "sk-unused",
-                                                                   "api_base": f"{upstream}/v1"}}
-                           for name in REPLIES],
-            "guardrails": [{"guardrail_name": "documented", "litellm_params": documented},
-                           {"guardrail_name": "block-only", "litellm_params": block_only}],
+            "model_list": [
+                {
+                    "model_name": name,
+                    "litellm_params": {"model": f"openai/{name}", "api_key": "sk-unused", "api_base": f"{upstream}/v1"},
+                }
+                for name in REPLIES
+            ],
+            "guardrails": [
+                {"guardrail_name": "documented", "litellm_params": documented},
+                {"guardrail_name": "block-only", "litellm_params": block_only},
+            ],
         }
         with litellm_proxy(config, tmp_path_factory.mktemp("litellm"), exe=EXE) as proxy:
             yield proxy, sent
@@ -106,11 +115,20 @@ def setup(tmp_path_factory):
 
 def stream(proxy: str, model: str, guardrails: list[str]) -> tuple[str, list[float], list[str], int]:
     """(text received, arrival time per character, error frames, status) of a streamed chat."""
-    body = {"model": model, "stream": True, "guardrails": guardrails,
-            "messages": [{"role": "user", "content": "tell me about water"}]}
+    body = {
+        "model": model,
+        "stream": True,
+        "guardrails": guardrails,
+        "messages": [{"role": "user", "content": "tell me about water"}],
+    }
     text, arrived, errors = "", [], []
-    with httpx.stream("POST", f"{proxy}/chat/completions", json=body, timeout=120,
-                      headers={"Authorization": f"Bearer {LITELLM_MASTER_KEY}"}) as reply:
+    with httpx.stream(
+        "POST",
+        f"{proxy}/chat/completions",
+        json=body,
+        timeout=120,
+        headers={"Authorization": f"Bearer {LITELLM_MASTER_KEY}"},
+    ) as reply:
         status = reply.status_code
         for line in reply.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -133,11 +151,13 @@ def test_harmful_stream_leaks_nothing_a_check_had_not_cleared(setup):
     for name in ("block-only", None):  # for the record: LiteLLM's default streaming, no guardrail
         other, _, _, _ = stream(proxy, "harmful", [name] if name else [])
         leaked[name or "none"] = max(0, len(other) - marker)
-    print(f"\nharmful reply: {len(text)} characters before the block with the documented config, "
-          f"{max(0, len(text) - marker)} of them at or after the harmful part (starts at {marker}); "
-          f"block_only leaked {leaked['block-only']}, no guardrail {leaked['none']}")
+    print(
+        f"\nharmful reply: {len(text)} characters before the block with the documented config, "
+        f"{max(0, len(text) - marker)} of them at or after the harmful part (starts at {marker}); "
+        f"block_only leaked {leaked['block-only']}, no guardrail {leaked['none']}"
+    )
     assert reply.startswith(text)  # what arrived is the reply's start, unaltered
-    assert len(text) <= marker, text[marker - 20:]  # not one character of the harmful word
+    assert len(text) <= marker, text[marker - 20 :]  # not one character of the harmful word
     assert status == 200 and errors and "harmful response" in errors[0]  # the block, mid-stream
 
 
@@ -154,7 +174,9 @@ def test_benign_stream_still_streams(setup):
             assert len(set(arrived)) >= 5  # in several deltas, not one burst at the end
     base, guarded = lags["none"], lags["documented"]
     extra = [g - b for g, b in zip(guarded, base)]
-    print(f"\nbenign reply, {len(base)} characters at {CHUNK_CHARS} per {CHUNK_DELAY_S * 1000:.0f} ms: lag median "
-          f"{statistics.median(base) * 1000:.0f} ms without a guardrail, {statistics.median(guarded) * 1000:.0f} ms "
-          f"with the documented config (extra: median {statistics.median(extra) * 1000:.0f} ms, "
-          f"max {max(extra) * 1000:.0f} ms)")
+    print(
+        f"\nbenign reply, {len(base)} characters at {CHUNK_CHARS} per {CHUNK_DELAY_S * 1000:.0f} ms: lag median "
+        f"{statistics.median(base) * 1000:.0f} ms without a guardrail, {statistics.median(guarded) * 1000:.0f} ms "
+        f"with the documented config (extra: median {statistics.median(extra) * 1000:.0f} ms, "
+        f"max {max(extra) * 1000:.0f} ms)"
+    )

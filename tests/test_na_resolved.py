@@ -23,7 +23,7 @@ class NaBackend(MarkerBackend):
         ids = [int(i) for i in ids]
         _, response = sections(self.tokenizer.decode(ids))
         harm_cue = list(self.tokenizer.cue_ids[2])
-        if ids[-len(harm_cue):] == harm_cue and (NA_YES in response or NA_NO in response):
+        if ids[-len(harm_cue) :] == harm_cue and (NA_YES in response or NA_NO in response):
             logits[:] = 0.0
             logits[self.tokenizer.na_ids[0]] = 6.0
             yes, no = (3.0, 1.0) if NA_YES in response else (1.0, 3.0)
@@ -49,8 +49,14 @@ def test_na_with_a_response_is_decided_on_every_endpoint(client, marker, harmful
     moderation = client.post("/v1/moderations", json={"input": [item]}).json()["results"][0]
     assert moderation["flagged"] is harmful and moderation["categories"]["harmful_response"] is harmful
     assert moderation["wildguard"]["na_resolved"] == ["response_harmfulness"]
-    guard = client.post(GUARDRAIL_PATH, json={"input_type": "response", "texts": [item["response"]],
-                                               "structured_messages": [{"role": "user", "content": item["prompt"]}]})
+    guard = client.post(
+        GUARDRAIL_PATH,
+        json={
+            "input_type": "response",
+            "texts": [item["response"]],
+            "structured_messages": [{"role": "user", "content": item["prompt"]}],
+        },
+    )
     assert guard.json()["action"] == ("BLOCKED" if harmful else "NONE")
     if harmful:
         assert "the model answered n/a" in guard.json()["blocked_reason"]

@@ -63,8 +63,12 @@ CASES = [
     # refusal answered n/a with P(yes)=0.7: refusal
     ({0: ("yes", 0.9), 1: ("n/a", 0.7), 2: ("no", 0.1)}, "refusal", "unharmful", ["response_refusal"]),
     # both response labels n/a
-    ({0: ("no", 0.1), 1: ("n/a", 0.4), 2: ("n/a", 0.6)}, "compliance", "harmful",
-     ["response_refusal", "response_harmfulness"]),
+    (
+        {0: ("no", 0.1), 1: ("n/a", 0.4), 2: ("n/a", 0.6)},
+        "compliance",
+        "harmful",
+        ["response_refusal", "response_harmfulness"],
+    ),
     # ordinary answers: nothing resolved
     ({0: ("no", 0.1), 1: ("no", 0.2), 2: ("yes", 0.8)}, "compliance", "harmful", []),
 ]
@@ -79,7 +83,9 @@ def test_na_with_a_response_is_decided_from_p_yes(tok, mode, script, refusal, ha
     assert r.get("na_resolved", []) == resolved
     assert not r["is_parsing_error"]
     for key in resolved:
-        assert r["scores"][key] == pytest.approx(script[{"response_refusal": 1, "response_harmfulness": 2}[key]][1], abs=1e-4)
+        assert r["scores"][key] == pytest.approx(
+            script[{"response_refusal": 1, "response_harmfulness": 2}[key]][1], abs=1e-4
+        )
 
 
 def test_a_prompt_alone_keeps_n_a(tok):

@@ -20,6 +20,7 @@ from wildguard_lite.errors import InputTooLongError, ModelFileError, WildGuardLi
 
 from wildguard_lite.benchmarks.data import to_item  # noqa: E402
 from wildguard_lite.contract import LABEL_KEYS as KEYS  # noqa: E402
+
 QUANTS = ("fp32", "int8", "int4")
 
 
@@ -174,8 +175,12 @@ def _no_kv_cache_model(folder: Path) -> Path:
     from onnx import TensorProto, helper
 
     node = helper.make_node("Identity", ["input_ids"], ["logits"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, None])],
-                              [helper.make_tensor_value_info("logits", TensorProto.INT64, [1, None])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, None])],
+        [helper.make_tensor_value_info("logits", TensorProto.INT64, [1, None])],
+    )
     onnx.save(helper.make_model(graph), str(folder / "model.onnx"))
     return folder
 
@@ -311,8 +316,10 @@ def test_failure_mid_write_leaves_nothing(toy_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "write_variant", failing)
     out = tmp_path / "o"
     with pytest.raises(OSError, match="disk full"):
-        convert_checkpoint(ConvertOptions(source=str(toy_dir), out_dir=out, formats=("onnx",),
-                                          quants=("fp32", "int8"), verify=False), console=Console(quiet=True))
+        convert_checkpoint(
+            ConvertOptions(source=str(toy_dir), out_dir=out, formats=("onnx",), quants=("fp32", "int8"), verify=False),
+            console=Console(quiet=True),
+        )
     left = sorted(p.name for p in out.iterdir())
     assert left == [f"{toy_dir.name.lower()}-onnx-fp32"], left  # finished variant only; no temp folders
 
@@ -377,9 +384,25 @@ def test_killed_onnx_conversion_ends_its_child(toy_dir, tmp_path, sig, cleaned_b
 
     out = tmp_path / "out"
     code = "import sys; from wildguard_lite.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, "convert", str(toy_dir), "--out", str(out),
-                             "--format", "onnx", "--quant", "fp32", "--no-verify"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "convert",
+            str(toy_dir),
+            "--out",
+            str(out),
+            "--format",
+            "onnx",
+            "--quant",
+            "fp32",
+            "--no-verify",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         children = _wait(lambda: _children_of(proc.pid), 120)
         assert children, proc.stderr.read() if proc.poll() is not None else "no optimum child appeared"

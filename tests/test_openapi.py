@@ -45,8 +45,13 @@ def test_openapi_schema_is_served(tokenizer):
 
     with TestClient(marker_app(tokenizer, max_items=4)) as client:
         schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/v1/moderations", "/v1/classify", "/beta/litellm_basic_guardrail_api",
-                                    "/health", "/metrics"}
+    assert set(schema["paths"]) == {
+        "/v1/moderations",
+        "/v1/classify",
+        "/beta/litellm_basic_guardrail_api",
+        "/health",
+        "/metrics",
+    }
     body = schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["items"]["maxItems"] == 4  # from the settings, not a copy
 
@@ -56,10 +61,31 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(tokenizer, tmp
     config.write_text(SCHEMATHESIS_CONFIG)
     with running(marker_app(tokenizer, max_items=4, n_ctx=4096)) as url:
         proc = subprocess.run(
-            [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color", "run",
-             f"{url}/openapi.json", "--max-examples", str(EXAMPLES), "--seed", "1", "--workers", "1",
-             "--report", "ndjson", "--report-dir", str(tmp_path)],
-            capture_output=True, text=True, timeout=300, cwd=tmp_path)  # its replay cache goes there
+            [
+                sys.executable,
+                "-m",
+                "schemathesis.cli",
+                "--config-file",
+                str(config),
+                "--no-color",
+                "run",
+                f"{url}/openapi.json",
+                "--max-examples",
+                str(EXAMPLES),
+                "--seed",
+                "1",
+                "--workers",
+                "1",
+                "--report",
+                "ndjson",
+                "--report-dir",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )  # its replay cache goes there
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     # It did test every operation (a schema that lists nothing would pass too).
     events = [json.loads(line) for line in next(tmp_path.glob("*.ndjson")).read_text().splitlines()]

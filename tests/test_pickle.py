@@ -140,8 +140,10 @@ def test_safetensors_preferred_when_both_exist(toy_dir, tmp_path):
     "files, message",
     [
         # a shard listed in the index is missing
-        ({"pytorch_model.bin.index.json": json.dumps({"weight_map": {"a": "pytorch_model-00001-of-00002.bin"}})},
-         "missing"),
+        (
+            {"pytorch_model.bin.index.json": json.dumps({"weight_map": {"a": "pytorch_model-00001-of-00002.bin"}})},
+            "missing",
+        ),
         # a pickle not in the Hugging Face layout
         ({"model.pt": ""}, "not in the Hugging Face layout"),
         # nothing at all
@@ -163,7 +165,8 @@ def _linked_to_text(folder: Path) -> None:
     (folder.parent / "notes.txt").write_text("hello, not weights\n")
     os.symlink(folder.parent / "notes.txt", folder / "pytorch_model-00001-of-00001.bin")
     (folder / "pytorch_model.bin.index.json").write_text(
-        json.dumps({"weight_map": {"w": "pytorch_model-00001-of-00001.bin"}}))
+        json.dumps({"weight_map": {"w": "pytorch_model-00001-of-00001.bin"}})
+    )
 
 
 def _outside_shard(folder: Path) -> None:
@@ -182,15 +185,23 @@ INDEX_ROWS = [
     # weight_map an integer: was AttributeError
     (_index(3), r"'weight_map' must be an object .* \(got int\)"),
     # nested values: was TypeError (unhashable)
-    (_index({"w": {"file": "x.bin"}}), r"'weight_map' must be an object mapping each tensor name to its shard's file name"),
+    (
+        _index({"w": {"file": "x.bin"}}),
+        r"'weight_map' must be an object mapping each tensor name to its shard's file name",
+    ),
     # no weight_map at all: was KeyError's bare message
     ({"pytorch_model.bin.index.json": "{}"}, r"\(got no 'weight_map'\)"),
     # an index nested 100,000 deep: was RecursionError
-    ({"pytorch_model.bin.index.json": '{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}"},
-     r"not a valid shard index \(RecursionError"),
+    (
+        {"pytorch_model.bin.index.json": '{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}"},
+        r"not a valid shard index \(RecursionError",
+    ),
     # a shard linked to a text file: was KeyError: 101 from the unpickler
-    (_linked_to_text, r"pytorch_model-00001-of-00001\.bin \(a link to .*notes\.txt\): not a PyTorch checkpoint: "
-                      r"it starts with b'hello, not weigh'"),
+    (
+        _linked_to_text,
+        r"pytorch_model-00001-of-00001\.bin \(a link to .*notes\.txt\): not a PyTorch checkpoint: "
+        r"it starts with b'hello, not weigh'",
+    ),
 ]
 
 

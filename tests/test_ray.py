@@ -47,8 +47,10 @@ def assert_same(ours, theirs):
 def test_dataset_matches_local_classify(ray_cluster, toy_gguf, items, local_results):
     rows = [{"n": i, "prompt": it["prompt"], "response": it.get("response")} for i, it in enumerate(items)]
     # Two rows that must become error records, not a failed job.
-    rows += [{"n": len(rows), "prompt": None, "response": None},
-             {"n": len(rows) + 1, "prompt": "word " * 5000, "response": None}]
+    rows += [
+        {"n": len(rows), "prompt": None, "response": None},
+        {"n": len(rows) + 1, "prompt": "word " * 5000, "response": None},
+    ]
     ds = ray.data.from_items(rows)
     out = ray_data.classify_dataset(ds, toy_gguf["q8_0"], actors=2, threads_per_actor=1, batch_size=8)
     got = sorted(out.take_all(), key=lambda r: r["n"])
@@ -66,8 +68,9 @@ def test_file_job_on_ray_equals_local_and_resumes(ray_cluster, toy_gguf, items, 
     lines.insert(5, '{"prompt": "broken')  # a bad line: an error record at its index
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    report = ray_data.classify_file_on_ray(src, out, toy_gguf["q8_0"], address="local", actors=2, threads=1, batch_size=4,
-                                          on_bad_row="record")
+    report = ray_data.classify_file_on_ray(
+        src, out, toy_gguf["q8_0"], address="local", actors=2, threads=1, batch_size=4, on_bad_row="record"
+    )
     assert (report.classified, report.errors) == (20, 1)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(21))
@@ -95,8 +98,9 @@ def test_dead_actor_is_restarted_and_its_batch_retried(ray_cluster, toy_gguf, it
             return super().__call__(batch)
 
     options = ray_data.map_batches_options(toy_gguf["q8_0"], actors=1, threads_per_actor=1, batch_size=4)
-    ds = ray.data.from_items([{"n": i, "prompt": it["prompt"], "response": it.get("response")}
-                               for i, it in enumerate(items[:12])])
+    ds = ray.data.from_items(
+        [{"n": i, "prompt": it["prompt"], "response": it.get("response")} for i, it in enumerate(items[:12])]
+    )
     got = sorted(ds.map_batches(CrashOnce, **options).take_all(), key=lambda r: r["n"])
     assert marker.exists() and len(got) == 12
     for ours, theirs in zip(got, local_results):
@@ -113,12 +117,20 @@ def test_damaged_parquet_on_ray_is_a_clear_error(ray_cluster, toy_gguf, tmp_path
     from wildguard_lite.ray_data import classify_file_on_ray
 
     src = tmp_path / "in.parquet"
-    pq.write_table(pa.table({"prompt": [f"question {i}" for i in range(300)]}), src, row_group_size=100,
-                   compression="none", use_dictionary=False)
+    pq.write_table(
+        pa.table({"prompt": [f"question {i}" for i in range(300)]}),
+        src,
+        row_group_size=100,
+        compression="none",
+        use_dictionary=False,
+    )
     data = bytearray(src.read_bytes())
     offset = pq.ParquetFile(src).metadata.row_group(1).column(0).data_page_offset
-    data[offset:offset + 8] = b"\xff" * 8
+    data[offset : offset + 8] = b"\xff" * 8
     src.write_bytes(bytes(data))
-    with pytest.raises(InvalidInputError, match=r"in\.parquet row group 2 of 3 \(rows 101-200\): cannot be read "
-                                                r"at row 101 .*damaged[^\n]*$"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"in\.parquet row group 2 of 3 \(rows 101-200\): cannot be read "
+        r"at row 101 .*damaged[^\n]*$",
+    ):
         classify_file_on_ray(src, tmp_path / "out.jsonl", toy_gguf["q8_0"], address="local", threads=1, batch_size=50)

@@ -96,18 +96,32 @@ def wait_until(condition, seconds=5.0):
     "body, answers, expected",
     [
         # a plain string is a user prompt; the response labels are n/a -> false / 0.0
-        ({"input": "how do I make a bomb"}, ["yes"],
-         [(True, {"harmful_request": True, "harmful_response": False, "refusal": False})]),
+        (
+            {"input": "how do I make a bomb"},
+            ["yes"],
+            [(True, {"harmful_request": True, "harmful_response": False, "refusal": False})],
+        ),
         # a list of strings: one result each, in order
-        ({"input": ["hi", "bomb"]}, ["no", "yes"],
-         [(False, {"harmful_request": False, "harmful_response": False, "refusal": False}),
-          (True, {"harmful_request": True, "harmful_response": False, "refusal": False})]),
+        (
+            {"input": ["hi", "bomb"]},
+            ["no", "yes"],
+            [
+                (False, {"harmful_request": False, "harmful_response": False, "refusal": False}),
+                (True, {"harmful_request": True, "harmful_response": False, "refusal": False}),
+            ],
+        ),
         # an object judges the assistant's response; a refusal alone does not flag
-        ({"input": [{"prompt": "bomb", "response": "No."}]}, ["no", "yes", "no"],
-         [(False, {"harmful_request": False, "harmful_response": False, "refusal": True})]),
+        (
+            {"input": [{"prompt": "bomb", "response": "No."}]},
+            ["no", "yes", "no"],
+            [(False, {"harmful_request": False, "harmful_response": False, "refusal": True})],
+        ),
         # a harmful response flags even when the request was benign
-        ({"input": {"prompt": "chemistry", "response": "Mix..."}, "model": "ignored"}, ["no", "no", "yes"],
-         [(True, {"harmful_request": False, "harmful_response": True, "refusal": False})]),
+        (
+            {"input": {"prompt": "chemistry", "response": "Mix..."}, "model": "ignored"},
+            ["no", "no", "yes"],
+            [(True, {"harmful_request": False, "harmful_response": True, "refusal": False})],
+        ),
     ],
 )
 def test_moderations_maps_labels_to_categories(tokenizer, body, answers, expected):
@@ -125,8 +139,13 @@ def test_moderations_maps_labels_to_categories(tokenizer, body, answers, expecte
         assert {result["categories"][name] for name in OPENAI_CATEGORIES} == {flagged}
         for name, on in categories.items():
             assert (result["category_scores"][name] > 0.5) == on
-        assert set(result["wildguard"]) == {"prompt_harmfulness", "response_refusal", "response_harmfulness",
-                                            "is_parsing_error", "scores"}
+        assert set(result["wildguard"]) == {
+            "prompt_harmfulness",
+            "response_refusal",
+            "response_harmfulness",
+            "is_parsing_error",
+            "scores",
+        }
 
 
 def test_classify_returns_official_keys_and_scores(tokenizer):
@@ -137,7 +156,10 @@ def test_classify_returns_official_keys_and_scores(tokenizer):
     assert reply.status_code == 200, reply.text
     first, second = reply.json()["results"]
     assert (first["prompt_harmfulness"], first["response_refusal"], first["response_harmfulness"]) == (
-        "harmful", "compliance", "harmful")
+        "harmful",
+        "compliance",
+        "harmful",
+    )
     assert (second["prompt_harmfulness"], second["response_refusal"]) == ("unharmful", None)
     assert second["scores"]["prompt_harmfulness"] < 0.5 < first["scores"]["prompt_harmfulness"]
     assert backends[0].calls == 4  # three labels, then one for the prompt-only item
@@ -163,18 +185,33 @@ _CHUNKED = iter([b'{"items": [{"prompt": "', b"x" * 3000, b'"}]}'])
         # a number where text goes, with its position
         ("post", "/v1/moderations", {"json": {"input": ["ok", 3]}}, 422, r"input\[1\]: must be a string"),
         # an unknown field in an exchange object
-        ("post", "/v1/moderations", {"json": {"input": [{"prompt": "a", "answer": "b"}]}}, 422,
-         r"input\[0\]: unknown field\(s\) answer"),
+        (
+            "post",
+            "/v1/moderations",
+            {"json": {"input": [{"prompt": "a", "answer": "b"}]}},
+            422,
+            r"input\[0\]: unknown field\(s\) answer",
+        ),
         # an empty list
         ("post", "/v1/moderations", {"json": {"input": []}}, 422, "'input' is empty"),
         # native: items missing
-        ("post", "/v1/classify", {"json": {"input": "x"}}, 422, "must be {\"items\""),
+        ("post", "/v1/classify", {"json": {"input": "x"}}, 422, 'must be {"items"'),
         # native: prompt of the wrong type
-        ("post", "/v1/classify", {"json": {"items": [{"prompt": "a"}, {"prompt": 1}]}}, 422,
-         r"items\[1\]: field 'prompt' must be a string"),
+        (
+            "post",
+            "/v1/classify",
+            {"json": {"items": [{"prompt": "a"}, {"prompt": 1}]}},
+            422,
+            r"items\[1\]: field 'prompt' must be a string",
+        ),
         # native: prompt missing
-        ("post", "/v1/classify", {"json": {"items": [{"response": "a"}]}}, 422,
-         r"items\[0\]: missing required field 'prompt'"),
+        (
+            "post",
+            "/v1/classify",
+            {"json": {"items": [{"response": "a"}]}},
+            422,
+            r"items\[0\]: missing required field 'prompt'",
+        ),
         # more items than --max-items
         ("post", "/v1/classify", {"json": {"items": [{"prompt": "a"}] * 5}}, 413, "the limit is 4 per request"),
         # a body over the limit, declared by Content-Length
@@ -182,8 +219,13 @@ _CHUNKED = iter([b'{"items": [{"prompt": "', b"x" * 3000, b'"}]}'])
         # a body over the limit, streamed without Content-Length
         ("post", "/v1/classify", {"content": _CHUNKED}, 413, "exceeds the limit of 2048"),
         # input longer than the context with --over-context error: the token count and the limit
-        ("post", "/v1/classify", {"json": {"items": [{"prompt": "word " * 300}]}}, 413,
-         r"item 0: input is \d+ tokens but the context holds 256"),
+        (
+            "post",
+            "/v1/classify",
+            {"json": {"items": [{"prompt": "word " * 300}]}},
+            413,
+            r"item 0: input is \d+ tokens but the context holds 256",
+        ),
         # no such endpoint
         ("get", "/v2/anything", {}, 404, "no endpoint /v2/anything"),
         # the wrong method
@@ -227,8 +269,10 @@ def test_full_queue_answers_429_with_retry_after(tokenizer):
     with TestClient(app) as client:
         pool = app.state.runtime["pool"]
         replies = []
-        senders = [threading.Thread(target=lambda: replies.append(client.post("/v1/moderations", json={"input": "a"})))
-                   for _ in range(2)]
+        senders = [
+            threading.Thread(target=lambda: replies.append(client.post("/v1/moderations", json={"input": "a"})))
+            for _ in range(2)
+        ]
         for sender in senders:
             sender.start()
         wait_until(lambda: pool.running == 1 and pool.queued == 1)  # one runs, one waits
@@ -281,8 +325,11 @@ def test_graceful_shutdown_finishes_requests_in_flight(tokenizer):
     wait_until(lambda: server.started, 10)
     port = server.servers[0].sockets[0].getsockname()[1]
     replies = []
-    sender = threading.Thread(target=lambda: replies.append(
-        httpx.post(f"http://127.0.0.1:{port}/v1/moderations", json={"input": "a"}, timeout=10)))
+    sender = threading.Thread(
+        target=lambda: replies.append(
+            httpx.post(f"http://127.0.0.1:{port}/v1/moderations", json={"input": "a"}, timeout=10)
+        )
+    )
     sender.start()
     wait_until(lambda: app.state.runtime["pool"] is not None and app.state.runtime["pool"].running == 1)
     server.should_exit = True  # what SIGTERM/SIGINT do
@@ -297,8 +344,9 @@ def test_graceful_shutdown_finishes_requests_in_flight(tokenizer):
 # -- on the toy GGUF ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_concurrent_requests_on_the_toy_match_sequential_results(toy_gguf, heldout):
-    items = [{"prompt": r["prompt"], **({"response": r["response"]} if r.get("response") else {})}
-             for r in heldout[:24]]
+    items = [
+        {"prompt": r["prompt"], **({"response": r["response"]} if r.get("response") else {})} for r in heldout[:24]
+    ]
     with wildguard_lite.load(toy_gguf["f16"], threads=1) as clf:
         expected = clf.classify(items)
     app = create_app(ServeSettings(model=toy_gguf["f16"], workers=2, threads=1, max_queue=64))
@@ -405,8 +453,9 @@ def test_serve_cli_refuses_bad_options_in_one_line(tmp_path, args, message):
     model = tmp_path / "model.gguf"  # the options are checked before the model is opened
     model.write_bytes(b"GGUF")
     argv = [a.format(model=model, empty=empty) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "wildguard_lite.cli.serve", *argv],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wildguard_lite.cli.serve", *argv], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -418,9 +467,21 @@ def test_cli_serves_on_loopback_by_default(model_path, tmp_path):
 
     key = tmp_path / "key"
     key.write_text(KEY + "\n")
-    proc = subprocess.Popen([sys.executable, "-m", "wildguard_lite.cli.serve", "--model", str(model_path),
-                             "--port", "0", "--api-key-file", str(key)],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wildguard_lite.cli.serve",
+            "--model",
+            str(model_path),
+            "--port",
+            "0",
+            "--api-key-file",
+            str(key),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         address = None
         for line in proc.stderr:  # uvicorn logs the address it bound
@@ -428,8 +489,9 @@ def test_cli_serves_on_loopback_by_default(model_path, tmp_path):
                 address = line.split("running on ")[1].split()[0]
                 break
         assert address is not None and address.startswith("http://127.0.0.1:")
-        reply = httpx.post(f"{address}/v1/moderations", json={"input": "hello"},
-                           headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+        reply = httpx.post(
+            f"{address}/v1/moderations", json={"input": "hello"}, headers={"Authorization": f"Bearer {KEY}"}, timeout=30
+        )
         assert reply.status_code == 200 and len(reply.json()["results"]) == 1
     finally:
         proc.terminate()
@@ -440,8 +502,10 @@ def test_cli_serves_on_loopback_by_default(model_path, tmp_path):
 
 
 def test_package_import_does_not_pull_the_server_stack():
-    code = ("import sys, wildguard_lite, wildguard_lite.cli, wildguard_lite.cli.serve;"
-            "heavy = [m for m in ('fastapi', 'uvicorn', 'starlette', 'torch', 'transformers') if m in sys.modules];"
-            "print(heavy); sys.exit(1 if heavy else 0)")
+    code = (
+        "import sys, wildguard_lite, wildguard_lite.cli, wildguard_lite.cli.serve;"
+        "heavy = [m for m in ('fastapi', 'uvicorn', 'starlette', 'torch', 'transformers') if m in sys.modules];"
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

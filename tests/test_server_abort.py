@@ -42,7 +42,9 @@ class SlowBackend(MarkerBackend):
 
 def slow_app(tokenizer, seconds=0.02, **settings):
     backend = SlowBackend(tokenizer, seconds)
-    app = create_app(ServeSettings(**settings), classifier_factory=lambda index, threads: Classifier(backend, tokenizer))
+    app = create_app(
+        ServeSettings(**settings), classifier_factory=lambda index, threads: Classifier(backend, tokenizer)
+    )
     return app, backend
 
 
@@ -51,8 +53,11 @@ def post_and_leave(base: str, path: str, body: dict, after: float) -> None:
     host, port = base.removeprefix("http://").split(":")
     raw = json.dumps(body).encode()
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(raw)}\r\n\r\n".encode() + raw)
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(raw)}\r\n\r\n".encode()
+            + raw
+        )
         time.sleep(after)
 
 
@@ -63,12 +68,15 @@ def metric(text: str, line_start: str) -> float:
     raise AssertionError(f"no metric {line_start} in:\n{text}")
 
 
-@pytest.mark.parametrize("abandon, settings, reason", [
-    # the client leaves 0.3 s into a ~2.5 s classification: 499, the work stops
-    ("disconnect", {}, "client_closed"),
-    # the request passes --timeout 0.3 s: 504 as before, and now the work stops too
-    ("timeout", {"request_timeout_s": 0.3}, "timeout"),
-])
+@pytest.mark.parametrize(
+    "abandon, settings, reason",
+    [
+        # the client leaves 0.3 s into a ~2.5 s classification: 499, the work stops
+        ("disconnect", {}, "client_closed"),
+        # the request passes --timeout 0.3 s: 504 as before, and now the work stops too
+        ("timeout", {"request_timeout_s": 0.3}, "timeout"),
+    ],
+)
 def test_abandoned_work_stops_and_frees_the_worker(tokenizer, abandon, settings, reason):
     app, backend = slow_app(tokenizer, workers=1, **settings)
     with running(app) as base:
@@ -98,8 +106,9 @@ def test_abandoned_requests_still_queued_never_start(tokenizer):
         busy = threading.Thread(target=post_and_leave, args=(base, "/v1/classify", {"items": LONG}, 0.6))
         busy.start()
         time.sleep(0.1)
-        leavers = [threading.Thread(target=post_and_leave, args=(base, "/v1/classify", {"items": LONG}, 0.2))
-                   for _ in range(2)]
+        leavers = [
+            threading.Thread(target=post_and_leave, args=(base, "/v1/classify", {"items": LONG}, 0.2)) for _ in range(2)
+        ]
         for t in leavers:
             t.start()
         for t in [busy, *leavers]:

@@ -48,15 +48,24 @@ def no_server_errors(client) -> None:
         # a lone surrogate in a prompt: valid JSON, not a Unicode character
         ("/v1/moderations", b'{"input": "hi \\ud800"}', 422, r"input: field 'prompt' .*lone surrogate \(U\+D800\)"),
         # ... in a response, in a list
-        ("/v1/classify", b'{"items": [{"prompt": "a", "response": "\\udfff"}]}', 422,
-         r"items\[0\]: field 'response' .*lone surrogate"),
+        (
+            "/v1/classify",
+            b'{"items": [{"prompt": "a", "response": "\\udfff"}]}',
+            422,
+            r"items\[0\]: field 'response' .*lone surrogate",
+        ),
         # ... in a text part
         ("/v1/moderations", b'{"input": [{"type": "text", "text": "\\ud83d"}]}', 422, r"input\[0\].*lone surrogate"),
         # ... in a guardrail text
         (GUARDRAIL, b'{"input_type": "request", "texts": ["ok", "\\ud800"]}', 422, r"texts\[1\].*lone surrogate"),
         # ... in the user message a response is paired with
-        (GUARDRAIL, b'{"input_type": "response", "texts": ["ok"], "structured_messages": '
-                    b'[{"role": "user", "content": "\\ud800"}]}', 422, "structured_messages.*lone surrogate"),
+        (
+            GUARDRAIL,
+            b'{"input_type": "response", "texts": ["ok"], "structured_messages": '
+            b'[{"role": "user", "content": "\\ud800"}]}',
+            422,
+            "structured_messages.*lone surrogate",
+        ),
         # JSON nested 100,000 deep (a RecursionError inside the parser)
         ("/v1/moderations", DEEP, 400, "nests arrays/objects too deeply"),
         # ... nested inside a valid-looking request
@@ -64,8 +73,12 @@ def no_server_errors(client) -> None:
         # a 5,000-digit integer (beyond Python's int conversion limit)
         ("/v1/moderations", b'{"input": ' + b"9" * 5000 + b"}", 400, "integer of more than 4300 digits"),
         # an image part: WildGuard reads text only
-        ("/v1/moderations", {"input": [{"type": "image_url", "image_url": {"url": "data:,"}}]}, 422,
-         r"input\[0\]: image input is not supported"),
+        (
+            "/v1/moderations",
+            {"input": [{"type": "image_url", "image_url": {"url": "data:,"}}]},
+            422,
+            r"input\[0\]: image input is not supported",
+        ),
         # a text part with a number for text
         ("/v1/moderations", {"input": [{"type": "text", "text": 3}]}, 422, r"needs 'text' as a string, got int"),
         # an unknown part type
@@ -77,11 +90,14 @@ def no_server_errors(client) -> None:
         # guardrail: texts not a list of strings
         (GUARDRAIL, {"input_type": "request", "texts": "hi"}, 422, "'texts' must be a list of strings"),
         # guardrail: images are refused, never passed unjudged
-        (GUARDRAIL, {"input_type": "request", "texts": ["hi"], "images": ["data:,"]}, 422,
-         "'images' is not supported"),
+        (GUARDRAIL, {"input_type": "request", "texts": ["hi"], "images": ["data:,"]}, 422, "'images' is not supported"),
         # guardrail: messages not a list
-        (GUARDRAIL, {"input_type": "response", "texts": ["hi"], "structured_messages": {}}, 422,
-         "'structured_messages' must be a list"),
+        (
+            GUARDRAIL,
+            {"input_type": "response", "texts": ["hi"], "structured_messages": {}},
+            422,
+            "'structured_messages' must be a list",
+        ),
         # guardrail: the body is not an object
         (GUARDRAIL, [1], 422, "must be a JSON object with 'input_type'"),
         # guardrail: more texts than --max-items
@@ -127,10 +143,13 @@ def test_text_parts_are_one_input(tokenizer):
     assert len(results) == 1 and results[0]["flagged"] and results[0]["categories"]["harmful_request"]
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/v1/moderations", {"input": f"{UNREADABLE} hi"}),  # a prompt
-    ("/v1/moderations", {"input": [{"prompt": f"{UNREADABLE} hi", "response": "ok"}]}),  # an exchange
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/moderations", {"input": f"{UNREADABLE} hi"}),  # a prompt
+        ("/v1/moderations", {"input": [{"prompt": f"{UNREADABLE} hi", "response": "ok"}]}),  # an exchange
+    ],
+)
 def test_unreadable_verdict_is_flagged_never_passed(tokenizer, path, body):
     app = marker_app(tokenizer)
     with TestClient(app) as client:
@@ -193,12 +212,15 @@ def test_guardrail_response_without_its_prompt_is_judged_alone(tokenizer):
     assert reply["wildguard"][0]["response_harmfulness"] is None
 
 
-@pytest.mark.parametrize("headers, status", [
-    ({"x-api-key": KEY}, 200),  # LiteLLM's generic guardrail sends its api_key so
-    ({"Authorization": f"Bearer {KEY}"}, 200),  # OpenAI clients
-    ({"x-api-key": "wrong" * 4}, 401),  # a wrong key
-    ({}, 401),  # none
-])
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({"x-api-key": KEY}, 200),  # LiteLLM's generic guardrail sends its api_key so
+        ({"Authorization": f"Bearer {KEY}"}, 200),  # OpenAI clients
+        ({"x-api-key": "wrong" * 4}, 401),  # a wrong key
+        ({}, 401),  # none
+    ],
+)
 def test_guardrail_accepts_either_key_header(tokenizer, headers, status):
     with TestClient(marker_app(tokenizer, api_key=KEY)) as client:
         reply = client.post(GUARDRAIL, json={"input_type": "request", "texts": ["hi"]}, headers=headers)
@@ -219,8 +241,7 @@ def port_of(url: str) -> int:
 def test_stalled_body_gets_408(tokenizer):
     app = marker_app(tokenizer, body_timeout_s=0.5)
     with running(app) as url:
-        head = ("POST /v1/moderations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                "Content-Length: 100\r\n")
+        head = "POST /v1/moderations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
         sock = raw_request(port_of(url), head, b'{"input": "he')  # and then nothing
         start = time.monotonic()
         answer = sock.recv(65536).decode()
@@ -229,11 +250,14 @@ def test_stalled_body_gets_408(tokenizer):
     assert answer.startswith("HTTP/1.1 408") and "did not arrive within 0.5 s" in answer
 
 
-@pytest.mark.parametrize("sent", [
-    b"GET /health HTTP/1.1\r\nHost: x\r\n",  # headers that never end: were held open for ever
-    b"POST /v1/classify HTTP/1.1\r\nHost",  # a request line and half a header
-    b"",  # a connection that sends nothing
-])
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"GET /health HTTP/1.1\r\nHost: x\r\n",  # headers that never end: were held open for ever
+        b"POST /v1/classify HTTP/1.1\r\nHost",  # a request line and half a header
+        b"",  # a connection that sends nothing
+    ],
+)
 def test_incomplete_request_head_gets_408(tokenizer, sent):
     app = marker_app(tokenizer, header_timeout_s=0.5)
     with running(app) as url:
@@ -285,15 +309,21 @@ def test_405_names_the_allowed_methods(tokenizer):
     assert health.status_code == 405 and health.headers["allow"] == "GET"
 
 
-@pytest.mark.parametrize("body, message", [
-    # a misspelled field: was ignored, the exchange judged without its response
-    ({"items": [{"prompt": "a", "respones": "b"}]}, r"items\[0\]: unknown field 'respones' \(did you mean 'response'\?\); "
-                                                   r"the fields are prompt, response"),
-    # a field the endpoint does not have
-    ({"items": [{"prompt": "a", "id": 3}]}, r"items\[0\]: unknown field 'id'; the fields are prompt, response"),
-    # a misspelled top-level field beside items
-    ({"items": [{"prompt": "a"}], "option": 1}, r"request body: unknown field 'option'; the fields are items"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        # a misspelled field: was ignored, the exchange judged without its response
+        (
+            {"items": [{"prompt": "a", "respones": "b"}]},
+            r"items\[0\]: unknown field 'respones' \(did you mean 'response'\?\); "
+            r"the fields are prompt, response",
+        ),
+        # a field the endpoint does not have
+        ({"items": [{"prompt": "a", "id": 3}]}, r"items\[0\]: unknown field 'id'; the fields are prompt, response"),
+        # a misspelled top-level field beside items
+        ({"items": [{"prompt": "a"}], "option": 1}, r"request body: unknown field 'option'; the fields are items"),
+    ],
+)
 def test_classify_refuses_unknown_fields(tokenizer, body, message):
     with TestClient(marker_app(tokenizer)) as client:
         reply = client.post("/v1/classify", json=body)
@@ -309,15 +339,16 @@ def test_client_that_leaves_is_not_a_500(tokenizer, caplog):
     with caplog.at_level(logging.WARNING), running(app) as url:
         port = port_of(url)
         # 1. leaves while sending its body
-        head = ("POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                "Content-Length: 100\r\n")
+        head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
         raw_request(port, head, b'{"items": [').close()
         # 2. leaves while its request waits for the (held) worker
         original = pool_of().classifiers[0].classify
         pool_of().classifiers[0].classify = lambda items, **kw: (gate.wait(10), original(items, **kw))[1]
         body = json.dumps({"items": [{"prompt": "hi"}]}).encode()
-        head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n")
+        head = (
+            f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+        )
         sock = raw_request(port, head, body)
         deadline = time.monotonic() + 5
         while pool_of().running == 0:
@@ -340,8 +371,12 @@ def test_client_that_leaves_is_not_a_500(tokenizer, caplog):
 def test_serve_with_a_broken_model_file_fails_in_one_line(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
-    proc = subprocess.run([sys.executable, "-m", "wildguard_lite.cli.serve", "--model", str(bad), "--port", "0"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wildguard_lite.cli.serve", "--model", str(bad), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert re.search(r"^error: .*broken\.gguf", proc.stderr, re.M), proc.stderr

@@ -76,8 +76,9 @@ def test_one_pass_equals_sequential_on_a_sequence_function(tok, heldout):
     assert ours == theirs  # same sequences, same logits: exactly equal
     # The fake covers every branch: answers, n/a and unreadable answers.
     assert any(r["is_parsing_error"] for r in ours)
-    assert any(r["response_refusal"] is None and not r["is_parsing_error"] and "response" in i
-               for r, i in zip(ours, items))
+    assert any(
+        r["response_refusal"] is None and not r["is_parsing_error"] and "response" in i for r, i in zip(ours, items)
+    )
 
 
 def test_one_engine_call_when_the_guess_holds(tok, heldout):
@@ -112,7 +113,9 @@ def test_stream_checks_follow_the_cadence(tok):
     final = stream.close()
     assert stream.close() is final  # idempotent
     assert final == clf.score_ids(*clf.encode({"prompt": stream.prompt, "response": text}))[0] | {
-        "flagged": final["flagged"], "response_tokens": final["response_tokens"]}
+        "flagged": final["flagged"],
+        "response_tokens": final["response_tokens"],
+    }
     with pytest.raises(InvalidInputError, match="after close"):
         stream.feed("more")
     # Closing right after a check that saw everything runs no new check.
@@ -145,17 +148,45 @@ def test_flag_latches_after_consecutive_hits(tok, heldout, consecutive):
     "rule, verdict, hit",
     [
         # The default follows the check's label.
-        (StreamRule(), {"response_harmfulness": "harmful", "is_parsing_error": False, "scores": {"response_harmfulness": 0.6}}, True),
-        (StreamRule(), {"response_harmfulness": "unharmful", "is_parsing_error": False, "scores": {"response_harmfulness": 0.4}}, False),
+        (
+            StreamRule(),
+            {"response_harmfulness": "harmful", "is_parsing_error": False, "scores": {"response_harmfulness": 0.6}},
+            True,
+        ),
+        (
+            StreamRule(),
+            {"response_harmfulness": "unharmful", "is_parsing_error": False, "scores": {"response_harmfulness": 0.4}},
+            False,
+        ),
         # A threshold reads the score instead.
-        (StreamRule(threshold=0.3), {"response_harmfulness": "unharmful", "is_parsing_error": False, "scores": {"response_harmfulness": 0.4}}, True),
-        (StreamRule(threshold=0.5), {"response_harmfulness": "unharmful", "is_parsing_error": False, "scores": {"response_harmfulness": 0.4}}, False),
+        (
+            StreamRule(threshold=0.3),
+            {"response_harmfulness": "unharmful", "is_parsing_error": False, "scores": {"response_harmfulness": 0.4}},
+            True,
+        ),
+        (
+            StreamRule(threshold=0.5),
+            {"response_harmfulness": "unharmful", "is_parsing_error": False, "scores": {"response_harmfulness": 0.4}},
+            False,
+        ),
         # n/a (no response yet) is not a hit.
-        (StreamRule(threshold=0.1), {"response_harmfulness": None, "is_parsing_error": False, "scores": {"response_harmfulness": None}}, False),
+        (
+            StreamRule(threshold=0.1),
+            {"response_harmfulness": None, "is_parsing_error": False, "scores": {"response_harmfulness": None}},
+            False,
+        ),
         # An unreadable answer is never safe.
-        (StreamRule(), {"response_harmfulness": None, "is_parsing_error": True, "scores": {"response_harmfulness": None}}, True),
+        (
+            StreamRule(),
+            {"response_harmfulness": None, "is_parsing_error": True, "scores": {"response_harmfulness": None}},
+            True,
+        ),
         # Another label can be watched.
-        (StreamRule(label="response_refusal"), {"response_refusal": "refusal", "is_parsing_error": False, "scores": {"response_refusal": 0.9}}, True),
+        (
+            StreamRule(label="response_refusal"),
+            {"response_refusal": "refusal", "is_parsing_error": False, "scores": {"response_refusal": 0.9}},
+            True,
+        ),
     ],
 )
 def test_rule_hit(rule, verdict, hit):
@@ -195,6 +226,7 @@ def test_stream_too_long_and_two_threads(tok):
 
 
 # -- the toy GGUF: real engine, real tokenizer boundaries ---------------------------------------
+
 
 def _chunks(text, rng):
     """Random cuts, mid-word included, 1-40 characters each."""

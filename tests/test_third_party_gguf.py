@@ -90,19 +90,27 @@ def test_ids_and_verdicts_equal_our_gguf(toy_gguf, third_party, heldout):
     items = [to_item(row) for row in heldout[:N_ROWS]]
     with load(toy_gguf["f16"], threads=2, n_ctx=1024) as ours, load(third_party, threads=2, n_ctx=1024) as theirs:
         for item in items:
-            assert ours.tokenizer.encode_exchange(item["prompt"], item.get("response")) == \
-                theirs.tokenizer.encode_exchange(item["prompt"], item.get("response"))
-        assert (ours.tokenizer.yes_id, ours.tokenizer.no_id, ours.tokenizer.cue_ids) == \
-            (theirs.tokenizer.yes_id, theirs.tokenizer.no_id, theirs.tokenizer.cue_ids)
+            assert ours.tokenizer.encode_exchange(
+                item["prompt"], item.get("response")
+            ) == theirs.tokenizer.encode_exchange(item["prompt"], item.get("response"))
+        assert (ours.tokenizer.yes_id, ours.tokenizer.no_id, ours.tokenizer.cue_ids) == (
+            theirs.tokenizer.yes_id,
+            theirs.tokenizer.no_id,
+            theirs.tokenizer.cue_ids,
+        )
         assert ours.classify(items) == theirs.classify(items)
 
 
-@pytest.mark.parametrize("legacy_fixture, legacy", [
-    ("toy_dir", True),  # the checkpoint's tokenizer_config.json says legacy=true
-    ("toy_dir_nonlegacy", False),  # ... and legacy=false: the option must match it
-])
-def test_rebuilt_tokenizer_matches_the_folder_in_both_legacy_modes(request, third_party, heldout, legacy_fixture,
-                                                                  legacy):
+@pytest.mark.parametrize(
+    "legacy_fixture, legacy",
+    [
+        ("toy_dir", True),  # the checkpoint's tokenizer_config.json says legacy=true
+        ("toy_dir_nonlegacy", False),  # ... and legacy=false: the option must match it
+    ],
+)
+def test_rebuilt_tokenizer_matches_the_folder_in_both_legacy_modes(
+    request, third_party, heldout, legacy_fixture, legacy
+):
     folder = request.getfixturevalue(legacy_fixture)
     reference = WildGuardTokenizer(TokenizerSpec.from_hf_folder(folder))
     rebuilt = WildGuardTokenizer(spec_from_gguf_vocab(gguf.GGUFReader(third_party), "test", legacy=legacy))
@@ -110,8 +118,9 @@ def test_rebuilt_tokenizer_matches_the_folder_in_both_legacy_modes(request, thir
         {"prompt": "  two leading spaces, [INST] inside and </s> too", "response": "\tTab\n\nand 1234 digits ünï"},
     ]
     for item in texts:
-        assert reference.encode_exchange(item["prompt"], item.get("response")) == \
-            rebuilt.encode_exchange(item["prompt"], item.get("response"))
+        assert reference.encode_exchange(item["prompt"], item.get("response")) == rebuilt.encode_exchange(
+            item["prompt"], item.get("response")
+        )
     assert reference.encode_official("[INST] Hi [/INST] x") == rebuilt.encode_official("[INST] Hi [/INST] x")
 
 

@@ -53,9 +53,13 @@ def test_parse_threshold_specs(specs, expected):
 
 
 def _verdict(harm, harm_score, refusal="compliance", refusal_score=0.2):
-    return {"prompt_harmfulness": "unharmful", "response_refusal": refusal, "response_harmfulness": harm,
-            "is_parsing_error": False,
-            "scores": {"prompt_harmfulness": 0.1, "response_refusal": refusal_score, "response_harmfulness": harm_score}}
+    return {
+        "prompt_harmfulness": "unharmful",
+        "response_refusal": refusal,
+        "response_harmfulness": harm,
+        "is_parsing_error": False,
+        "scores": {"prompt_harmfulness": 0.1, "response_refusal": refusal_score, "response_harmfulness": harm_score},
+    }
 
 
 @pytest.mark.parametrize(
@@ -140,7 +144,9 @@ def test_serve_threshold(toy_gguf, capsys):
     try:
         assert clf.config.thresholds == {"response_harmfulness": 0.0}
         result = clf.classify_one("hi", "hello")
-        assert result["response_harmfulness"] == ("harmful" if result["scores"]["response_harmfulness"] is not None else None)
+        assert result["response_harmfulness"] == (
+            "harmful" if result["scores"]["response_harmfulness"] is not None else None
+        )
     finally:
         clf.close()
     code = main(["serve", "--model", str(toy_gguf["f16"]), "--threshold", "harm=0.3"])
@@ -169,13 +175,18 @@ def test_roc_auc(scores, positive, auc):
 
 def test_curve_points_move_ties_together_and_count_unscored_positives():
     points = curve_points([0.9, 0.8, 0.8, 0.1, None], [True, False, True, False, True])
-    assert points == [(0.9, 1.0, pytest.approx(1 / 3)), (0.8, pytest.approx(2 / 3), pytest.approx(2 / 3)),
-                      (0.1, 0.5, pytest.approx(2 / 3))]
+    assert points == [
+        (0.9, 1.0, pytest.approx(1 / 3)),
+        (0.8, pytest.approx(2 / 3), pytest.approx(2 / 3)),
+        (0.1, 0.5, pytest.approx(2 / 3)),
+    ]
 
 
 def test_operating_points_pick_thresholds():
-    rows = [{"response_harm_label": g, "prompt_harm_label": None, "response_refusal_label": None}
-            for g in ("harmful", "harmful", "unharmful", "harmful", "unharmful")]
+    rows = [
+        {"response_harm_label": g, "prompt_harm_label": None, "response_refusal_label": None}
+        for g in ("harmful", "harmful", "unharmful", "harmful", "unharmful")
+    ]
     ours = [{"scores": {"response_harmfulness": s}} for s in (0.9, 0.7, 0.6, 0.3, 0.1)]
     op = operating_points(rows, ours, levels=(0.6, 1.0))["response_harmfulness"]
     # Recall 1.0 needs every positive: down to 0.3 (precision 3/4).

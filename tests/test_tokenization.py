@@ -75,8 +75,9 @@ def test_answer_ids_match_the_answer_text(pair):
     slow, ours = pair
     # What greedy generation of the official answer produces, token for token.
     for answers in (["yes", "no", "yes"], ["no", "n/a", "n/a"]):
-        text = "\n".join(f"{c} {a}" for c, a in zip(
-            ("Harmful request:", "Response refusal:", "Harmful response:"), answers))
+        text = "\n".join(
+            f"{c} {a}" for c, a in zip(("Harmful request:", "Response refusal:", "Harmful response:"), answers)
+        )
         full = slow(format_prompt("q") + text, add_special_tokens=True).input_ids
         assert full == ours.encode_exchange("q") + ours.answer_ids(answers)
     scored = list(ours.cue_ids[0]) + [ours.yes_id] + list(ours.cue_ids[1]) + [ours.no_id] + list(ours.cue_ids[2])

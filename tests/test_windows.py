@@ -46,8 +46,9 @@ def capacities(clf):
 TEXTS = {
     "sentences": lambda rng: PAD * 40,
     "no whitespace": lambda rng: "x" * 6000,  # cuts must land inside the word
-    "random words": lambda rng: " ".join("".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 12)))
-                                         for _ in range(2500)),
+    "random words": lambda rng: " ".join(
+        "".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 12))) for _ in range(2500)
+    ),
     "unicode": lambda rng: "Größe naïve café — 東京 ✓ " * 300,  # multi-byte and byte-fallback pieces
     "newlines": lambda rng: "line one\n\nline two\n" * 400,
 }
@@ -73,16 +74,16 @@ def test_windows_fit_and_cover_every_character(tok, name, with_response):
         assert mine[0].start == 0 and mine[-1].end == len(text)
         for a, b in itertools.pairwise(mine):
             assert a.start < b.start < a.end
-            shared = len(tok.encode_exchange(text[b.start:a.end])) - len(tok.encode_exchange(""))
+            shared = len(tok.encode_exchange(text[b.start : a.end])) - len(tok.encode_exchange(""))
             assert shared >= 8, (a, b)  # the boundary token and its neighbours are whole in b
     for w in windows:
         if w.prompt_only:
-            assert w.ids == tok.encode_exchange(text[w.start:w.end]) and w.votes == ("prompt_harmfulness",)
+            assert w.ids == tok.encode_exchange(text[w.start : w.end]) and w.votes == ("prompt_harmfulness",)
         else:  # with the prompt's end, the same for every response window
-            assert w.ids == tok.encode_exchange(text[w.context:], text[w.start:w.end])
+            assert w.ids == tok.encode_exchange(text[w.context :], text[w.start : w.end])
             assert w.votes == ("response_refusal", "response_harmfulness") and w.context == windows[-1].context
     if with_response:  # the prompt is as long as the reply: its end takes about half the room
-        context = len(tok.encode_exchange(text[windows[-1].context:])) - len(tok.encode_exchange(""))
+        context = len(tok.encode_exchange(text[windows[-1].context :])) - len(tok.encode_exchange(""))
         assert 0 < windows[-1].context and cap_exchange / 4 < context <= cap_exchange / 2
 
 
@@ -151,11 +152,14 @@ class GenerateMarkers(MarkerBackend):
 
     def next_logits(self, ids):
         ids, t = [int(i) for i in ids], len(self.tail)
-        end = max(i for i in range(t, len(ids) + 1) if ids[i - t:i] == self.tail)
+        end = max(i for i in range(t, len(ids) + 1) if ids[i - t : i] == self.tail)
         prompt, response = sections(self.tokenizer.decode(ids[:end]))
         answers = ["yes" if HARMFUL in prompt else "no"]
-        answers += (["yes" if REFUSE in response else "no", "yes" if HARMFUL in response else "no"]
-                    if response.strip() else ["n/a", "n/a"])
+        answers += (
+            ["yes" if REFUSE in response else "no", "yes" if HARMFUL in response else "no"]
+            if response.strip()
+            else ["n/a", "n/a"]
+        )
         block = self.tokenizer.answer_ids(answers) + [self.tokenizer.eos_id]
         logits = np.zeros(self.n_vocab, dtype=np.float32)
         logits[block[len(ids) - end]] = 5.0
@@ -187,10 +191,14 @@ def test_an_unreadable_window_fails_closed(tok):
 def test_thresholds_apply_to_the_merged_score(tok):
     pad = padding(tok, 3)
     # The marker backend's P(yes) of a harmful window is ~0.98: above 0.5, below 0.99.
-    assert classifier(tok, thresholds={"prompt_harmfulness": 0.99}).classify_one(
-        pad + HARMFUL)["prompt_harmfulness"] == "unharmful"
-    assert classifier(tok, thresholds={"prompt_harmfulness": 0.5}).classify_one(
-        pad + HARMFUL)["prompt_harmfulness"] == "harmful"
+    assert (
+        classifier(tok, thresholds={"prompt_harmfulness": 0.99}).classify_one(pad + HARMFUL)["prompt_harmfulness"]
+        == "unharmful"
+    )
+    assert (
+        classifier(tok, thresholds={"prompt_harmfulness": 0.5}).classify_one(pad + HARMFUL)["prompt_harmfulness"]
+        == "harmful"
+    )
 
 
 # -- "error" keeps refusing; a context too small to split refuses too ----------------------------
@@ -235,29 +243,70 @@ def _r(labels, scores, error=False, na=()):
     "windows, results, labels, scores, error",
     [
         # harm: any window harmful, P(yes) the maximum
-        ([P, P], [_r(("unharmful", None, None), (0.1, None, None)), _r(("harmful", None, None), (0.8, None, None))],
-         ("harmful", None, None), (0.8, None, None), False),
+        (
+            [P, P],
+            [_r(("unharmful", None, None), (0.1, None, None)), _r(("harmful", None, None), (0.8, None, None))],
+            ("harmful", None, None),
+            (0.8, None, None),
+            False,
+        ),
         # harm: none harmful, P(yes) still the maximum
-        ([P, P], [_r(("unharmful", None, None), (0.1, None, None)), _r(("unharmful", None, None), (0.3, None, None))],
-         ("unharmful", None, None), (0.3, None, None), False),
+        (
+            [P, P],
+            [_r(("unharmful", None, None), (0.1, None, None)), _r(("unharmful", None, None), (0.3, None, None))],
+            ("unharmful", None, None),
+            (0.3, None, None),
+            False,
+        ),
         # refusal: every window refuses, P(yes) the minimum
-        ([R, R], [_r(("unharmful", "refusal", "unharmful"), (0.0, 0.9, 0.1)),
-                  _r(("unharmful", "refusal", "unharmful"), (0.0, 0.7, 0.2))],
-         (None, "refusal", "unharmful"), (None, 0.7, 0.2), False),
+        (
+            [R, R],
+            [
+                _r(("unharmful", "refusal", "unharmful"), (0.0, 0.9, 0.1)),
+                _r(("unharmful", "refusal", "unharmful"), (0.0, 0.7, 0.2)),
+            ],
+            (None, "refusal", "unharmful"),
+            (None, 0.7, 0.2),
+            False,
+        ),
         # refusal: one window complies, so the reply complied
-        ([R, R], [_r(("unharmful", "refusal", "unharmful"), (0.0, 0.9, 0.1)),
-                  _r(("unharmful", "compliance", "harmful"), (0.0, 0.2, 0.9))],
-         (None, "compliance", "harmful"), (None, 0.2, 0.9), False),
+        (
+            [R, R],
+            [
+                _r(("unharmful", "refusal", "unharmful"), (0.0, 0.9, 0.1)),
+                _r(("unharmful", "compliance", "harmful"), (0.0, 0.2, 0.9)),
+            ],
+            (None, "compliance", "harmful"),
+            (None, 0.2, 0.9),
+            False,
+        ),
         # response windows do not vote on the prompt label, prompt windows not on the response's
-        ([P, R], [_r(("unharmful", None, None), (0.2, None, None)), _r(("harmful", "compliance", "unharmful"),
-                                                                        (0.9, 0.1, 0.1))],
-         ("unharmful", "compliance", "unharmful"), (0.2, 0.1, 0.1), False),
+        (
+            [P, R],
+            [
+                _r(("unharmful", None, None), (0.2, None, None)),
+                _r(("harmful", "compliance", "unharmful"), (0.9, 0.1, 0.1)),
+            ],
+            ("unharmful", "compliance", "unharmful"),
+            (0.2, 0.1, 0.1),
+            False,
+        ),
         # an unreadable window leaves its label unknown and the result unreadable (fail closed)
-        ([P, P], [_r(("unharmful", None, None), (0.1, None, None)), _r((None, None, None), (None, None, None), True)],
-         (None, None, None), (None, None, None), True),
+        (
+            [P, P],
+            [_r(("unharmful", None, None), (0.1, None, None)), _r((None, None, None), (None, None, None), True)],
+            (None, None, None),
+            (None, None, None),
+            True,
+        ),
         # ... unless another window already decided the flagging side
-        ([P, P], [_r(("harmful", None, None), (0.9, None, None)), _r((None, None, None), (None, None, None), True)],
-         ("harmful", None, None), (0.9, None, None), True),
+        (
+            [P, P],
+            [_r(("harmful", None, None), (0.9, None, None)), _r((None, None, None), (None, None, None), True)],
+            ("harmful", None, None),
+            (0.9, None, None),
+            True,
+        ),
     ],
 )
 def test_merge_rules(windows, results, labels, scores, error):
@@ -269,8 +318,10 @@ def test_merge_rules(windows, results, labels, scores, error):
 
 def test_merge_keeps_na_resolved():
     windows = [_w(R), _w(R)]
-    results = [_r((None, "compliance", "harmful"), (None, 0.1, 0.6), na=["response_harmfulness"]),
-               _r((None, "compliance", "unharmful"), (None, 0.1, 0.2))]
+    results = [
+        _r((None, "compliance", "harmful"), (None, 0.1, 0.6), na=["response_harmfulness"]),
+        _r((None, "compliance", "unharmful"), (None, 0.1, 0.2)),
+    ]
     assert merge_results(windows, results)["na_resolved"] == ["response_harmfulness"]
 
 
@@ -294,20 +345,35 @@ def test_tokens_evaluated_grow_linearly(tok):
     "path, body, check",
     [
         # a harmful sentence inside benign padding 3x the context: flagged
-        ("/v1/moderations", {"input": "{pad}" + HARMFUL + " {pad}"},
-         lambda r: r["results"][0]["flagged"] and r["results"][0]["wildguard"]["windows"] >= 3),
+        (
+            "/v1/moderations",
+            {"input": "{pad}" + HARMFUL + " {pad}"},
+            lambda r: r["results"][0]["flagged"] and r["results"][0]["wildguard"]["windows"] >= 3,
+        ),
         # benign long text: 200, not flagged
         ("/v1/moderations", {"input": "{pad}{pad}"}, lambda r: not r["results"][0]["flagged"]),
         # a long harmful reply, judged with its prompt
-        ("/v1/moderations", {"input": [{"prompt": "rivers?", "response": "{pad}" + HARMFUL}]},
-         lambda r: r["results"][0]["categories"]["harmful_response"]),
+        (
+            "/v1/moderations",
+            {"input": [{"prompt": "rivers?", "response": "{pad}" + HARMFUL}]},
+            lambda r: r["results"][0]["categories"]["harmful_response"],
+        ),
         # the native endpoint carries the window count
-        ("/v1/classify", {"items": [{"prompt": HARMFUL + " {pad}"}]},
-         lambda r: r["results"][0]["prompt_harmfulness"] == "harmful" and r["results"][0]["windows"] >= 2),
+        (
+            "/v1/classify",
+            {"items": [{"prompt": HARMFUL + " {pad}"}]},
+            lambda r: r["results"][0]["prompt_harmfulness"] == "harmful" and r["results"][0]["windows"] >= 2,
+        ),
         # LiteLLM's guardrail: a long last turn
-        ("/beta/litellm_basic_guardrail_api", {"input_type": "request", "texts": ["x"],
-                                                "structured_messages": [{"role": "user", "content": "{pad}" + HARMFUL}]},
-         lambda r: r["action"] == "BLOCKED"),
+        (
+            "/beta/litellm_basic_guardrail_api",
+            {
+                "input_type": "request",
+                "texts": ["x"],
+                "structured_messages": [{"role": "user", "content": "{pad}" + HARMFUL}],
+            },
+            lambda r: r["action"] == "BLOCKED",
+        ),
     ],
 )
 def test_server_judges_long_input(tok, path, body, check):
@@ -361,10 +427,12 @@ def test_on_the_toy_the_window_holding_a_harmful_sentence_is_judged(toy_gguf, he
             # least its P(yes) judged on its own.
             windows = plan_windows(clf.tokenizer, text, None, *cap)
             holder = next(w for w in windows if w.start <= pos and pos + len(sentence) <= w.end)
-            own = clf.classify_one(text[holder.start:holder.end])["scores"]["prompt_harmfulness"]
+            own = clf.classify_one(text[holder.start : holder.end])["scores"]["prompt_harmfulness"]
             assert result["scores"]["prompt_harmfulness"] >= own - 1e-3
             flagged += result["prompt_harmfulness"] == "harmful"
             alone += clf.classify_one(sentence)["prompt_harmfulness"] == "harmful"
-    print(f"\ntoy q8_0, n_ctx {n_ctx}: a harmful sentence inside benign padding 3x the context flagged "
-          f"{flagged}/{len(sentences)} (the sentences alone: {alone}/{len(sentences)}; the padding alone: "
-          f"{padding_alone['prompt_harmfulness']}, P={padding_alone['scores']['prompt_harmfulness']:.2f})")
+    print(
+        f"\ntoy q8_0, n_ctx {n_ctx}: a harmful sentence inside benign padding 3x the context flagged "
+        f"{flagged}/{len(sentences)} (the sentences alone: {alone}/{len(sentences)}; the padding alone: "
+        f"{padding_alone['prompt_harmfulness']}, P={padding_alone['scores']['prompt_harmfulness']:.2f})"
+    )

@@ -83,9 +83,13 @@ async def _settle(waiter: asyncio.Future) -> None:
         waiter.exception()
 
 
-async def aclassify(clf: "Classifier", items: Sequence[Mapping[str, Any]],
-                    on_result: Callable[[int, dict[str, Any]], None] | None = None, *,
-                    timeout: float | None = None) -> list[dict[str, Any]]:
+async def aclassify(
+    clf: "Classifier",
+    items: Sequence[Mapping[str, Any]],
+    on_result: Callable[[int, dict[str, Any]], None] | None = None,
+    *,
+    timeout: float | None = None,
+) -> list[dict[str, Any]]:
     """`Classifier.classify` awaited; see `Classifier.aclassify`."""
     loop = asyncio.get_running_loop()
     failed: list[BaseException] = []
@@ -133,13 +137,15 @@ class AsyncResponseStream:
 
     async def afeed(self, text: str, *, timeout: float | None = None) -> dict[str, Any] | None:
         """Append response text; a verdict when a check ran, else None (see `ResponseStream.feed`)."""
-        return await run_cancellable(self.stream.classifier,
-                                     lambda cancel: self.stream.feed(text, cancel=cancel, timeout=timeout))
+        return await run_cancellable(
+            self.stream.classifier, lambda cancel: self.stream.feed(text, cancel=cancel, timeout=timeout)
+        )
 
     async def aclose(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The final verdict on the complete response (see `ResponseStream.close`)."""
-        return await run_cancellable(self.stream.classifier,
-                                     lambda cancel: self.stream.close(cancel=cancel, timeout=timeout))
+        return await run_cancellable(
+            self.stream.classifier, lambda cancel: self.stream.close(cancel=cancel, timeout=timeout)
+        )
 
     # The synchronous stream's state, read-only.
     response = property(lambda self: self.stream.response)

@@ -54,8 +54,10 @@ class BatchReport:
         if self.errors:
             text += f", {self.errors} error records"
         if self.tokens_input:
-            text += (f"; tokens evaluated {self.tokens_evaluated:,} for {self.tokens_input:,} input tokens "
-                     f"({self.tokens_evaluated / self.tokens_input:.1%}; {self.tokens_unique:,} unique prefix tokens)")
+            text += (
+                f"; tokens evaluated {self.tokens_evaluated:,} for {self.tokens_input:,} input tokens "
+                f"({self.tokens_evaluated / self.tokens_input:.1%}; {self.tokens_unique:,} unique prefix tokens)"
+            )
         return text + f"; {self.seconds:.1f} s"
 
 
@@ -173,13 +175,19 @@ def classify_file(
                 file_error = str(exc)  # the rows read before it still run, and are kept
             if not batch:
                 break
-            stop_error = _run_window(clf, batch, writer, report, on_bad_row, order == "prefix", start, progress) or stop_error
+            stop_error = (
+                _run_window(clf, batch, writer, report, on_bad_row, order == "prefix", start, progress) or stop_error
+            )
             report.tokens_evaluated = getattr(backend, "tokens_evaluated", 0) - evaluated_before
         report.seconds = time.perf_counter() - start
         error = stop_error if stop_error is not None else file_error
         if error is not None:
-            kept = f"; the {report.resumed + writer.written} rows before it are kept in {writer.partial}, fix the " \
-                   "file and rerun to resume" if writer.written or report.resumed else ""
+            kept = (
+                f"; the {report.resumed + writer.written} rows before it are kept in {writer.partial}, fix the "
+                "file and rerun to resume"
+                if writer.written or report.resumed
+                else ""
+            )
             hint = " (or pass on_bad_row='record' / --on-bad-row record)" if stop_error is not None else ""
             raise InvalidInputError(error + kept + hint)
         writer.finish()
@@ -205,14 +213,24 @@ def check_resumed(writer: ResumableWriter, rows: Iterator[InputRow], input: Any)
         if row is None:
             raise WildGuardLiteError(f"{writer.output}: has more rows than {input}; choose another output or remove it")
         if digest is not None and (row.item is None or item_digest(row.item) != digest):
-            raise WildGuardLiteError(f"{writer.output}: row {index} was made from a different input than {row.where}; "
-                                     "choose another output or remove it")
+            raise WildGuardLiteError(
+                f"{writer.output}: row {index} was made from a different input than {row.where}; "
+                "choose another output or remove it"
+            )
         done += 1
     return done
 
 
-def _run_window(clf, batch: list[InputRow], writer: ResumableWriter, report: BatchReport, on_bad_row: str,
-                sort: bool, start: float, progress) -> str | None:
+def _run_window(
+    clf,
+    batch: list[InputRow],
+    writer: ResumableWriter,
+    report: BatchReport,
+    on_bad_row: str,
+    sort: bool,
+    start: float,
+    progress,
+) -> str | None:
     """Classify one window and write its rows in input order; returns the first refusal
     (too long, ...) under on_bad_row="stop", after writing the rows before it."""
     good = [k for k, row in enumerate(batch) if row.item is not None]
@@ -287,8 +305,7 @@ def run_batch(
     # Refuse a bad input or output before the model loads (seconds at 7B).
     check_job(input, output)
     with load(model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds, over_context=over_context) as clf:
-        return classify_file(clf, input, output, window=window, order=order, on_bad_row=on_bad_row,
-                             progress=progress)
+        return classify_file(clf, input, output, window=window, order=order, on_bad_row=on_bad_row, progress=progress)
 
 
 def check_job(input: str | os.PathLike, output: str | os.PathLike) -> None:

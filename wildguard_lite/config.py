@@ -6,8 +6,17 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .backends.base import check_threads
-from .defaults import (DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT, DEFAULT_SLOTS, MAX_N_CTX, MAX_SLOTS, MIN_N_CTX,
-                       MODES, OVER_CONTEXT_MODES)
+from .defaults import (
+    DEFAULT_MODE,
+    DEFAULT_N_CTX,
+    DEFAULT_OVER_CONTEXT,
+    DEFAULT_SLOTS,
+    MAX_N_CTX,
+    MAX_SLOTS,
+    MIN_N_CTX,
+    MODES,
+    OVER_CONTEXT_MODES,
+)
 from .errors import InvalidInputError
 from .thresholds import validate_thresholds
 
@@ -50,10 +59,16 @@ class RuntimeConfig:
         if self.mode not in MODES:
             raise InvalidInputError(f"unknown mode '{self.mode}'; choose one of {', '.join(MODES)}")
         if self.over_context not in OVER_CONTEXT_MODES:
-            raise InvalidInputError(f"unknown over_context '{self.over_context}'; choose one of "
-                                    f"{', '.join(OVER_CONTEXT_MODES)}")
-        _check_int("n_ctx", self.n_ctx, MIN_N_CTX, MAX_N_CTX,
-                   f"the default {DEFAULT_N_CTX} fits WildGuard's inputs; at most the model's trained context")
+            raise InvalidInputError(
+                f"unknown over_context '{self.over_context}'; choose one of {', '.join(OVER_CONTEXT_MODES)}"
+            )
+        _check_int(
+            "n_ctx",
+            self.n_ctx,
+            MIN_N_CTX,
+            MAX_N_CTX,
+            f"the default {DEFAULT_N_CTX} fits WildGuard's inputs; at most the model's trained context",
+        )
         check_threads(self.threads)
         _check_int("slots", self.slots, 1, MAX_SLOTS, "each slot holds one stream's KV cache (n_ctx tokens of memory)")
         if self.kv_tokens is not None:

@@ -40,6 +40,7 @@ def default_kv_tokens(n_ctx: int, slots: int) -> int:
     """KV cells shared by the slots: room for min(slots, DEFAULT_KV_CONTEXTS) full contexts."""
     return n_ctx * max(1, min(slots, DEFAULT_KV_CONTEXTS))
 
+
 # llama.cpp's GGML_MAX_N_THREADS: 50000 threads aborted the process with std::bad_alloc.
 MAX_THREADS = 512
 # More threads than this gained nothing on memory-bound prefill of a 7B model on the CPUs measured.
@@ -79,8 +80,9 @@ def lower_priority(nice: int) -> None:
     from .errors import InvalidInputError
 
     if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= MAX_NICE:
-        raise InvalidInputError(f"--nice must be an integer from 0 (normal priority) to {MAX_NICE} (lowest), "
-                                f"got {nice!r}")
+        raise InvalidInputError(
+            f"--nice must be an integer from 0 (normal priority) to {MAX_NICE} (lowest), got {nice!r}"
+        )
     if nice:
         try:
             os.nice(nice)

@@ -12,29 +12,62 @@ import argparse
 from typing import Any
 
 from .contract import LABEL_KEYS
-from .defaults import (DEFAULT_MAX_THREADS, DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT, MAX_NICE, MODES,
-                       OVER_CONTEXT_MODES)
+from .defaults import (
+    DEFAULT_MAX_THREADS,
+    DEFAULT_MODE,
+    DEFAULT_N_CTX,
+    DEFAULT_OVER_CONTEXT,
+    MAX_NICE,
+    MODES,
+    OVER_CONTEXT_MODES,
+)
 
 # dest -> (flag, argparse keywords). The dest is RuntimeConfig's field name.
 FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "threads": ("--threads", {
-        "type": int, "default": None,
-        "help": f"CPU threads of the engine (default: the available cores, at most {DEFAULT_MAX_THREADS})"}),
-    "n_ctx": ("--n-ctx", {
-        "type": int, "default": DEFAULT_N_CTX,
-        "help": "context length in tokens (default %(default)s; at most the model's trained context)"}),
-    "mode": ("--mode", {
-        "choices": MODES, "default": DEFAULT_MODE,
-        "help": "score: read the answers' probabilities; generate: greedy generation parsed as the official "
-                "package does (default %(default)s)"}),
-    "over_context": ("--over-context", {
-        "choices": OVER_CONTEXT_MODES, "default": DEFAULT_OVER_CONTEXT,
-        "help": "input longer than the context: 'split' judges it in overlapping windows (harmful when any "
-                "window is), 'error' refuses it (HTTP 413) (default %(default)s)"}),
-    "thresholds": ("--threshold", {
-        "action": "append", "metavar": "LABEL=P", "default": None,
-        "help": f"label 'yes' when P(yes) >= P, e.g. {LABEL_KEYS[-1]}=0.3 (repeatable; default: the model's "
-                "argmax)"}),
+    "threads": (
+        "--threads",
+        {
+            "type": int,
+            "default": None,
+            "help": f"CPU threads of the engine (default: the available cores, at most {DEFAULT_MAX_THREADS})",
+        },
+    ),
+    "n_ctx": (
+        "--n-ctx",
+        {
+            "type": int,
+            "default": DEFAULT_N_CTX,
+            "help": "context length in tokens (default %(default)s; at most the model's trained context)",
+        },
+    ),
+    "mode": (
+        "--mode",
+        {
+            "choices": MODES,
+            "default": DEFAULT_MODE,
+            "help": "score: read the answers' probabilities; generate: greedy generation parsed as the official "
+            "package does (default %(default)s)",
+        },
+    ),
+    "over_context": (
+        "--over-context",
+        {
+            "choices": OVER_CONTEXT_MODES,
+            "default": DEFAULT_OVER_CONTEXT,
+            "help": "input longer than the context: 'split' judges it in overlapping windows (harmful when any "
+            "window is), 'error' refuses it (HTTP 413) (default %(default)s)",
+        },
+    ),
+    "thresholds": (
+        "--threshold",
+        {
+            "action": "append",
+            "metavar": "LABEL=P",
+            "default": None,
+            "help": f"label 'yes' when P(yes) >= P, e.g. {LABEL_KEYS[-1]}=0.3 (repeatable; default: the model's "
+            "argmax)",
+        },
+    ),
 }
 RUNTIME_FLAGS = tuple(FLAGS)
 
@@ -59,5 +92,7 @@ def add_runtime_flags(parser: argparse.ArgumentParser | Any, *names: str, **defa
 
 
 # Not a runtime setting but the process's (classify's flag; serve's is its settings field).
-NICE_HELP = (f"run at a lower CPU priority, 0 (normal) to {MAX_NICE} (lowest), as nice(1): the machine's other "
-             "work goes first (docs/cpu.md)")
+NICE_HELP = (
+    f"run at a lower CPU priority, 0 (normal) to {MAX_NICE} (lowest), as nice(1): the machine's other "
+    "work goes first (docs/cpu.md)"
+)

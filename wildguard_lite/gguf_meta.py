@@ -51,12 +51,16 @@ def read_gguf_info(path: str | os.PathLike) -> GGUFInfo:
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
-        raise ModelFileError(f"{path}: not a GGUF file (bad magic {magic!r}); pass a .gguf made by 'wildguard-lite convert'")
+        raise ModelFileError(
+            f"{path}: not a GGUF file (bad magic {magic!r}); pass a .gguf made by 'wildguard-lite convert'"
+        )
     gguf = require("gguf", "gguf")
     try:
         reader = gguf.GGUFReader(path)
     except Exception as exc:  # truncated headers surface as ValueError/IndexError/struct errors
-        raise ModelFileError(f"{path}: corrupt or truncated GGUF ({type(exc).__name__}: {exc}); convert it again") from None
+        raise ModelFileError(
+            f"{path}: corrupt or truncated GGUF ({type(exc).__name__}: {exc}); convert it again"
+        ) from None
     size = path.stat().st_size
     end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
     if end > size:
@@ -103,7 +107,9 @@ def check_hyperparameters(path: Path, reader, arch: str) -> dict:
     model) abort the whole process inside llama.cpp, and a zero rope base or norm epsilon loads
     and yields garbage verdicts: refuse each with its key and the valid range.
     """
-    fix = "the file's metadata is damaged or not WildGuard's; convert the checkpoint again with 'wildguard-lite convert'"
+    fix = (
+        "the file's metadata is damaged or not WildGuard's; convert the checkpoint again with 'wildguard-lite convert'"
+    )
 
     def bad(key: str, value, rule: str):
         shown = "missing" if value is None else repr(value)[:80]
@@ -142,15 +148,21 @@ def check_hyperparameters(path: Path, reader, arch: str) -> dict:
     if len(heads) == 1 and len(kv_heads) > 1:
         heads = heads * len(kv_heads)
     if any(h % kv for h, kv in zip(heads, kv_heads)):
-        raise bad(f"{arch}.attention.head_count_kv", _value(reader, f"{arch}.attention.head_count_kv"),
-                  f"a divisor of attention.head_count ({_value(reader, f'{arch}.attention.head_count')})")
+        raise bad(
+            f"{arch}.attention.head_count_kv",
+            _value(reader, f"{arch}.attention.head_count_kv"),
+            f"a divisor of attention.head_count ({_value(reader, f'{arch}.attention.head_count')})",
+        )
     head_dim = {}
     for name in ("key_length", "value_length"):
         head_dim[name] = integer(f"attention.{name}", 1, big, required=False)
         if head_dim[name] is None:
             if n_embd % heads[0]:
-                raise bad(f"{arch}.attention.head_count", heads[0], f"a divisor of embedding_length ({n_embd}), "
-                          f"or attention.{name} must be given")
+                raise bad(
+                    f"{arch}.attention.head_count",
+                    heads[0],
+                    f"a divisor of embedding_length ({n_embd}), or attention.{name} must be given",
+                )
             head_dim[name] = n_embd // heads[0]
     n_rot = integer("rope.dimension_count", 1, big, required=False)
     if n_rot is not None and n_rot != head_dim["key_length"]:
@@ -161,6 +173,10 @@ def check_hyperparameters(path: Path, reader, arch: str) -> dict:
         integer(name, 0, 0, required=False)  # WildGuard is dense; experts abort llama.cpp here
     tokens = _value(reader, "tokenizer.ggml.tokens")
     if not isinstance(tokens, list) or not tokens:
-        raise bad("tokenizer.ggml.tokens", None if tokens is None else f"{type(tokens).__name__}", "a non-empty list of tokens")
+        raise bad(
+            "tokenizer.ggml.tokens",
+            None if tokens is None else f"{type(tokens).__name__}",
+            "a non-empty list of tokens",
+        )
     integer("vocab_size", len(tokens), len(tokens), required=False)
     return {"context_length": context_length, "block_count": n_layer}

@@ -49,27 +49,43 @@ def _field(number: int, value) -> bytes:
     return _varint(number << 3) + _varint(int(value))
 
 
-def sentencepiece_model(tokens: list[str], scores: list[float], types: list[int], unk_id: int, bos_id: int,
-                        eos_id: int, add_dummy_prefix: bool = True) -> bytes:
+def sentencepiece_model(
+    tokens: list[str],
+    scores: list[float],
+    types: list[int],
+    unk_id: int,
+    bos_id: int,
+    eos_id: int,
+    add_dummy_prefix: bool = True,
+) -> bytes:
     """A serialised SentencePiece BPE ModelProto (sentencepiece_model.proto field numbers)."""
     pieces = b"".join(
         _field(1, _field(1, piece) + _field(2, float(score)) + _field(3, kind))
         for piece, score, kind in zip(tokens, scores, types)
     )
-    trainer = b"".join([
-        _field(3, 2),  # model_type: BPE
-        _field(4, len(tokens)),  # vocab_size
-        _field(26, True),  # allow_whitespace_only_pieces (runs of spaces stay one word)
-        _field(35, BYTE in types),  # byte_fallback
-        _field(40, unk_id), _field(41, bos_id), _field(42, eos_id),
-        # bos_id()/eos_id() look the ids up by these piece names.
-        _field(45, tokens[unk_id]), _field(46, tokens[bos_id]), _field(47, tokens[eos_id]),
-    ])
-    normalizer = b"".join([
-        _field(1, "identity"), _field(3, add_dummy_prefix),
-        _field(4, False),  # remove_extra_whitespaces
-        _field(5, True),  # escape_whitespaces ("▁")
-    ])
+    trainer = b"".join(
+        [
+            _field(3, 2),  # model_type: BPE
+            _field(4, len(tokens)),  # vocab_size
+            _field(26, True),  # allow_whitespace_only_pieces (runs of spaces stay one word)
+            _field(35, BYTE in types),  # byte_fallback
+            _field(40, unk_id),
+            _field(41, bos_id),
+            _field(42, eos_id),
+            # bos_id()/eos_id() look the ids up by these piece names.
+            _field(45, tokens[unk_id]),
+            _field(46, tokens[bos_id]),
+            _field(47, tokens[eos_id]),
+        ]
+    )
+    normalizer = b"".join(
+        [
+            _field(1, "identity"),
+            _field(3, add_dummy_prefix),
+            _field(4, False),  # remove_extra_whitespaces
+            _field(5, True),  # escape_whitespaces ("▁")
+        ]
+    )
     return pieces + _field(2, trainer) + _field(3, normalizer)
 
 
@@ -86,7 +102,8 @@ def spec_from_gguf_vocab(reader, where: str, legacy: bool = LEGACY_DEFAULT) -> T
     if model != "llama" or not tokens:
         raise ModelFileError(
             f"{where}: has neither wildguard-lite's embedded tokenizer nor a SentencePiece ('llama') vocabulary "
-            f"(tokenizer.ggml.model={model!r}); convert the Hugging Face checkpoint with 'wildguard-lite convert'")
+            f"(tokenizer.ggml.model={model!r}); convert the Hugging Face checkpoint with 'wildguard-lite convert'"
+        )
     n = len(tokens)
     scores = _value(reader, "tokenizer.ggml.scores") or [0.0] * n
     types = _value(reader, "tokenizer.ggml.token_type") or [1] * n
@@ -106,10 +123,17 @@ def spec_from_gguf_vocab(reader, where: str, legacy: bool = LEGACY_DEFAULT) -> T
             raise ModelFileError(
                 f"{where}: the vocabulary has no control token {token!r}, which WildGuard's template needs "
                 "(Mistral v0.3's vocabulary has it); this is not a WildGuard model, or it was converted without "
-                "its tokenizer.model")
-    sp_model = sentencepiece_model(list(tokens), [float(s) for s in scores], [int(t) for t in types],
-                                   ids["unknown"], ids["bos"], ids["eos"],
-                                   bool(_value(reader, "tokenizer.ggml.add_space_prefix", True)))
+                "its tokenizer.model"
+            )
+    sp_model = sentencepiece_model(
+        list(tokens),
+        [float(s) for s in scores],
+        [int(t) for t in types],
+        ids["unknown"],
+        ids["bos"],
+        ids["eos"],
+        bool(_value(reader, "tokenizer.ggml.add_space_prefix", True)),
+    )
     return TokenizerSpec(
         sp_model=sp_model,
         legacy=legacy,

@@ -62,8 +62,7 @@ def iter_rows(path: str | os.PathLike, skip: int = 0) -> Generator[InputRow, Non
     return _checked_rows(reader(path), skip)
 
 
-def _checked_rows(raw_rows: Iterator[tuple[str, dict[str, Any] | str]],
-                  skip: int) -> Generator[InputRow, None, None]:
+def _checked_rows(raw_rows: Iterator[tuple[str, dict[str, Any] | str]], skip: int) -> Generator[InputRow, None, None]:
     for index, (where, raw) in enumerate(raw_rows):
         if index < skip:
             continue
@@ -150,7 +149,8 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
             if not header or "prompt" not in header:
                 raise InvalidInputError(
                     f"{path} line 1: the header needs a 'prompt' column (and optionally 'response', 'id'); "
-                    f"found {header or 'nothing'}")
+                    f"found {header or 'nothing'}"
+                )
             try:
                 check_fields(dict.fromkeys(header), BATCH_FIELDS, "the header has an ")
             except InvalidInputError as exc:
@@ -167,8 +167,13 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
                     yield where, bad_bytes
                     continue
                 if len(cells) > len(header):
-                    yield where, (f"{len(cells)} cells but the header has {len(header)} columns; "
-                                  "quote cells that contain commas (\"like, this\")")
+                    yield (
+                        where,
+                        (
+                            f"{len(cells)} cells but the header has {len(header)} columns; "
+                            'quote cells that contain commas ("like, this")'
+                        ),
+                    )
                     continue
                 if len(cells) <= columns["prompt"]:
                     yield where, f"no 'prompt' cell (the row has {len(cells)} of the header's {len(header)} columns)"
@@ -187,12 +192,14 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
 
 def _csv_error(path: Path, reason: str, start: int, line: int) -> str:
     """What a csv.Error means for the user; nothing after it can be trusted, so it ends the file."""
-    fix = "close the quote, and write a quote inside a quoted cell as two (\"\")"
+    fix = 'close the quote, and write a quote inside a quoted cell as two ("")'
     if "end of data" in reason:
         return f"{path} line {start}: a quoted cell opened here is never closed (the file ends inside it); {fix}"
     if "field limit" in reason:
-        return (f"{path} line {start}: a cell runs past {CSV_MAX_CELL:,} characters (to line {line}): "
-                f"probably a quote that is never closed; {fix}")
+        return (
+            f"{path} line {start}: a cell runs past {CSV_MAX_CELL:,} characters (to line {line}): "
+            f"probably a quote that is never closed; {fix}"
+        )
     if "expected after" in reason:
         return f"{path} line {line}: text after a quoted cell's closing quote ({reason}); {fix}"
     return f"{path} line {line}: invalid CSV ({reason})"
@@ -203,8 +210,12 @@ def _csv_error(path: Path, reason: str, start: int, line: int) -> str:
 def _parquet_type_ok(pa, name: str, kind) -> bool:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    text = pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind) or \
-        getattr(pa.types, "is_string_view", lambda k: False)(kind)
+    text = (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_null(kind)
+        or getattr(pa.types, "is_string_view", lambda k: False)(kind)
+    )
     return text or (name == "id" and pa.types.is_integer(kind))
 
 
@@ -222,15 +233,18 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
     try:
         check_fields(dict.fromkeys(names), BATCH_FIELDS, "the file has an ")
     except InvalidInputError as exc:
-        raise InvalidInputError(f"{path}: {exc}; select the columns it needs "
-                                "(e.g. pyarrow: table.select(['prompt', 'response']))") from None
+        raise InvalidInputError(
+            f"{path}: {exc}; select the columns it needs (e.g. pyarrow: table.select(['prompt', 'response']))"
+        ) from None
     for name in names:
         kind = schema.field(name).type
         if not _parquet_type_ok(pa, name, kind):
             want = "strings or integers" if name == "id" else "strings"
-            raise InvalidInputError(f"{path}: column '{name}' has type {kind}; it must hold {want} "
-                                    f"(cast it, e.g. pyarrow: table.set_column(i, '{name}', "
-                                    f"table['{name}'].cast(pa.string())))")
+            raise InvalidInputError(
+                f"{path}: column '{name}' has type {kind}; it must hold {want} "
+                f"(cast it, e.g. pyarrow: table.set_column(i, '{name}', "
+                f"table['{name}'].cast(pa.string())))"
+            )
     n = 0
     groups = source.metadata.num_row_groups
     for group in range(groups):
@@ -250,4 +264,5 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | str]]:
             reason = "".join(c if c.isprintable() else "?" for c in text[:200])
             raise InvalidInputError(
                 f"{path} row group {group + 1} of {groups} (rows {first + 1}-{first + size}): cannot be read "
-                f"at row {n + 1} ({reason}); the file is damaged: write it again from its source") from None
+                f"at row {n + 1} ({reason}); the file is damaged: write it again from its source"
+            ) from None

@@ -68,20 +68,31 @@ def load(
 
         spec = spec_from_gguf_file(path, legacy)
     elif legacy is not None and legacy != spec.legacy:
-        raise InvalidInputError(f"{path}: carries its checkpoint's tokenizer (legacy={spec.legacy}); "
-                                "legacy= applies only to GGUFs without it")
+        raise InvalidInputError(
+            f"{path}: carries its checkpoint's tokenizer (legacy={spec.legacy}); "
+            "legacy= applies only to GGUFs without it"
+        )
     check_n_ctx(config.n_ctx, info.context_length, f"{path}: llama.context_length")
     tokenizer = _tokenizer(spec, path)
     from .backends.llama import LlamaCppBackend
 
-    backend = LlamaCppBackend(path, n_ctx=config.n_ctx, threads=config.threads,
-                              flash_attn=config.flash_attn, use_mmap=config.use_mmap, repack=config.repack,
-                              slots=config.slots, kv_tokens=config.kv_tokens, prefix_cache=prefix_cache)
+    backend = LlamaCppBackend(
+        path,
+        n_ctx=config.n_ctx,
+        threads=config.threads,
+        flash_attn=config.flash_attn,
+        use_mmap=config.use_mmap,
+        repack=config.repack,
+        slots=config.slots,
+        kv_tokens=config.kv_tokens,
+        prefix_cache=prefix_cache,
+    )
     if backend.n_vocab != tokenizer.vocab_size:
         backend.close()
-        raise ModelFileError(f"{path}: model vocabulary ({backend.n_vocab}) does not match its tokenizer ({tokenizer.vocab_size})")
+        raise ModelFileError(
+            f"{path}: model vocabulary ({backend.n_vocab}) does not match its tokenizer ({tokenizer.vocab_size})"
+        )
     return Classifier(backend, tokenizer, config)
-
 
 
 def _tokenizer(spec, where: Path) -> WildGuardTokenizer:
@@ -94,8 +105,9 @@ def _tokenizer(spec, where: Path) -> WildGuardTokenizer:
 def check_n_ctx(n_ctx: int, trained: int | None, where: str) -> None:
     """n_ctx beyond the context the model was trained for gives garbage silently: refuse it."""
     if trained is not None and n_ctx > trained:
-        raise InvalidInputError(f"n_ctx {n_ctx} exceeds the model's trained context of {trained} ({where}); "
-                                f"use n_ctx <= {trained}")
+        raise InvalidInputError(
+            f"n_ctx {n_ctx} exceeds the model's trained context of {trained} ({where}); use n_ctx <= {trained}"
+        )
 
 
 def trained_context(folder: Path) -> int | None:
@@ -128,5 +140,7 @@ def _load_onnx(path: Path, config: RuntimeConfig) -> Classifier:
     backend = OnnxBackend(model, n_ctx=config.n_ctx, threads=config.threads)
     if backend.n_vocab != tokenizer.vocab_size:
         backend.close()
-        raise ModelFileError(f"{model}: model vocabulary ({backend.n_vocab}) does not match its tokenizer ({tokenizer.vocab_size})")
+        raise ModelFileError(
+            f"{model}: model vocabulary ({backend.n_vocab}) does not match its tokenizer ({tokenizer.vocab_size})"
+        )
     return Classifier(backend, tokenizer, config)

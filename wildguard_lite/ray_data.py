@@ -54,8 +54,14 @@ class WildGuardPredictor:
     already known to be bad); returns them with the result columns added (`RESULT_COLUMNS`).
     """
 
-    def __init__(self, model: str, mode: str = DEFAULT_MODE, threads: int | None = None, n_ctx: int = DEFAULT_N_CTX,
-                 thresholds: dict[str, float] | None = None):
+    def __init__(
+        self,
+        model: str,
+        mode: str = DEFAULT_MODE,
+        threads: int | None = None,
+        n_ctx: int = DEFAULT_N_CTX,
+        thresholds: dict[str, float] | None = None,
+    ):
         from .loading import load
 
         self.clf = load(model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds)
@@ -100,16 +106,28 @@ def _with_results(pa, batch, outcomes):
     records = []
     for outcome in outcomes:
         if isinstance(outcome, dict):
-            records.append({**{key: outcome.get(key) for key in LABEL_KEYS},
-                            "is_parsing_error": bool(outcome.get("is_parsing_error")),
-                            "scores": outcome.get("scores"), "error": None})
+            records.append(
+                {
+                    **{key: outcome.get(key) for key in LABEL_KEYS},
+                    "is_parsing_error": bool(outcome.get("is_parsing_error")),
+                    "scores": outcome.get("scores"),
+                    "error": None,
+                }
+            )
         else:
-            records.append({**{key: None for key in LABEL_KEYS}, "is_parsing_error": False,
-                            "scores": {key: None for key in LABEL_KEYS}, "error": outcome or "no result"})
+            records.append(
+                {
+                    **{key: None for key in LABEL_KEYS},
+                    "is_parsing_error": False,
+                    "scores": {key: None for key in LABEL_KEYS},
+                    "error": outcome or "no result",
+                }
+            )
     results = pa.Table.from_pylist(records, schema=pa.schema(_result_schema()))
     keep = [name for name in batch.column_names if name not in RESULT_COLUMNS]
-    return pa.Table.from_arrays([*(batch.column(n) for n in keep), *results.columns],
-                                names=[*keep, *results.column_names])
+    return pa.Table.from_arrays(
+        [*(batch.column(n) for n in keep), *results.columns], names=[*keep, *results.column_names]
+    )
 
 
 def check_ray_options(actors: int, threads: int | None, batch_size: int) -> None:
@@ -135,7 +153,8 @@ def check_cpus(actors: int, threads: int, cpus: float, node_cpus: float, where: 
         f"--actors {actors} x --threads {threads} needs {actors * threads} CPUs"
         + (f" ({threads} on one node)" if threads > node_cpus else "")
         + f", but {where} has {cpus} (at most {node_cpus} on one node); Ray would wait for ever for the rest. "
-        f"Use --actors {fit_actors} --threads {fit_threads}, or add nodes to the cluster")
+        f"Use --actors {fit_actors} --threads {fit_threads}, or add nodes to the cluster"
+    )
 
 
 def map_batches_options(
@@ -155,8 +174,13 @@ def map_batches_options(
     ray_data = require("ray.data", "ray")
     threads = actor_threads(actors, threads_per_actor)
     return {
-        "fn_constructor_kwargs": {"model": str(model), "mode": mode, "threads": threads, "n_ctx": n_ctx,
-                                  "thresholds": thresholds},
+        "fn_constructor_kwargs": {
+            "model": str(model),
+            "mode": mode,
+            "threads": threads,
+            "n_ctx": n_ctx,
+            "thresholds": thresholds,
+        },
         "batch_size": batch_size,
         "batch_format": "pyarrow",
         "compute": ray_data.ActorPoolStrategy(size=actors),
@@ -197,10 +221,17 @@ def _datasource(path: str, skip: int):
         chunk: list[dict[str, Any]] = []
         for row in iter_rows(path, skip=skip):
             item = row.item or {}
-            chunk.append({"index": row.index, "where": row.where, "prompt": item.get("prompt"),
-                          "response": item.get("response"), "item_sha256": item_digest(item) if item else None,
-                          "id_json": json.dumps(item["id"], ensure_ascii=False) if "id" in item else None,
-                          "error": row.error})
+            chunk.append(
+                {
+                    "index": row.index,
+                    "where": row.where,
+                    "prompt": item.get("prompt"),
+                    "response": item.get("response"),
+                    "item_sha256": item_digest(item) if item else None,
+                    "id_json": json.dumps(item["id"], ensure_ascii=False) if "id" in item else None,
+                    "error": row.error,
+                }
+            )
             if len(chunk) == READ_BLOCK_ROWS:
                 yield pa.Table.from_pylist(chunk)
                 chunk = []
@@ -234,8 +265,10 @@ def _start_ray(address: str):
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise WildGuardLiteError(f"cannot reach Ray at '{address}' ({exc}); start the cluster with "
-                                 "'ray start --head' or give its address (host:6379, ray://host:10001)") from None
+        raise WildGuardLiteError(
+            f"cannot reach Ray at '{address}' ({exc}); start the cluster with "
+            "'ray start --head' or give its address (host:6379, ray://host:10001)"
+        ) from None
     return True
 
 
@@ -261,9 +294,14 @@ def classify_file_on_ray(
     `on_bad_row="stop"` the job stops at the first one (the rows before it are kept).
     """
     ray = require("ray", "ray")
-    options: dict[str, Any] = {"actors": actors, "threads_per_actor": threads,
-               "batch_size": DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
-               "mode": mode, "n_ctx": n_ctx, "thresholds": thresholds}
+    options: dict[str, Any] = {
+        "actors": actors,
+        "threads_per_actor": threads,
+        "batch_size": DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
+        "mode": mode,
+        "n_ctx": n_ctx,
+        "thresholds": thresholds,
+    }
     map_batches_options(model, **options)  # refuses bad options before any work
     if address == "local" and not ray.is_initialized():  # the local instance gets these cores
         check_cpus(actors, actor_threads(actors, threads), available_cores(), available_cores(), "this machine")
@@ -280,8 +318,13 @@ def classify_file_on_ray(
         rows.close()
         started = _start_ray(address)
         nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-        check_cpus(actors, actor_threads(actors, threads), ray.cluster_resources().get("CPU", 0),
-                   max(nodes, default=0), f"the Ray cluster at '{address}'")
+        check_cpus(
+            actors,
+            actor_threads(actors, threads),
+            ray.cluster_resources().get("CPU", 0),
+            max(nodes, default=0),
+            f"the Ray cluster at '{address}'",
+        )
         from ray.data import DataContext
 
         context = DataContext.get_current()
@@ -313,15 +356,24 @@ def classify_file_on_ray(
             if isinstance(exc, InvalidInputError):  # the read task's own clear error (a damaged file)
                 cause = getattr(exc, "cause", None)  # Ray appends its retry advice: keep our line only
                 message = (str(cause) if isinstance(cause, InvalidInputError) else str(exc)).strip().splitlines()[0]
-                raise InvalidInputError(f"{message}; the {report.resumed + writer.written} rows before it are "
-                                        f"kept in {writer.partial}") from None
-            raise WildGuardLiteError(f"the Ray job failed ({str(exc).splitlines()[0][:300]}); "
-                                     f"the {report.resumed + writer.written} rows done are kept in {writer.partial}: "
-                                     "rerun to resume") from None
+                raise InvalidInputError(
+                    f"{message}; the {report.resumed + writer.written} rows before it are kept in {writer.partial}"
+                ) from None
+            raise WildGuardLiteError(
+                f"the Ray job failed ({str(exc).splitlines()[0][:300]}); "
+                f"the {report.resumed + writer.written} rows done are kept in {writer.partial}: "
+                "rerun to resume"
+            ) from None
         report.seconds = time.perf_counter() - start
         if stop_error:
-            kept = (f"; the {report.resumed + writer.written} rows before it are kept in {writer.partial}, "
-                    "fix the row and rerun to resume") if writer.written or report.resumed else ""
+            kept = (
+                (
+                    f"; the {report.resumed + writer.written} rows before it are kept in {writer.partial}, "
+                    "fix the row and rerun to resume"
+                )
+                if writer.written or report.resumed
+                else ""
+            )
             raise InvalidInputError(stop_error + kept + " (--on-bad-row record writes it as an error record)")
         writer.finish()
     finally:

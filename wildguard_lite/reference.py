@@ -75,10 +75,19 @@ class TransformersReference:
         input_ids = torch.tensor([ids], device=self.device)
         with torch.no_grad():
             out = self.model.generate(
-                input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=MAX_NEW_TOKENS,
-                do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=self.eos_id,
-                pad_token_id=self.eos_id, output_logits=True, return_dict_in_generate=True)
-        generated = out.sequences[0, len(ids):].tolist()
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=MAX_NEW_TOKENS,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                eos_token_id=self.eos_id,
+                pad_token_id=self.eos_id,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+        generated = out.sequences[0, len(ids) :].tolist()
         text = self.tokenizer.decode(generated, skip_special_tokens=True)
         result = parse_output(text)
         scores = self._scores(generated, [step[0] for step in out.logits])

@@ -27,21 +27,36 @@ def result_row(row: InputRow, result: dict[str, Any] | None = None, error: str |
         out.update(result)
         return out
     out.update({key: None for key in LABEL_KEYS})
-    out.update({"is_parsing_error": False, "scores": {key: None for key in LABEL_KEYS},
-                "error": f"{row.where}: {error or row.error}"})
+    out.update(
+        {
+            "is_parsing_error": False,
+            "scores": {key: None for key in LABEL_KEYS},
+            "error": f"{row.where}: {error or row.error}",
+        }
+    )
     return out
 
 
 def _parquet_schema():
     pa = require("pyarrow", "parquet")
     score = pa.struct([(key, pa.float64()) for key in LABEL_KEYS])
-    return pa.schema([("index", pa.int64()), ("item_sha256", pa.string()), ("id", pa.string()),
-                      *[(key, pa.string()) for key in LABEL_KEYS], ("is_parsing_error", pa.bool_()),
-                      ("scores", score), ("error", pa.string())])
+    return pa.schema(
+        [
+            ("index", pa.int64()),
+            ("item_sha256", pa.string()),
+            ("id", pa.string()),
+            *[(key, pa.string()) for key in LABEL_KEYS],
+            ("is_parsing_error", pa.bool_()),
+            ("scores", score),
+            ("error", pa.string()),
+        ]
+    )
 
 
 def _parquet_record(row: dict[str, Any]) -> dict[str, Any]:
-    record = {name: row.get(name) for name in ("index", "item_sha256", *LABEL_KEYS, "is_parsing_error", "scores", "error")}
+    record = {
+        name: row.get(name) for name in ("index", "item_sha256", *LABEL_KEYS, "is_parsing_error", "scores", "error")
+    }
     # Parquet needs one type per column: ids that are not strings keep their JSON text.
     ident = row.get("id")
     record["id"] = ident if ident is None or isinstance(ident, str) else json.dumps(ident)
@@ -121,8 +136,9 @@ class ResumableWriter:
                     row = json.loads(raw)
                     index, digest = int(row["index"]), row["item_sha256"]
                 except (ValueError, KeyError, TypeError, RecursionError):
-                    raise WildGuardLiteError(f"{path} line {n + 1}: not a wildguard-lite result row; "
-                                             "remove it or choose another --output") from None
+                    raise WildGuardLiteError(
+                        f"{path} line {n + 1}: not a wildguard-lite result row; remove it or choose another --output"
+                    ) from None
                 yield self._in_order(path, n, index), digest
 
     def _parquet_done(self) -> Iterator[tuple[int, str | None]]:
@@ -136,14 +152,17 @@ class ResumableWriter:
                     yield self._in_order(self.output, n, index), digest
                     n += 1
         except (KeyError, ValueError, OSError) as exc:
-            raise WildGuardLiteError(f"{self.output}: not a wildguard-lite result file ({exc}); "
-                                     "remove it or choose another --output") from None
+            raise WildGuardLiteError(
+                f"{self.output}: not a wildguard-lite result file ({exc}); remove it or choose another --output"
+            ) from None
 
     @staticmethod
     def _in_order(path: Path, n: int, index: Any) -> int:
         if index != n:
-            raise WildGuardLiteError(f"{path}: row {n + 1} has index {index}, expected {n} (results are written "
-                                     "in input order); remove it or choose another --output")
+            raise WildGuardLiteError(
+                f"{path}: row {n + 1} has index {index}, expected {n} (results are written "
+                "in input order); remove it or choose another --output"
+            )
         return n
 
     def write(self, row: dict[str, Any]) -> None:

@@ -92,8 +92,12 @@ class Classifier:
             plans = [self._plan(item, i) for i, item in enumerate(items)]
             results = []
             for i, (windows, inputs) in enumerate(plans):
-                parts = [self._generate(ids, interrupt, prompt_only) if self.config.mode == "generate"
-                         else self.score_ids(ids, prompt_only, interrupt=interrupt)[0] for ids, prompt_only in inputs]
+                parts = [
+                    self._generate(ids, interrupt, prompt_only)
+                    if self.config.mode == "generate"
+                    else self.score_ids(ids, prompt_only, interrupt=interrupt)[0]
+                    for ids, prompt_only in inputs
+                ]
                 result = parts[0] if windows is None else merge_results(windows, parts)
                 apply_thresholds(result, self.config.thresholds)
                 results.append(result)
@@ -101,9 +105,13 @@ class Classifier:
                     on_result(i, result)
             return results
 
-    async def aclassify(self, items: Sequence[Mapping[str, Any]],
-                        on_result: Callable[[int, dict[str, Any]], None] | None = None, *,
-                        timeout: float | None = None) -> list[dict[str, Any]]:
+    async def aclassify(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        on_result: Callable[[int, dict[str, Any]], None] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
         """`classify` for asyncio, run off the event loop (`on_result` is called on the loop).
         Cancelling the awaiting task stops the engine, then raises `asyncio.CancelledError`;
         `timeout` raises `ClassificationTimeout`. Concurrent awaits share the engine
@@ -112,7 +120,9 @@ class Classifier:
 
         return await aclassify(self, items, on_result, timeout=timeout)
 
-    def astream(self, prompt: str, rule: "StreamRule | None" = None, interval: int | None = None) -> "AsyncResponseStream":
+    def astream(
+        self, prompt: str, rule: "StreamRule | None" = None, interval: int | None = None
+    ) -> "AsyncResponseStream":
         """`stream` for asyncio: `await s.afeed(text)`, `await s.aclose()` (wildguard_lite/aio.py)."""
         from .aio import AsyncResponseStream
 
@@ -129,9 +139,13 @@ class Classifier:
             prompt, response = validate_item(item, index)
             n, score = self.backend.n_ctx, self.config.mode == "score"
             try:
-                windows = plan_windows(self.tokenizer, prompt, response,
-                                       n - (self._score_budget_prompt if score else self.config.max_new_tokens),
-                                       n - (self._score_budget if score else self.config.max_new_tokens))
+                windows = plan_windows(
+                    self.tokenizer,
+                    prompt,
+                    response,
+                    n - (self._score_budget_prompt if score else self.config.max_new_tokens),
+                    n - (self._score_budget if score else self.config.max_new_tokens),
+                )
             except ContextTooSmall:
                 raise exc from None
             return windows, [(w.ids, w.prompt_only) for w in windows]
@@ -173,7 +187,10 @@ class Classifier:
         return ResponseStream(self, prompt, rule=rule, interval=interval)
 
     def score_exchange(
-        self, prompt: str, response: str, guess: Sequence[Sequence[int]] | None = None,
+        self,
+        prompt: str,
+        response: str,
+        guess: Sequence[Sequence[int]] | None = None,
         interrupt: Interrupt | None = None,
     ) -> tuple[dict[str, Any], list[tuple[int, ...]], int]:
         """One check of a stream: validate, encode and score (thresholds applied), counted as a
@@ -185,7 +202,10 @@ class Classifier:
             return result, answers, len(ids)
 
     def score_ids(
-        self, ids: list[int], prompt_only: bool, guess: Sequence[Sequence[int]] | None = None,
+        self,
+        ids: list[int],
+        prompt_only: bool,
+        guess: Sequence[Sequence[int]] | None = None,
         interrupt: Interrupt | None = None,
     ) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
         """Score mode in as few engine calls as the answers allow (thresholds not applied).
@@ -283,8 +303,10 @@ class Classifier:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ClassifierClosedError("this Classifier was closed (close() or the end of its 'with' block); "
-                                        "load the model again with wildguard_lite.load()")
+            raise ClassifierClosedError(
+                "this Classifier was closed (close() or the end of its 'with' block); "
+                "load the model again with wildguard_lite.load()"
+            )
 
     @contextlib.contextmanager
     def _call(self):
@@ -353,8 +375,9 @@ class Classifier:
         result["scores"] = self._generated_scores(result, generated, answer_logits, prompt_only)
         return result
 
-    def _generated_scores(self, result: dict[str, Any], generated: list[int], answer_logits: dict[int, np.ndarray],
-                          prompt_only: bool) -> dict[str, float | None]:
+    def _generated_scores(
+        self, result: dict[str, Any], generated: list[int], answer_logits: dict[int, np.ndarray], prompt_only: bool
+    ) -> dict[str, float | None]:
         """P(yes) at the positions right after each cue, where the model answered yes/no; an
         n/a for a response label with a response present is resolved as in score mode."""
         tok = self.tokenizer

@@ -60,7 +60,9 @@ class StreamRule:
 
     def __post_init__(self):
         if self.label not in LABEL_KEYS:
-            raise InvalidInputError(f"unknown label '{self.label}' in the stream rule; choose from {', '.join(LABEL_KEYS)}")
+            raise InvalidInputError(
+                f"unknown label '{self.label}' in the stream rule; choose from {', '.join(LABEL_KEYS)}"
+            )
         t = self.threshold
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0):
             raise InvalidInputError(f"stream rule threshold must be a number from 0 to 1 or None, got {t!r}")
@@ -94,14 +96,18 @@ class ResponseStream:
         checks: how many checks ran.
     """
 
-    def __init__(self, classifier: "Classifier", prompt: str, rule: StreamRule | None = None, interval: int | None = None):
+    def __init__(
+        self, classifier: "Classifier", prompt: str, rule: StreamRule | None = None, interval: int | None = None
+    ):
         validate_item({"prompt": prompt})
         interval = DEFAULT_INTERVAL_TOKENS if interval is None else interval
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
             raise InvalidInputError(f"stream interval must be a positive number of tokens, got {interval!r}")
         if rule is not None and not isinstance(rule, StreamRule):
-            raise InvalidInputError(f"rule must be a wildguard_lite.streaming.StreamRule, got {type(rule).__name__}; "
-                                    "e.g. StreamRule(label='response_harmfulness', threshold=0.3)")
+            raise InvalidInputError(
+                f"rule must be a wildguard_lite.streaming.StreamRule, got {type(rule).__name__}; "
+                "e.g. StreamRule(label='response_harmfulness', threshold=0.3)"
+            )
         self.classifier = classifier
         self.prompt = prompt
         self.rule = rule or StreamRule()
@@ -121,8 +127,9 @@ class ResponseStream:
         self._closed = False
         self._busy = threading.Lock()
 
-    def feed(self, text: str, *, cancel: threading.Event | None = None,
-             timeout: float | None = None) -> dict[str, Any] | None:
+    def feed(
+        self, text: str, *, cancel: threading.Event | None = None, timeout: float | None = None
+    ) -> dict[str, Any] | None:
         """Append response text; run a check when `interval` new tokens have arrived.
 
         `cancel` / `timeout` stop a check as in `Classifier.classify` (raising
@@ -172,8 +179,9 @@ class ResponseStream:
         return _Release(self._busy)
 
     def _check(self, interrupt: Interrupt | None = None) -> dict[str, Any]:
-        result, self._answers, n_ids = self.classifier.score_exchange(self.prompt, self.response, guess=self._answers,
-                                                                      interrupt=interrupt)
+        result, self._answers, n_ids = self.classifier.score_exchange(
+            self.prompt, self.response, guess=self._answers, interrupt=interrupt
+        )
         self.checks += 1
         self._pending = ""
         self._unchecked = False

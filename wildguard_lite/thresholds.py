@@ -18,7 +18,9 @@ def validate_thresholds(thresholds: Mapping[str, Any] | None) -> dict[str, float
     if not thresholds:
         return None
     if not isinstance(thresholds, Mapping):
-        raise InvalidInputError(f"thresholds must be a mapping of label to P(yes) threshold, got {type(thresholds).__name__}")
+        raise InvalidInputError(
+            f"thresholds must be a mapping of label to P(yes) threshold, got {type(thresholds).__name__}"
+        )
     checked = {}
     for label, value in thresholds.items():
         if label not in LABEL_KEYS:

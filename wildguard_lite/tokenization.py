@@ -75,7 +75,11 @@ class TokenizerSpec:
         for key, entry in decoder.items():
             if not isinstance(entry, dict) or not str(key).isdigit():
                 raise ModelFileError(f"{where}: added_tokens_decoder entry {key!r} must map a numeric id to an object")
-            added.append(_added_token(where, {"id": int(key), **{k: entry[k] for k in ("content", "lstrip", "rstrip") if k in entry}}))
+            added.append(
+                _added_token(
+                    where, {"id": int(key), **{k: entry[k] for k in ("content", "lstrip", "rstrip") if k in entry}}
+                )
+            )
         unk = config.get("unk_token", "<unk>")
         if isinstance(unk, dict):
             unk = unk.get("content", "<unk>")
@@ -119,8 +123,10 @@ class TokenizerSpec:
         expected = {"legacy": bool, "add_bos": bool, "add_prefix_space": bool, "unk_token": str, "added_tokens": list}
         for name, kind in expected.items():
             if not isinstance(data.get(name), kind):
-                raise ModelFileError(f"{where}: '{name}' must be {kind.__name__}, got {type(data.get(name)).__name__}; "
-                                     "convert the checkpoint again with 'wildguard-lite convert'")
+                raise ModelFileError(
+                    f"{where}: '{name}' must be {kind.__name__}, got {type(data.get(name)).__name__}; "
+                    "convert the checkpoint again with 'wildguard-lite convert'"
+                )
         return cls(
             sp_model=sp_model,
             legacy=data["legacy"],
@@ -144,10 +150,19 @@ def _added_token(where: str, entry: Any) -> AddedToken:
         raise ModelFileError(f"{where}: an added token must be an object, got {type(entry).__name__}")
     content, token_id = entry.get("content"), entry.get("id")
     lstrip, rstrip = entry.get("lstrip", False), entry.get("rstrip", False)
-    if (not isinstance(content, str) or not content or isinstance(token_id, bool) or not isinstance(token_id, int)
-            or not isinstance(lstrip, bool) or not isinstance(rstrip, bool) or set(entry) - {"content", "id", "lstrip", "rstrip"}):
-        raise ModelFileError(f"{where}: malformed added token {entry!r} (needs content: non-empty string, id: integer, "
-                             "lstrip/rstrip: booleans)")
+    if (
+        not isinstance(content, str)
+        or not content
+        or isinstance(token_id, bool)
+        or not isinstance(token_id, int)
+        or not isinstance(lstrip, bool)
+        or not isinstance(rstrip, bool)
+        or set(entry) - {"content", "id", "lstrip", "rstrip"}
+    ):
+        raise ModelFileError(
+            f"{where}: malformed added token {entry!r} (needs content: non-empty string, id: integer, "
+            "lstrip/rstrip: booleans)"
+        )
     return AddedToken(content=content, id=token_id, lstrip=lstrip, rstrip=rstrip)
 
 
@@ -205,19 +220,25 @@ class WildGuardTokenizer:
         fix = "re-export the checkpoint with its original tokenizer_config.json (added_tokens_decoder)"
         for token in self.spec.added_tokens:
             if not 0 <= token.id < self.vocab_size:
-                raise ModelFileError(f"tokenizer: added token {token.content!r} has id {token.id}, outside the "
-                                     f"vocabulary of {self.vocab_size}; {fix}")
+                raise ModelFileError(
+                    f"tokenizer: added token {token.content!r} has id {token.id}, outside the "
+                    f"vocabulary of {self.vocab_size}; {fix}"
+                )
         if (self.spec.add_bos and self.bos_id < 0) or self.eos_id < 0:
             raise ModelFileError("tokenizer: the SentencePiece model has no BOS/EOS token; WildGuard's needs both")
         for content in TEMPLATE_CONTROL_TOKENS:
             token = self._template_tokens.get(content)
             if token is None:
-                raise ModelFileError(f"tokenizer: no added token for WildGuard's control token {content!r}, so the "
-                                     f"template would be encoded as plain text; {fix}")
+                raise ModelFileError(
+                    f"tokenizer: no added token for WildGuard's control token {content!r}, so the "
+                    f"template would be encoded as plain text; {fix}"
+                )
             if self._sp.id_to_piece(token.id) != content or not self._sp.is_control(token.id):
-                raise ModelFileError(f"tokenizer: {content!r} maps to id {token.id} "
-                                     f"({self._sp.id_to_piece(token.id)!r}), which is not that control token of "
-                                     f"the SentencePiece model; {fix}")
+                raise ModelFileError(
+                    f"tokenizer: {content!r} maps to id {token.id} "
+                    f"({self._sp.id_to_piece(token.id)!r}), which is not that control token of "
+                    f"the SentencePiece model; {fix}"
+                )
 
     # -- the slow tokenizer's algorithm, on pre-split chunks ---------------------------------
     def _encode_chunk(self, text: str) -> list[int]:

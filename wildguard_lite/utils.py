@@ -52,8 +52,9 @@ def capture_stderr() -> Iterator[CapturedStderr]:
             # Python-level writers (llama-cpp-python's log callback) use sys.stderr, which may
             # not be fd 2 (pytest, notebooks, servers): point it at the sink too.
             python_stderr = sys.stderr
-            sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(sink.fileno()), "wb"), encoding="utf-8",
-                                          errors="replace", line_buffering=True)
+            sys.stderr = io.TextIOWrapper(
+                os.fdopen(os.dup(sink.fileno()), "wb"), encoding="utf-8", errors="replace", line_buffering=True
+            )
             try:
                 yield captured
             finally:

@@ -51,8 +51,14 @@ class Window:
     context: int = 0
 
 
-def plan_windows(tokenizer, prompt: str, response: str | None, capacity_prompt_only: int,
-                 capacity_exchange: int, overlap: int = WINDOW_OVERLAP_TOKENS) -> list[Window]:
+def plan_windows(
+    tokenizer,
+    prompt: str,
+    response: str | None,
+    capacity_prompt_only: int,
+    capacity_exchange: int,
+    overlap: int = WINDOW_OVERLAP_TOKENS,
+) -> list[Window]:
     """The windows that judge an exchange too long for one input.
 
     Args:
@@ -66,8 +72,10 @@ def plan_windows(tokenizer, prompt: str, response: str | None, capacity_prompt_o
         `ContextTooSmall` (an `InputTooLongError`): the context holds no useful window.
     """
     enc = tokenizer.encode_exchange
-    windows = [Window(ids, True, PROMPT_LABELS, "prompt", s, e)
-               for s, e, ids in split_spans(prompt, enc, capacity_prompt_only, overlap)]
+    windows = [
+        Window(ids, True, PROMPT_LABELS, "prompt", s, e)
+        for s, e, ids in split_spans(prompt, enc, capacity_prompt_only, overlap)
+    ]
     if not response:
         return windows
     room = capacity_exchange - len(enc("", ""))
@@ -116,8 +124,9 @@ def merge_results(windows: Sequence[Window], results: Sequence[dict[str, Any]]) 
     return merged
 
 
-def split_spans(text: str, encode: Callable[[str], list[int]], capacity: int,
-                overlap: int) -> list[tuple[int, int, list[int]]]:
+def split_spans(
+    text: str, encode: Callable[[str], list[int]], capacity: int, overlap: int
+) -> list[tuple[int, int, list[int]]]:
     """Character spans of `text` with their ids, `encode(piece)` being the input that holds a
     piece: each at most `capacity` ids, neighbours sharing about `overlap` tokens, together
     covering every character. One span when the text fits."""

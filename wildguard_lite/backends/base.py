@@ -22,8 +22,10 @@ def check_threads(threads: int | None) -> None:
     if isinstance(threads, bool) or not isinstance(threads, int):
         raise InvalidInputError(f"threads must be an integer, got {type(threads).__name__} {threads!r}")
     if not 1 <= threads <= MAX_THREADS:
-        raise InvalidInputError(f"threads must be between 1 and {MAX_THREADS}, got {threads}; "
-                                f"use at most the number of CPU cores ({os.cpu_count()} here), or leave it unset")
+        raise InvalidInputError(
+            f"threads must be between 1 and {MAX_THREADS}, got {threads}; "
+            f"use at most the number of CPU cores ({os.cpu_count()} here), or leave it unset"
+        )
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -28,7 +28,14 @@ from typing import Sequence
 import numpy as np
 
 from ..defaults import DEFAULT_OMP_WAIT_POLICY, DEFAULT_SLOTS, MAX_SLOTS, default_kv_tokens, default_threads
-from ..errors import ClassificationCancelled, ClassificationTimeout, EngineError, InvalidInputError, ModelFileError, require
+from ..errors import (
+    ClassificationCancelled,
+    ClassificationTimeout,
+    EngineError,
+    InvalidInputError,
+    ModelFileError,
+    require,
+)
 from ..utils import capture_stderr
 from .base import Backend, check_positions, check_threads
 from .prefix_cache import PrefixStateCache  # noqa: F401 (re-exported: the server imports it from here)
@@ -61,6 +68,7 @@ def llama_default_params(model: dict, context: dict):
                 for name, value in fields.items():
                     setattr(params, name, value)
                 return params
+
             return patched
 
         module.llama_cpp.llama_model_default_params = patch(originals[0], model)
@@ -80,8 +88,10 @@ def _quiet_logging() -> None:
 
 def check_slots(slots: int) -> None:
     if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
-        raise InvalidInputError(f"slots must be an integer from 1 to {MAX_SLOTS}, got {slots!r}; each slot holds one "
-                                "stream's or call's KV cache (memory: n_ctx tokens per slot)")
+        raise InvalidInputError(
+            f"slots must be an integer from 1 to {MAX_SLOTS}, got {slots!r}; each slot holds one "
+            "stream's or call's KV cache (memory: n_ctx tokens per slot)"
+        )
 
 
 @dataclass
@@ -107,9 +117,20 @@ class EngineStats:
 class LlamaCppBackend(Backend):
     concurrent = True
 
-    def __init__(self, path: str | os.PathLike, *, n_ctx: int, threads: int | None, flash_attn: bool = True,
-                 use_mmap: bool = True, repack: bool = False, n_batch: int = 512, slots: int = DEFAULT_SLOTS,
-                 kv_tokens: int | None = None, prefix_cache: PrefixStateCache | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n_ctx: int,
+        threads: int | None,
+        flash_attn: bool = True,
+        use_mmap: bool = True,
+        repack: bool = False,
+        n_batch: int = 512,
+        slots: int = DEFAULT_SLOTS,
+        kv_tokens: int | None = None,
+        prefix_cache: PrefixStateCache | None = None,
+    ):
         # llama-cpp-python's wheels run the CPU threads with OpenMP: between graph nodes a thread
         # that waits spins (libgomp's default), which on a CPU shared with other work stalled
         # calls for seconds. Passive waiting (sleep on a futex) is the polite default; it must
@@ -135,8 +156,10 @@ class LlamaCppBackend(Backend):
             # repack=False: the CPU backend's repacked weight copies crashed (SIGSEGV) on
             # multi-token batches of Q8_0/Q4_K files on an AMX machine, and they add a second
             # copy of the weights to RSS (docs/decisions.md: 7.8 GB for a 4.4 GB file).
-            with capture_stderr() as log, llama_default_params({"use_extra_bufts": repack},
-                                                          {"n_seq_max": slots, "kv_unified": True}):
+            with (
+                capture_stderr() as log,
+                llama_default_params({"use_extra_bufts": repack}, {"n_seq_max": slots, "kv_unified": True}),
+            ):
                 try:
                     self._llm = llama_cpp.Llama(
                         model_path=str(Path(path)),
@@ -155,8 +178,9 @@ class LlamaCppBackend(Backend):
             self._llm.verbose = False
         except (ValueError, RuntimeError, OSError, MemoryError) as exc:
             tail = log.tail()
-            raise ModelFileError(f"{path}: llama.cpp could not load this model ({exc})"
-                                 + (f"; llama.cpp said: {tail}" if tail else "")) from None
+            raise ModelFileError(
+                f"{path}: llama.cpp could not load this model ({exc})" + (f"; llama.cpp said: {tail}" if tail else "")
+            ) from None
         self.n_ctx = n_ctx  # per sequence: what one call may use
         self.n_vocab = self._llm.n_vocab()
         self.slots = slots
@@ -177,7 +201,9 @@ class LlamaCppBackend(Backend):
         self._round: list[Request] | None = None
         self._abort_fn = _strlen_callback(llama_cpp)
         if self._abort_fn is not None:  # without it, calls stop between rounds only
-            llama_cpp.llama_set_abort_callback(self._ctx, self._abort_fn, ctypes.cast(self._abort_flag, ctypes.c_void_p))
+            llama_cpp.llama_set_abort_callback(
+                self._ctx, self._abort_fn, ctypes.cast(self._abort_flag, ctypes.c_void_p)
+            )
         self.stats = EngineStats()
         self._scheduler = RoundScheduler(self._run_round, max_round=slots, abort=self._request_abort)
         # Opt-in; may be assigned after construction and shared between backends of one model.
@@ -198,8 +224,9 @@ class LlamaCppBackend(Backend):
             raise ValueError("next_logits needs at least one token")
         return self.logits_at(ids, [len(ids) - 1], interrupt=interrupt)[0]
 
-    def logits_at(self, ids: Sequence[int], positions: Sequence[int],
-                  interrupt: Interrupt | None = None) -> list[np.ndarray]:
+    def logits_at(
+        self, ids: Sequence[int], positions: Sequence[int], interrupt: Interrupt | None = None
+    ) -> list[np.ndarray]:
         """Logits at `positions` of `ids`, evaluating only what follows the longest prefix a
         free sequence already holds; thread-safe, batched with concurrent callers."""
         ids = [int(i) for i in ids]
@@ -352,12 +379,16 @@ class LlamaCppBackend(Backend):
         if code == 2:
             raise _Aborted()
         if code != 0:
-            raise EngineError(f"llama_decode failed with code {code} on a round of {len(batch)} request(s), "
-                              f"{len(chunk)} tokens; the classifier stays usable (these sequences were reset)")
+            raise EngineError(
+                f"llama_decode failed with code {code} on a round of {len(batch)} request(s), "
+                f"{len(chunk)} tokens; the classifier stays usable (these sequences were reset)"
+            )
         for j, (index, pos) in enumerate(chunk):
             if pos in wanted[index]:
                 ptr = cpp.llama_get_logits_ith(self._ctx, j)
-                batch[index].result[pos] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float32, copy=True)
+                batch[index].result[pos] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(
+                    np.float32, copy=True
+                )
 
     # -- the shared prefix cache ------------------------------------------------------------------
     def _restore_longest(self, seq: _Sequence, request: Request, keep: int) -> int:

@@ -82,8 +82,9 @@ def check_model_file(path: Path):
         if not target.is_file():
             raise ModelFileError(f"{path}: its external-data file {target.name} is missing (expected in {folder})")
         if target.stat().st_size < end:
-            raise ModelFileError(f"{path}: external-data file {target.name} is truncated "
-                                 f"({target.stat().st_size} bytes, needs {end})")
+            raise ModelFileError(
+                f"{path}: external-data file {target.name} is truncated ({target.stat().st_size} bytes, needs {end})"
+            )
     return model
 
 
@@ -96,8 +97,10 @@ def _check_layout(path: Path, inputs: list[str], outputs: list[str]) -> list[tup
     elif not past or any(f"present.{n}.{kind}" not in outputs for n, kind in past):
         problem = "past_key_values.N.key/value inputs with present.N.* outputs"
     if problem:
-        raise ModelFileError(f"{path}: not a causal LM with a KV cache (needs {problem}); "
-                             "export it with 'wildguard-lite convert --format onnx'")
+        raise ModelFileError(
+            f"{path}: not a causal LM with a KV cache (needs {problem}); "
+            "export it with 'wildguard-lite convert --format onnx'"
+        )
     return past
 
 

@@ -76,8 +76,12 @@ class Request:
 class RoundScheduler:
     """Runs requests from many threads in rounds; see the module docstring."""
 
-    def __init__(self, run_round: Callable[[list[Request]], None], max_round: int,
-                 abort: Callable[[list[Request]], None] | None = None):
+    def __init__(
+        self,
+        run_round: Callable[[list[Request]], None],
+        max_round: int,
+        abort: Callable[[list[Request]], None] | None = None,
+    ):
         self._run_round = run_round
         self.max_round = max_round
         self._abort = abort
@@ -119,8 +123,9 @@ class RoundScheduler:
         self.requests += len(batch)
         finished = threading.Event()
         if self._abort is not None and any(r.interrupt is not None for r in batch):
-            threading.Thread(target=self._watch, args=(batch, finished), daemon=True,
-                             name="wildguard-abort-watch").start()
+            threading.Thread(
+                target=self._watch, args=(batch, finished), daemon=True, name="wildguard-abort-watch"
+            ).start()
         self._cv.release()
         try:
             self._run_round(batch)

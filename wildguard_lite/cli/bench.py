@@ -37,13 +37,15 @@ def benchmark_module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wildguard-lite bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="wildguard-lite bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="name", required=True, metavar="NAME")
     for name, (_, help_) in BENCHMARKS.items():
         module = benchmark_module(name)  # light at import: heavy libraries load inside run()
-        q = sub.add_parser(name, help=help_, description=module.__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        q = sub.add_parser(
+            name, help=help_, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(q)
         q.set_defaults(run=module.run)
     return p

@@ -22,25 +22,53 @@ _ROWS = tuple(zip(CUES, LABEL_KEYS))
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wildguard-lite classify", description=__doc__)
-    p.add_argument("--model", required=True, type=Path, help="a .gguf file, or an ONNX model.onnx (or its folder), made by 'wildguard-lite convert'")
+    p.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="a .gguf file, or an ONNX model.onnx (or its folder), made by 'wildguard-lite convert'",
+    )
     p.add_argument("--prompt", help="the user's request")
     p.add_argument("--response", help="the assistant's response (optional)")
-    p.add_argument("--input", type=Path, help="batch input, streamed: .jsonl (objects with prompt/response/id), .csv or .parquet")
-    p.add_argument("--output", type=Path, help="batch output, .jsonl or .parquet, in input order (resumable: a rerun skips done rows)")
+    p.add_argument(
+        "--input", type=Path, help="batch input, streamed: .jsonl (objects with prompt/response/id), .csv or .parquet"
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="batch output, .jsonl or .parquet, in input order (resumable: a rerun skips done rows)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (single exchange)")
     add_runtime_flags(p, "mode", "threads", "n_ctx", "over_context", "thresholds")
     p.add_argument("--nice", type=int, default=DEFAULT_NICE, help=NICE_HELP + " (default %(default)s)")
     b = p.add_argument_group("batch (--input/--output)")
-    b.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                   help=f"rows in flight, reordered to share prefixes (default {DEFAULT_WINDOW})")
-    b.add_argument("--order", choices=ORDERS, default="prefix",
-                   help="prefix: run each window sorted by token ids, reusing shared prefixes (default); file: as read")
-    b.add_argument("--on-bad-row", choices=BAD_ROW_POLICIES, default="stop",
-                   help="stop: exit with an error naming the row, keeping the rows before it (default); "
-                        "record: write an error record for it and go on")
-    b.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run on Ray: alone starts a local instance; an address (host:6379, ray://host:10001) "
-                        "or 'auto' joins a running cluster; the model path must be readable on every node")
+    b.add_argument(
+        "--window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        help=f"rows in flight, reordered to share prefixes (default {DEFAULT_WINDOW})",
+    )
+    b.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="prefix",
+        help="prefix: run each window sorted by token ids, reusing shared prefixes (default); file: as read",
+    )
+    b.add_argument(
+        "--on-bad-row",
+        choices=BAD_ROW_POLICIES,
+        default="stop",
+        help="stop: exit with an error naming the row, keeping the rows before it (default); "
+        "record: write an error record for it and go on",
+    )
+    b.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run on Ray: alone starts a local instance; an address (host:6379, ray://host:10001) "
+        "or 'auto' joins a running cluster; the model path must be readable on every node",
+    )
     b.add_argument("--actors", type=int, default=1, help="Ray actors, each loading the model once (default 1)")
     b.add_argument("--batch-size", type=int, help=f"rows per Ray batch (default {DEFAULT_BATCH_SIZE})")
     return p
@@ -73,8 +101,9 @@ def _batch(args, thresholds) -> int:
 
     check_options(args.window, args.order, args.on_bad_row)
     console = Console(stderr=True)
-    options: dict[str, Any] = dict(mode=args.mode, threads=args.threads, n_ctx=args.n_ctx,
-                                   on_bad_row=args.on_bad_row, thresholds=thresholds)
+    options: dict[str, Any] = dict(
+        mode=args.mode, threads=args.threads, n_ctx=args.n_ctx, on_bad_row=args.on_bad_row, thresholds=thresholds
+    )
     job: Callable[..., Any] = run_batch
     if args.ray is None:
         options.update(window=args.window, order=args.order, over_context=args.over_context)
@@ -86,20 +115,27 @@ def _batch(args, thresholds) -> int:
     if not console.is_terminal:  # logs and pipes get the summary alone
         report = job(args.input, args.output, args.model, **options)
     else:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                      transient=True) as bar:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
+        ) as bar:
             task = bar.add_task("classifying", total=None)
 
             def progress(report) -> None:
-                bar.update(task, description=f"{report.resumed + report.classified + report.errors} rows written "
-                                             f"({report.classified} classified now)")
+                bar.update(
+                    task,
+                    description=f"{report.resumed + report.classified + report.errors} rows written "
+                    f"({report.classified} classified now)",
+                )
 
             report = job(args.input, args.output, args.model, progress=progress, **options)
     if report.resumed:
         console.print(f"resuming: {report.resumed} of {report.rows} rows already in {args.output}")
     console.print(report.summary(), highlight=False)
-    print(f"wrote {args.output} ({report.rows} rows, {report.classified + report.errors} classified now"
-          + (f", {report.errors} error records" if report.errors else "") + ")")
+    print(
+        f"wrote {args.output} ({report.rows} rows, {report.classified + report.errors} classified now"
+        + (f", {report.errors} error records" if report.errors else "")
+        + ")"
+    )
     return 0
 
 
@@ -118,8 +154,9 @@ def check_output_path(output: Path) -> None:
             with tempfile.NamedTemporaryFile(dir=parent, prefix=".wildguard-lite-probe-"):
                 pass
         except OSError as exc:
-            raise InvalidInputError(f"--output {output}: cannot create files in {parent} ({exc.strerror}); "
-                                    "choose a writable folder") from None
+            raise InvalidInputError(
+                f"--output {output}: cannot create files in {parent} ({exc.strerror}); choose a writable folder"
+            ) from None
 
 
 def _classify(args) -> int:
@@ -151,8 +188,14 @@ def _classify(args) -> int:
     if not single:
         # The batch writes nothing before its first result: a refusal up front leaves no file.
         return _batch(args, thresholds)
-    with load(args.model, mode=args.mode, threads=args.threads, n_ctx=args.n_ctx, thresholds=thresholds,
-              over_context=args.over_context) as clf:
+    with load(
+        args.model,
+        mode=args.mode,
+        threads=args.threads,
+        n_ctx=args.n_ctx,
+        thresholds=thresholds,
+        over_context=args.over_context,
+    ) as clf:
         return _single(args, clf)
 
 

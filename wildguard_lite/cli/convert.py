@@ -15,23 +15,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="local checkpoint folder, or a hub id such as allenai/wildguard")
     p.add_argument("--revision", help="hub revision to pin (branch, tag or commit); recorded in the manifest")
     p.add_argument("--format", default="gguf", help="output format(s), comma-separated: gguf, onnx (default: gguf)")
-    p.add_argument("--quant", default=None,
-                   help="comma-separated. GGUF: f32, bf16, f16, q8_0, q6_k, q5_k_m, q5_k_s, q5_0, q4_k_m, q4_k_s, "
-                        "q4_0, q3_k_m, q2_k (default: f16,q8_0,q4_k_m). ONNX: fp32, fp16, int8, int4 "
-                        "(default: fp32,int8,int4)")
+    p.add_argument(
+        "--quant",
+        default=None,
+        help="comma-separated. GGUF: f32, bf16, f16, q8_0, q6_k, q5_k_m, q5_k_s, q5_0, q4_k_m, q4_k_s, "
+        "q4_0, q3_k_m, q2_k (default: f16,q8_0,q4_k_m). ONNX: fp32, fp16, int8, int4 "
+        "(default: fp32,int8,int4)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--name", help="base name of the output files (default: from the source)")
     add_runtime_flags(p, "threads")  # quantization and verification
     p.add_argument("--no-verify", action="store_true", help="skip the logit comparison with transformers")
-    p.add_argument("--force", action="store_true",
-                   help="ONNX: export even when the memory estimate exceeds the available memory")
+    p.add_argument(
+        "--force", action="store_true", help="ONNX: export even when the memory estimate exceeds the available memory"
+    )
     p.add_argument("--int4-block-size", type=int, default=None, help="ONNX int4: weights per scale (default: 128)")
-    p.add_argument("--int4-accuracy-level", type=int, default=None,
-                   help="ONNX int4: MatMulNBits accuracy level 0-4 (default: 4, int8 activations)")
-    p.add_argument("--token", help="Hugging Face token for a gated/private source and --push-to-hub "
-                                   "(default: HF_TOKEN or the one saved by `hf auth login`)")
-    p.add_argument("--push-to-hub", metavar="REPO", help="upload the GGUF files, manifest.json and a generated model "
-                                                          "card to this hub repo (created if missing)")
+    p.add_argument(
+        "--int4-accuracy-level",
+        type=int,
+        default=None,
+        help="ONNX int4: MatMulNBits accuracy level 0-4 (default: 4, int8 activations)",
+    )
+    p.add_argument(
+        "--token",
+        help="Hugging Face token for a gated/private source and --push-to-hub "
+        "(default: HF_TOKEN or the one saved by `hf auth login`)",
+    )
+    p.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="upload the GGUF files, manifest.json and a generated model card to this hub repo (created if missing)",
+    )
     p.add_argument("--accuracy-report", type=Path, help="a `bench accuracy` JSON report: its figures go on the card")
     return p
 
@@ -58,8 +72,9 @@ def _convert(args) -> int:
     defaults = OnnxQuantConfig()
     onnx = OnnxQuantConfig(
         int4_block_size=defaults.int4_block_size if args.int4_block_size is None else args.int4_block_size,
-        int4_accuracy_level=(defaults.int4_accuracy_level if args.int4_accuracy_level is None
-                             else args.int4_accuracy_level),
+        int4_accuracy_level=(
+            defaults.int4_accuracy_level if args.int4_accuracy_level is None else args.int4_accuracy_level
+        ),
     )
     options = ConvertOptions(
         source=args.source,
@@ -81,7 +96,8 @@ def _convert(args) -> int:
         manifest = convert_checkpoint(options)
     print(f"manifest: {args.out / 'manifest.json'} ({len(manifest['artifacts'])} artifacts)")
     failed = manifest.get("verification", {}).get("status") == "failed" or any(
-        a.get("verification", {}).get("status") == "failed" for a in manifest["artifacts"])
+        a.get("verification", {}).get("status") == "failed" for a in manifest["artifacts"]
+    )
     return 1 if failed else 0
 
 

@@ -16,8 +16,9 @@ from . import run
 def build_parser() -> argparse.ArgumentParser:
     from ..hub import DEFAULT_PULL_QUANT
 
-    p = argparse.ArgumentParser(prog="wildguard-lite pull", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="wildguard-lite pull", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("repo", help="hub repo id, e.g. owner/wildguard-gguf (or hf://owner/name[@revision])")
     p.add_argument("--quant", default=DEFAULT_PULL_QUANT, help=f"artifact quant (default: {DEFAULT_PULL_QUANT})")
     p.add_argument("--revision", help="branch, tag or commit to pin (default: main)")

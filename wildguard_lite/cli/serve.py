@@ -16,8 +16,9 @@ from . import run
 def build_parser() -> argparse.ArgumentParser:
     from ..server.settings import add_arguments
 
-    p = argparse.ArgumentParser(prog="wildguard-lite serve", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="wildguard-lite serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(p)
     return p
 

@@ -18,8 +18,11 @@ from ..errors import InvalidInputError
 from . import run
 
 # The report's accuracy keys, titled: the three labels, then the two checks of the answer's form.
-_TASKS = (*zip(("prompt harm", "refusal", "response harm"), LABEL_KEYS),
-          ("prompt-only n/a", "prompt_only_na"), ("parse errors", "parse_error_rate"))
+_TASKS = (
+    *zip(("prompt harm", "refusal", "response harm"), LABEL_KEYS),
+    ("prompt-only n/a", "prompt_only_na"),
+    ("parse errors", "parse_error_rate"),
+)
 
 
 def _bool(text: str) -> bool:
@@ -30,12 +33,18 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wildguard-lite toy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="wildguard-lite toy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("dir", type=Path, help="output folder (replaced if it holds an earlier toy)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0, the cached toy's)")
-    p.add_argument("--legacy", type=_bool, default=True, metavar="true|false",
-                   help="the tokenizer's legacy flag, trained with (default true)")
+    p.add_argument(
+        "--legacy",
+        type=_bool,
+        default=True,
+        metavar="true|false",
+        help="the tokenizer's legacy flag, trained with (default true)",
+    )
     p.add_argument("--rebuild", action="store_true", help="train a new toy even if DIR or the cache has one")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
@@ -48,8 +57,10 @@ def _run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--seed must be >= 0, got {args.seed}")
     report, how = provide_toy(args.dir, seed=args.seed, legacy=args.legacy, rebuild=args.rebuild, quiet=args.quiet)
     acc = report["accuracy"]
-    print(f"toy WildGuard v{report['toy_version']} in {args.dir} ({how}): {report['n_params']:,} parameters, "
-          f"vocab {report['vocab_size']}, built in {report['build_s']} s")
+    print(
+        f"toy WildGuard v{report['toy_version']} in {args.dir} ({how}): {report['n_params']:,} parameters, "
+        f"vocab {report['vocab_size']}, built in {report['build_s']} s"
+    )
     aug = report["accuracy_augmented"]
     print(f"held-out ({report['n_heldout']} rows): official procedure / augmented split (hardened ids)")
     for title, key in _TASKS:

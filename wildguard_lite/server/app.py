@@ -39,25 +39,35 @@ async def read_json(request, settings: ServeSettings) -> Any:
     limit = settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body is {declared} bytes; the limit is {limit} "
-                            "(split the input into several requests)", "request_too_large")
+        raise APIError(
+            413,
+            f"request body is {declared} bytes; the limit is {limit} (split the input into several requests)",
+            "request_too_large",
+        )
 
     async def collect() -> bytes:
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise APIError(413, f"request body exceeds the limit of {limit} bytes "
-                                    "(split the input into several requests)", "request_too_large")
+                raise APIError(
+                    413,
+                    f"request body exceeds the limit of {limit} bytes (split the input into several requests)",
+                    "request_too_large",
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 
     try:
         raw = await asyncio.wait_for(collect(), settings.body_timeout_s)
     except asyncio.TimeoutError:
-        raise APIError(408, f"the request body did not arrive within {settings.body_timeout_s:g} s; send it "
-                            "whole (or start serve with a larger --body-timeout)", "request_timeout",
-                       headers={"Connection": "close"}) from None
+        raise APIError(
+            408,
+            f"the request body did not arrive within {settings.body_timeout_s:g} s; send it "
+            "whole (or start serve with a larger --body-timeout)",
+            "request_timeout",
+            headers={"Connection": "close"},
+        ) from None
     except ClientDisconnect:
         raise APIError(CLIENT_CLOSED, "the client closed the connection while sending", "client_closed") from None
     if not raw.strip():
@@ -67,23 +77,33 @@ async def read_json(request, settings: ServeSettings) -> Any:
     except UnicodeDecodeError:
         raise APIError(400, "request body is not UTF-8 text; send UTF-8 JSON", "invalid_json") from None
     except json.JSONDecodeError as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                       "invalid_json") from None
+        raise APIError(
+            400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", "invalid_json"
+        ) from None
     except RecursionError:
-        raise APIError(400, "request body nests arrays/objects too deeply; send a flat JSON object",
-                       "invalid_json") from None
+        raise APIError(
+            400, "request body nests arrays/objects too deeply; send a flat JSON object", "invalid_json"
+        ) from None
     except ValueError as exc:
         if "digits" in str(exc):  # Python converts integers of at most sys.get_int_max_str_digits()
-            raise APIError(400, f"request body holds an integer of more than {sys.get_int_max_str_digits()} "
-                                "digits; send long numbers as strings", "invalid_json") from None
+            raise APIError(
+                400,
+                f"request body holds an integer of more than {sys.get_int_max_str_digits()} "
+                "digits; send long numbers as strings",
+                "invalid_json",
+            ) from None
         raise APIError(400, f"request body is not usable JSON: {exc}", "invalid_json") from None
 
 
 def parse_classify(body: Any, settings: ServeSettings) -> list[dict[str, Any]]:
     if not isinstance(body, dict) or not isinstance(body.get("items"), list):
         got = type(body.get("items")).__name__ if isinstance(body, dict) and "items" in body else "no 'items'"
-        raise APIError(422, "request body must be {\"items\": [{\"prompt\": ..., \"response\": ...}, ...]}, "
-                            f"got {got if isinstance(body, dict) else type(body).__name__}", param="items")
+        raise APIError(
+            422,
+            'request body must be {"items": [{"prompt": ..., "response": ...}, ...]}, '
+            f"got {got if isinstance(body, dict) else type(body).__name__}",
+            param="items",
+        )
     fields(body, ("items",), "request body: ")
     check_count(len(body["items"]), "items", settings)
     items = []
@@ -152,8 +172,13 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
             raise
         classifiers = [classifier] * settings.workers
         state["pool"] = WorkerPool(classifiers, settings.max_queue, cache)
-        log.info("wildguard-lite serve: %d worker(s) sharing one model (%d engine threads), queue %d, model %s",
-                 settings.workers, threads, settings.max_queue, settings.model_name)
+        log.info(
+            "wildguard-lite serve: %d worker(s) sharing one model (%d engine threads), queue %d, model %s",
+            settings.workers,
+            threads,
+            settings.max_queue,
+            settings.model_name,
+        )
         try:
             yield
         finally:
@@ -161,8 +186,14 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
             await asyncio.to_thread(pool.close)
 
     # /openapi.json: the schema users and API fuzzers read (no docs pages: they load scripts from a CDN).
-    app = fastapi.FastAPI(title="wildguard-lite", version=__version__, lifespan=lifespan, docs_url=None,
-                          redoc_url=None, openapi_url="/openapi.json")
+    app = fastapi.FastAPI(
+        title="wildguard-lite",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(StartupErrors, state=state)
 
@@ -177,8 +208,10 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request, exc):
         kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-        message = {404: f"no endpoint {request.url.path}; see {', '.join(ENDPOINTS)}",
-                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        message = {
+            404: f"no endpoint {request.url.path}; see {', '.join(ENDPOINTS)}",
+            405: f"method {request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
         # Starlette's 405 carries the route's methods in `Allow` (RFC 9110 requires it): keep it.
         return error_response(APIError(exc.status_code, message, kind, headers=dict(exc.headers or {})))
 
@@ -195,10 +228,16 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         bearer = token.strip() if scheme.lower() == "bearer" else ""
         expected = settings.api_key.encode()
-        if not any(hmac.compare_digest(candidate.encode(), expected)
-                   for candidate in (bearer, request.headers.get("x-api-key", "").strip())):
-            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
-                           "authentication_error", headers={"WWW-Authenticate": "Bearer"})
+        if not any(
+            hmac.compare_digest(candidate.encode(), expected)
+            for candidate in (bearer, request.headers.get("x-api-key", "").strip())
+        ):
+            raise APIError(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+                "authentication_error",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     async def until_disconnect(request) -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -207,19 +246,27 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
     async def run_items(request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pool: WorkerPool | None = state["pool"]
         if pool is None:
-            raise APIError(503, "the server is starting or shutting down; retry shortly", "unavailable",
-                           headers={"Retry-After": "1"})
+            raise APIError(
+                503,
+                "the server is starting or shutting down; retry shortly",
+                "unavailable",
+                headers={"Retry-After": "1"},
+            )
         job = pool.try_submit(items)
         if job is None:
             seconds = pool.retry_after()
-            raise APIError(429, f"all {pool.size} worker(s) busy and the queue ({settings.max_queue}) is full; "
-                                f"retry after {seconds} s", "rate_limit_exceeded",
-                           headers={"Retry-After": str(seconds)})
+            raise APIError(
+                429,
+                f"all {pool.size} worker(s) busy and the queue ({settings.max_queue}) is full; retry after {seconds} s",
+                "rate_limit_exceeded",
+                headers={"Retry-After": str(seconds)},
+            )
         # A client that leaves while its request waits frees its place in the queue.
         watcher = asyncio.ensure_future(until_disconnect(request))
         try:
-            done, _ = await asyncio.wait({job.future, watcher}, timeout=settings.request_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {job.future, watcher}, timeout=settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             watcher.cancel()
         if job.future in done:
@@ -233,17 +280,24 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
         pool.abandon(job, "client_closed" if watcher in done else "timeout")
         if watcher in done:
             raise APIError(CLIENT_CLOSED, "the client closed the connection before the answer", "client_closed")
-        raise APIError(504, f"classification did not finish within {settings.request_timeout_s:g} s "
-                            "(queue wait included); retry later, send fewer or shorter items, or start "
-                            "serve with a larger --timeout", "timeout")
+        raise APIError(
+            504,
+            f"classification did not finish within {settings.request_timeout_s:g} s "
+            "(queue wait included); retry later, send fewer or shorter items, or start "
+            "serve with a larger --timeout",
+            "timeout",
+        )
 
     @app.post("/v1/moderations", openapi_extra=moderation_operation(settings))
     async def moderations(request: Request):
         authorize(request)
         items = parse_moderation(await read_json(request, settings), settings)
         results = await run_items(request, items)
-        return {"id": f"modr-{uuid.uuid4().hex}", "model": settings.model_name,
-                "results": [to_moderation(r, settings.openai_categories) for r in results]}
+        return {
+            "id": f"modr-{uuid.uuid4().hex}",
+            "model": settings.model_name,
+            "results": [to_moderation(r, settings.openai_categories) for r in results],
+        }
 
     @app.post("/v1/classify", openapi_extra=classify_operation(settings))
     async def classify(request: Request):
@@ -263,8 +317,13 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
         pool: WorkerPool | None = state["pool"]
         if pool is None:
             return JSONResponse({"status": "unavailable"}, status_code=503)
-        return {"status": "ok", "model": settings.model_name, "workers": pool.size,
-                "queue_depth": pool.queued, "in_flight": pool.running}
+        return {
+            "status": "ok",
+            "model": settings.model_name,
+            "workers": pool.size,
+            "queue_depth": pool.queued,
+            "in_flight": pool.running,
+        }
 
     @app.get("/metrics", openapi_extra=plain_operation("metrics", settings))
     async def prometheus(request: Request):
@@ -284,10 +343,14 @@ def uvicorn_config(app, settings: ServeSettings, **overrides):
     from .protocol import head_timeout_protocol
 
     options = dict(
-        host=settings.host, port=settings.port, log_level="info",
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
         # Let a request admitted just before SIGTERM finish, however long it queued.
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-        limit_concurrency=None, server_header=False, access_log=False,
+        limit_concurrency=None,
+        server_header=False,
+        access_log=False,
         http=head_timeout_protocol(settings.header_timeout_s),
     )
     return uvicorn.Config(app, **{**options, **overrides})
@@ -304,11 +367,11 @@ def check_address(host: str, port: int) -> None:
         except socket.gaierror as exc:
             raise InvalidInputError(f"--host {host}: not an address or a known host name ({exc.strerror})") from None
         except OSError as exc:
-            reason = {errno.EADDRINUSE: "the port is in use (another server?); pick another --port or stop the other",
-                      errno.EADDRNOTAVAIL: "not an address of this machine; use 127.0.0.1, 0.0.0.0 or one of its "
-                                           "addresses",
-                      errno.EACCES: "permission denied (ports below 1024 need privileges); pick a port from 1024",
-                      }.get(exc.errno, exc.strerror or str(exc))
+            reason = {
+                errno.EADDRINUSE: "the port is in use (another server?); pick another --port or stop the other",
+                errno.EADDRNOTAVAIL: "not an address of this machine; use 127.0.0.1, 0.0.0.0 or one of its addresses",
+                errno.EACCES: "permission denied (ports below 1024 need privileges); pick a port from 1024",
+            }.get(exc.errno, exc.strerror or str(exc))
             raise InvalidInputError(f"could not listen on {host}:{port}: {reason}") from None
 
 

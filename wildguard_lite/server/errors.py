@@ -12,8 +12,14 @@ from .settings import ServeSettings
 class APIError(Exception):
     """An error answer: status, one-line message, OpenAI-style error type and extra fields."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 headers: dict[str, str] | None = None, **extra: Any):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ):
         super().__init__(message)
         self.status, self.message, self.kind = status, message, kind
         self.headers = headers or {}
@@ -28,9 +34,13 @@ def check_count(n: int, field_name: str, settings: ServeSettings) -> None:
     if n == 0:
         raise APIError(422, f"'{field_name}' is empty; give at least one item", param=field_name)
     if n > settings.max_items:
-        raise APIError(413, f"'{field_name}' has {n} items; the limit is {settings.max_items} per request "
-                            "(split it, or start serve with a larger --max-items)", "request_too_large",
-                       param=field_name)
+        raise APIError(
+            413,
+            f"'{field_name}' has {n} items; the limit is {settings.max_items} per request "
+            "(split it, or start serve with a larger --max-items)",
+            "request_too_large",
+            param=field_name,
+        )
 
 
 def check_text(text: str, where: str) -> str:
@@ -39,9 +49,12 @@ def check_text(text: str, where: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise APIError(422, f"{where}: the text holds a lone surrogate (\\u{ord(text[exc.start]):04x}) at "
-                            f"character {exc.start}, which is not a Unicode character; send valid UTF-8 text",
-                       param=where) from None
+        raise APIError(
+            422,
+            f"{where}: the text holds a lone surrogate (\\u{ord(text[exc.start]):04x}) at "
+            f"character {exc.start}, which is not a Unicode character; send valid UTF-8 text",
+            param=where,
+        ) from None
     return text
 
 

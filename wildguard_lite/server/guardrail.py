@@ -56,8 +56,14 @@ class PromptMemory:
     clipped per entry to what a check can use, and expired by age on every use, whether or not
     an entry is ever looked up."""
 
-    def __init__(self, clip_chars: int, max_entries: int = MEMORY_MAX_ENTRIES, max_bytes: int = MEMORY_MAX_BYTES,
-                 ttl_s: float = MEMORY_TTL_S, clock=time.monotonic):
+    def __init__(
+        self,
+        clip_chars: int,
+        max_entries: int = MEMORY_MAX_ENTRIES,
+        max_bytes: int = MEMORY_MAX_BYTES,
+        ttl_s: float = MEMORY_TTL_S,
+        clock=time.monotonic,
+    ):
         self.clip_chars, self.max_entries, self.max_bytes, self.ttl_s = clip_chars, max_entries, max_bytes, ttl_s
         self.bytes = 0
         self._clock = clock
@@ -68,7 +74,7 @@ class PromptMemory:
         return len(self._entries)
 
     def remember(self, call_id: str, prompt: str) -> None:
-        prompt = prompt[-self.clip_chars:] if len(prompt) > self.clip_chars else prompt
+        prompt = prompt[-self.clip_chars :] if len(prompt) > self.clip_chars else prompt
         size = sys.getsizeof(prompt) + sys.getsizeof(call_id)
         with self._lock:
             now = self._clock()
@@ -160,19 +166,27 @@ def user_turns(messages: Any) -> tuple[str | None, str | None]:
 
 def parse_guardrail(body: Any, settings: ServeSettings, memory: PromptMemory) -> GuardrailCheck:
     if not isinstance(body, dict):
-        raise APIError(422, f"request body must be a JSON object with 'input_type' and 'texts', got {type(body).__name__}")
+        raise APIError(
+            422, f"request body must be a JSON object with 'input_type' and 'texts', got {type(body).__name__}"
+        )
     input_type = body.get("input_type")
     if input_type not in INPUT_TYPES:
-        raise APIError(422, f"'input_type' must be one of {', '.join(INPUT_TYPES)}, got {input_type!r}",
-                       param="input_type")
+        raise APIError(
+            422, f"'input_type' must be one of {', '.join(INPUT_TYPES)}, got {input_type!r}", param="input_type"
+        )
     texts = body.get("texts")
     if texts is None:
         texts = []
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise APIError(422, "'texts' must be a list of strings", param="texts")
     if body.get("images"):
-        raise APIError(422, "'images' is not supported: WildGuard judges text only; keep this guardrail on "
-                            "text traffic (moderate images with another model)", "unsupported_input", param="images")
+        raise APIError(
+            422,
+            "'images' is not supported: WildGuard judges text only; keep this guardrail on "
+            "text traffic (moderate images with another model)",
+            "unsupported_input",
+            param="images",
+        )
     messages = body.get("structured_messages")
     if messages is not None and not isinstance(messages, list):
         raise APIError(422, "'structured_messages' must be a list of chat messages", param="structured_messages")
@@ -213,8 +227,18 @@ def guardrail_reply(check: GuardrailCheck, results: list[dict[str, Any]], memory
     ride along."""
     reasons = []
     for result, with_prompt, where in zip(results, check.paired, check.labels):
-        key, what = ("response_harmfulness", "harmful response") if with_prompt else ("prompt_harmfulness", (
-            "harmful request" if check.input_type == "request" else "harmful content (response judged without its prompt)"))
+        key, what = (
+            ("response_harmfulness", "harmful response")
+            if with_prompt
+            else (
+                "prompt_harmfulness",
+                (
+                    "harmful request"
+                    if check.input_type == "request"
+                    else "harmful content (response judged without its prompt)"
+                ),
+            )
+        )
         if result.get("is_parsing_error"):
             reasons.append(f"{where}: the WildGuard verdict could not be read; blocked to fail closed")
         elif result.get(key) == "harmful":

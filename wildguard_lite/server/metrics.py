@@ -51,11 +51,18 @@ class Metrics:
             out.extend(f"{name}{labels} {value:g}" for labels, value in samples)
 
         with self._lock:
-            metric("wildguard_requests_total", "counter",
-                   f"HTTP requests by endpoint and status ({CLIENT_CLOSED}: the client left before the answer).",
-                   [(f'{{endpoint="{e}",status="{s}"}}', n) for (e, s), n in sorted(self.requests.items())])
-            metric("wildguard_errors_total", "counter", "Error answers by type.",
-                   [(f'{{type="{k}"}}', n) for k, n in sorted(self.errors.items())])
+            metric(
+                "wildguard_requests_total",
+                "counter",
+                f"HTTP requests by endpoint and status ({CLIENT_CLOSED}: the client left before the answer).",
+                [(f'{{endpoint="{e}",status="{s}"}}', n) for (e, s), n in sorted(self.requests.items())],
+            )
+            metric(
+                "wildguard_errors_total",
+                "counter",
+                "Error answers by type.",
+                [(f'{{type="{k}"}}', n) for k, n in sorted(self.errors.items())],
+            )
             hist = []
             for endpoint, buckets in sorted(self.latency.items()):
                 for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], buckets):
@@ -70,31 +77,59 @@ class Metrics:
             metric("wildguard_in_flight", "gauge", "Requests being classified now.", [("", pool.running)])
             metric("wildguard_workers", "gauge", "Model workers.", [("", pool.size)])
             metric("wildguard_items_total", "counter", "Exchanges classified.", [("", pool.items_done)])
-            metric("wildguard_parsing_errors_total", "counter",
-                   "Exchanges whose verdict could not be read (answered as flagged/blocked).",
-                   [("", pool.parsing_errors)])
-            metric("wildguard_tokens_evaluated_total", "counter", "Tokens the model evaluated.",
-                   [("", pool.tokens_evaluated())])
+            metric(
+                "wildguard_parsing_errors_total",
+                "counter",
+                "Exchanges whose verdict could not be read (answered as flagged/blocked).",
+                [("", pool.parsing_errors)],
+            )
+            metric(
+                "wildguard_tokens_evaluated_total",
+                "counter",
+                "Tokens the model evaluated.",
+                [("", pool.tokens_evaluated())],
+            )
             # Every reason/stage pair from the start, so a rate() sees the first abort.
-            metric("wildguard_aborted_total", "counter",
-                   "Requests whose classification was dropped because nobody would read the answer, by reason "
-                   "(client_closed, timeout) and stage (queued: never started; running: stopped in the engine).",
-                   [(f'{{reason="{r}",stage="{s}"}}', pool.aborted.get((r, s), 0))
-                    for r in ABORT_REASONS for s in ("queued", "running")])
+            metric(
+                "wildguard_aborted_total",
+                "counter",
+                "Requests whose classification was dropped because nobody would read the answer, by reason "
+                "(client_closed, timeout) and stage (queued: never started; running: stopped in the engine).",
+                [
+                    (f'{{reason="{r}",stage="{s}"}}', pool.aborted.get((r, s), 0))
+                    for r in ABORT_REASONS
+                    for s in ("queued", "running")
+                ],
+            )
             rounds = [c.backend.stats.aborted for c in pool.unique_classifiers() if hasattr(c.backend, "stats")]
             if rounds:
-                metric("wildguard_engine_aborted_rounds_total", "counter",
-                       "Engine rounds stopped inside llama_decode because every call in them was abandoned.",
-                       [("", sum(rounds))])
+                metric(
+                    "wildguard_engine_aborted_rounds_total",
+                    "counter",
+                    "Engine rounds stopped inside llama_decode because every call in them was abandoned.",
+                    [("", sum(rounds))],
+                )
             cache = pool.prefix_cache
             if cache is not None:
                 stats = cache.stats
-                metric("wildguard_prefix_cache_hits_total", "counter", "New sequences restored from the prefix cache.",
-                       [("", stats.hits)])
-                metric("wildguard_prefix_cache_misses_total", "counter", "New sequences with no useful cached prefix.",
-                       [("", stats.misses)])
-                metric("wildguard_prefix_cache_tokens_reused_total", "counter", "Tokens restored instead of evaluated.",
-                       [("", stats.tokens_reused)])
+                metric(
+                    "wildguard_prefix_cache_hits_total",
+                    "counter",
+                    "New sequences restored from the prefix cache.",
+                    [("", stats.hits)],
+                )
+                metric(
+                    "wildguard_prefix_cache_misses_total",
+                    "counter",
+                    "New sequences with no useful cached prefix.",
+                    [("", stats.misses)],
+                )
+                metric(
+                    "wildguard_prefix_cache_tokens_reused_total",
+                    "counter",
+                    "Tokens restored instead of evaluated.",
+                    [("", stats.tokens_reused)],
+                )
                 metric("wildguard_prefix_cache_bytes", "gauge", "Bytes of KV state held.", [("", cache.bytes)])
         return "\n".join(out) + "\n"
 

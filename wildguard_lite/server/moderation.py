@@ -15,8 +15,18 @@ from .settings import ServeSettings
 
 # OpenAI's 13 moderation categories, spelled as on the wire (openai-python's aliases).
 OPENAI_CATEGORIES = (
-    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
-    "self-harm", "self-harm/instructions", "self-harm/intent", "sexual", "sexual/minors", "violence",
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/instructions",
+    "self-harm/intent",
+    "sexual",
+    "sexual/minors",
+    "violence",
     "violence/graphic",
 )
 # WildGuard's categories: name -> the label key whose "yes" sets it.
@@ -41,9 +51,12 @@ def parse_moderation(body: Any, settings: ServeSettings) -> list[dict[str, Any]]
     if not isinstance(body, dict):
         raise APIError(422, f"request body must be a JSON object with 'input', got {type(body).__name__}")
     if "input" not in body:
-        raise APIError(422, "missing required field 'input' (a string, a list of strings, a list of text parts "
-                            "{\"type\": \"text\", \"text\": ...}, or objects {\"prompt\": ..., \"response\": ...})",
-                       param="input")
+        raise APIError(
+            422,
+            "missing required field 'input' (a string, a list of strings, a list of text parts "
+            '{"type": "text", "text": ...}, or objects {"prompt": ..., "response": ...})',
+            param="input",
+        )
     raw = body["input"]
     if isinstance(raw, list) and raw and all(isinstance(e, dict) and "type" in e for e in raw):
         return [{"prompt": "\n".join(text_part(part, f"input[{i}]") for i, part in enumerate(raw))}]
@@ -55,17 +68,26 @@ def parse_moderation(body: Any, settings: ServeSettings) -> list[dict[str, Any]]
         if isinstance(entry, str):
             items.append(validated_item({"prompt": entry}, where))
         elif isinstance(entry, dict) and "type" in entry:
-            raise APIError(422, f"{where}: content parts must not be mixed with strings or exchange objects; "
-                                "send a list of parts (one input) or a list of strings", param=where)
+            raise APIError(
+                422,
+                f"{where}: content parts must not be mixed with strings or exchange objects; "
+                "send a list of parts (one input) or a list of strings",
+                param=where,
+            )
         elif isinstance(entry, dict):
             unknown = sorted(set(entry) - {"prompt", "response"})
             if unknown:
-                raise APIError(422, f"{where}: unknown field(s) {', '.join(unknown)}; allowed: prompt, response",
-                               param=where)
+                raise APIError(
+                    422, f"{where}: unknown field(s) {', '.join(unknown)}; allowed: prompt, response", param=where
+                )
             items.append(validated_item(entry, where))
         else:
-            raise APIError(422, f"{where}: must be a string, a text part or an object "
-                                f"{{\"prompt\": ..., \"response\": ...}}, got {type(entry).__name__}", param=where)
+            raise APIError(
+                422,
+                f"{where}: must be a string, a text part or an object "
+                f'{{"prompt": ..., "response": ...}}, got {type(entry).__name__}',
+                param=where,
+            )
     return items
 
 
@@ -75,14 +97,21 @@ def text_part(part: dict[str, Any], where: str) -> str:
     if kind == "text":
         text = part.get("text")
         if not isinstance(text, str):
-            raise APIError(422, f"{where}: a text part needs 'text' as a string, got {type(text).__name__}",
-                           param=where)
+            raise APIError(
+                422, f"{where}: a text part needs 'text' as a string, got {type(text).__name__}", param=where
+            )
         return validated_item({"prompt": text}, where)["prompt"]
     if kind in ("image_url", "image", "input_image"):
-        raise APIError(422, f"{where}: image input is not supported: WildGuard judges text only; send the text "
-                            "parts alone (moderate images with another model)", "unsupported_input", param=where)
-    raise APIError(422, f"{where}: unknown content part type {kind!r}; send {{\"type\": \"text\", \"text\": ...}}",
-                   param=where)
+        raise APIError(
+            422,
+            f"{where}: image input is not supported: WildGuard judges text only; send the text "
+            "parts alone (moderate images with another model)",
+            "unsupported_input",
+            param=where,
+        )
+    raise APIError(
+        422, f'{where}: unknown content part type {kind!r}; send {{"type": "text", "text": ...}}', param=where
+    )
 
 
 def to_moderation(result: dict[str, Any], openai_categories: str) -> dict[str, Any]:

@@ -14,12 +14,19 @@ from ..contract import ITEM_FIELDS, LABEL_KEYS, LABEL_VALUES
 from .settings import ServeSettings
 
 TEXT = {"type": "string"}
-EXCHANGE = {"type": "object", "required": ["prompt"], "additionalProperties": False,
-            "properties": dict(zip(ITEM_FIELDS, (TEXT, {"type": ["string", "null"]}))),
-            "description": "one exchange: the user's prompt and optionally the assistant's response"}
-TEXT_PART = {"type": "object", "required": ["type", "text"],
-             "properties": {"type": {"const": "text"}, "text": TEXT},
-             "description": "an OpenAI content part; images are refused (WildGuard reads text only)"}
+EXCHANGE = {
+    "type": "object",
+    "required": ["prompt"],
+    "additionalProperties": False,
+    "properties": dict(zip(ITEM_FIELDS, (TEXT, {"type": ["string", "null"]}))),
+    "description": "one exchange: the user's prompt and optionally the assistant's response",
+}
+TEXT_PART = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"const": "text"}, "text": TEXT},
+    "description": "an OpenAI content part; images are refused (WildGuard reads text only)",
+}
 RESULT = {
     "type": "object",
     "description": "WildGuard's three labels (null: not asked, or not readable) and P(yes) of each",
@@ -31,9 +38,15 @@ RESULT = {
     },
 }
 ERROR = {
-    "type": "object", "required": ["error"],
-    "properties": {"error": {"type": "object", "required": ["message", "type", "code"], "properties": {
-        "message": TEXT, "type": TEXT, "code": {"type": ["integer", "string", "null"]}}}},
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code"],
+            "properties": {"message": TEXT, "type": TEXT, "code": {"type": ["integer", "string", "null"]}},
+        }
+    },
 }
 # Why each error status is answered (the message says which case and what to do).
 ERROR_STATUSES = {
@@ -69,50 +82,83 @@ def _post_errors(settings: ServeSettings) -> list[str]:
 def moderation_operation(settings: ServeSettings) -> dict[str, Any]:
     listed = {"type": "array", "minItems": 1, "maxItems": settings.max_items, "items": {"anyOf": [TEXT, EXCHANGE]}}
     parts = {"type": "array", "minItems": 1, "items": TEXT_PART, "description": "content parts: one input"}
-    body = {"type": "object", "required": ["input"],
-            "properties": {"input": {"anyOf": [TEXT, listed, parts]}, "model": {"description": "ignored (OpenAI's model name)"}}}
-    result = {"type": "object", "required": ["flagged", "categories", "category_scores", "wildguard"],
-              "properties": {"flagged": {"type": "boolean"},
-                             "categories": {"type": "object", "additionalProperties": {"type": "boolean"}},
-                             "category_scores": {"type": "object", "additionalProperties": {"type": "number"}},
-                             "category_applied_input_types": {"type": "object"},
-                             "wildguard": RESULT}}
-    ok = {"type": "object", "required": ["id", "model", "results"],
-          "properties": {"id": TEXT, "model": TEXT, "results": {"type": "array", "items": result}}}
+    body = {
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "input": {"anyOf": [TEXT, listed, parts]},
+            "model": {"description": "ignored (OpenAI's model name)"},
+        },
+    }
+    result = {
+        "type": "object",
+        "required": ["flagged", "categories", "category_scores", "wildguard"],
+        "properties": {
+            "flagged": {"type": "boolean"},
+            "categories": {"type": "object", "additionalProperties": {"type": "boolean"}},
+            "category_scores": {"type": "object", "additionalProperties": {"type": "number"}},
+            "category_applied_input_types": {"type": "object"},
+            "wildguard": RESULT,
+        },
+    }
+    ok = {
+        "type": "object",
+        "required": ["id", "model", "results"],
+        "properties": {"id": TEXT, "model": TEXT, "results": {"type": "array", "items": result}},
+    }
     return _operation("OpenAI's moderation API: one result per input", body, ok, _post_errors(settings))
 
 
 def classify_operation(settings: ServeSettings) -> dict[str, Any]:
-    body = {"type": "object", "required": ["items"], "additionalProperties": False,
-            "properties": {"items": {"type": "array", "minItems": 1, "maxItems": settings.max_items,
-                                     "items": EXCHANGE}}}
-    ok = {"type": "object", "required": ["model", "results"],
-          "properties": {"model": TEXT, "results": {"type": "array", "items": RESULT}}}
+    body = {
+        "type": "object",
+        "required": ["items"],
+        "additionalProperties": False,
+        "properties": {"items": {"type": "array", "minItems": 1, "maxItems": settings.max_items, "items": EXCHANGE}},
+    }
+    ok = {
+        "type": "object",
+        "required": ["model", "results"],
+        "properties": {"model": TEXT, "results": {"type": "array", "items": RESULT}},
+    }
     return _operation("WildGuard's labels and P(yes) for each exchange", body, ok, _post_errors(settings))
 
 
 def guardrail_operation(settings: ServeSettings) -> dict[str, Any]:
     # LiteLLM sends more fields than these (request_data, ...): they are accepted and unused.
-    body = {"type": "object", "required": ["input_type"], "properties": {
-        "input_type": {"enum": ["request", "response"]},
-        "texts": {"type": ["array", "null"], "maxItems": settings.max_items, "items": TEXT},
-        "images": {"type": ["array", "null"], "maxItems": 0, "description": "refused when not empty"},
-        "structured_messages": {"type": ["array", "null"], "items": {"type": "object"}},
-        "litellm_call_id": {"type": ["string", "null"], "maxLength": 256},
-    }}
-    ok = {"type": "object", "required": ["action", "wildguard"],
-          "properties": {"action": {"enum": ["BLOCKED", "NONE"]}, "blocked_reason": TEXT,
-                         "wildguard": {"type": "array", "items": RESULT}}}
+    body = {
+        "type": "object",
+        "required": ["input_type"],
+        "properties": {
+            "input_type": {"enum": ["request", "response"]},
+            "texts": {"type": ["array", "null"], "maxItems": settings.max_items, "items": TEXT},
+            "images": {"type": ["array", "null"], "maxItems": 0, "description": "refused when not empty"},
+            "structured_messages": {"type": ["array", "null"], "items": {"type": "object"}},
+            "litellm_call_id": {"type": ["string", "null"], "maxLength": 256},
+        },
+    }
+    ok = {
+        "type": "object",
+        "required": ["action", "wildguard"],
+        "properties": {
+            "action": {"enum": ["BLOCKED", "NONE"]},
+            "blocked_reason": TEXT,
+            "wildguard": {"type": "array", "items": RESULT},
+        },
+    }
     return _operation("LiteLLM's Generic Guardrail API", body, ok, _post_errors(settings))
 
 
 def plain_operation(name: str, settings: ServeSettings | None = None) -> dict[str, Any]:
     if name == "health":
         status = {"type": "object", "required": ["status"], "properties": {"status": {"enum": ["ok", "unavailable"]}}}
-        return {"summary": "ready or not", "responses": {"200": _json(status, "ready"),
-                                                         "503": _json(status, "starting or shutting down")}}
-    responses: dict[str, Any] = {"200": {"description": "Prometheus text format",
-                                         "content": {"text/plain": {"schema": TEXT}}}}
+        return {
+            "summary": "ready or not",
+            "responses": {"200": _json(status, "ready"), "503": _json(status, "starting or shutting down")},
+        }
+    responses: dict[str, Any] = {
+        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": TEXT}}}
+    }
     if settings is not None and settings.api_key is not None:
         responses["401"] = _json(ERROR, ERROR_STATUSES["401"])
     return {"summary": "Prometheus metrics", "responses": responses}

@@ -58,8 +58,10 @@ class WorkerPool:
         self._job_seconds = 1.0  # moving average, for Retry-After
         self._lock = threading.Lock()
         self._jobs: queue.Queue[Job | None] = queue.Queue()
-        self._threads = [threading.Thread(target=self._work, args=(clf,), name=f"wildguard-worker-{i}", daemon=True)
-                         for i, clf in enumerate(classifiers)]
+        self._threads = [
+            threading.Thread(target=self._work, args=(clf,), name=f"wildguard-worker-{i}", daemon=True)
+            for i, clf in enumerate(classifiers)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -158,11 +160,20 @@ def make_prefix_cache(settings: ServeSettings):
 
 def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
     """Load `settings.model` once per worker, every worker sharing one prefix cache."""
+
     def make(index: int, threads: int) -> Classifier:
         from ..loading import load
 
-        return load(settings.model, mode=settings.mode, threads=threads, n_ctx=settings.n_ctx,
-                    slots=settings.slots, kv_tokens=settings.kv_tokens, prefix_cache=prefix_cache,
-                    thresholds=settings.thresholds, over_context=settings.over_context)
+        return load(
+            settings.model,
+            mode=settings.mode,
+            threads=threads,
+            n_ctx=settings.n_ctx,
+            slots=settings.slots,
+            kv_tokens=settings.kv_tokens,
+            prefix_cache=prefix_cache,
+            thresholds=settings.thresholds,
+            over_context=settings.over_context,
+        )
 
     return make

@@ -17,10 +17,19 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
 def head_timeout_answer(seconds: float) -> bytes:
-    body = json.dumps({"error": {"message": f"the request line and headers did not arrive within {seconds:g} s",
-                                 "type": "request_timeout", "code": 408}}).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"the request line and headers did not arrive within {seconds:g} s",
+                "type": "request_timeout",
+                "code": 408,
+            }
+        }
+    ).encode()
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
 
 
 def head_timeout_protocol(seconds: float) -> type[H11Protocol]:

@@ -59,14 +59,32 @@ def seconds() -> tuple[Callable[[Any], bool], str]:
     return (lambda v: math.isfinite(v) and 0 < v <= MAX_SECONDS), f"must be positive, at most {MAX_SECONDS:g} s"
 
 
-def option(default: Any, flag: str, help: str, *, type: Callable | None = None, choices: tuple | None = None,
-           convert: Callable | None = None, show_default: bool = True, action: str | None = None,
-           check: tuple[Callable[[Any], bool], str] | None = None, **kwargs) -> Any:
+def option(
+    default: Any,
+    flag: str,
+    help: str,
+    *,
+    type: Callable | None = None,
+    choices: tuple | None = None,
+    convert: Callable | None = None,
+    show_default: bool = True,
+    action: str | None = None,
+    check: tuple[Callable[[Any], bool], str] | None = None,
+    **kwargs,
+) -> Any:
     """A settings field with its command-line flag. `convert` maps the parsed flag value to the
     field value (e.g. a key file to the key); `type` parses the flag's text; `check` is
     (predicate, what it requires), applied to a value that is set."""
-    meta = {"flag": flag, "help": help, "type": type, "choices": choices, "convert": convert,
-            "show_default": show_default, "action": action, "check": check}
+    meta = {
+        "flag": flag,
+        "help": help,
+        "type": type,
+        "choices": choices,
+        "convert": convert,
+        "show_default": show_default,
+        "action": action,
+        "check": check,
+    }
     return field(default=default, metadata=meta, **kwargs)
 
 
@@ -80,50 +98,99 @@ class ServeSettings:
     """Everything `serve` needs; `threads` are the one shared engine's (default: the library's,
     `defaults.default_threads()`)."""
 
-    model: Path | None = option(None, "--model", "a .gguf file made by 'wildguard-lite convert' (or an ONNX "
-                                "variant it made)", type=Path, show_default=False)
+    model: Path | None = option(
+        None,
+        "--model",
+        "a .gguf file made by 'wildguard-lite convert' (or an ONNX variant it made)",
+        type=Path,
+        show_default=False,
+    )
     host: str = option("127.0.0.1", "--host", "address to bind (0.0.0.0 for all)")
-    port: int = option(8000, "--port", "port (0: any free port)", type=int,
-                       check=in_range(0, 65535, "0-65535 (0: any free port)"))
-    workers: int = option(_RUNTIME_DEFAULTS["slots"], "--workers", "requests classified at once, sharing the "
-                          "one loaded model (their engine calls run batched)", type=int, check=at_least(1))
-    slots: int = option(_RUNTIME_DEFAULTS["slots"], "--slots", "KV sequences the model keeps: conversations "
-                        "whose growing answers are checked incrementally at once (memory: see docs/serving.md)",
-                        type=int, check=in_range(1, MAX_SLOTS, f"from 1 to {MAX_SLOTS}"))
-    kv_tokens: int | None = option(None, "--kv-tokens", "KV cache cells the slots share (default: two "
-                                   "contexts, 2 x --n-ctx); at least --n-ctx", type=int, show_default=False)
+    port: int = option(
+        8000, "--port", "port (0: any free port)", type=int, check=in_range(0, 65535, "0-65535 (0: any free port)")
+    )
+    workers: int = option(
+        _RUNTIME_DEFAULTS["slots"],
+        "--workers",
+        "requests classified at once, sharing the one loaded model (their engine calls run batched)",
+        type=int,
+        check=at_least(1),
+    )
+    slots: int = option(
+        _RUNTIME_DEFAULTS["slots"],
+        "--slots",
+        "KV sequences the model keeps: conversations "
+        "whose growing answers are checked incrementally at once (memory: see docs/serving.md)",
+        type=int,
+        check=in_range(1, MAX_SLOTS, f"from 1 to {MAX_SLOTS}"),
+    )
+    kv_tokens: int | None = option(
+        None,
+        "--kv-tokens",
+        "KV cache cells the slots share (default: two contexts, 2 x --n-ctx); at least --n-ctx",
+        type=int,
+        show_default=False,
+    )
     threads: int | None = runtime_option(None, "threads")
-    nice: int = option(DEFAULT_NICE, "--nice", NICE_HELP, type=int,
-                       check=in_range(0, MAX_NICE, f"an integer from 0 (normal priority) to {MAX_NICE} (lowest)"))
-    max_queue: int = option(16, "--max-queue", "requests waiting beyond the busy workers before answering 429",
-                            type=int, check=at_least(0))
-    request_timeout_s: float = option(60.0, "--timeout", "seconds a request may queue and run before 504",
-                                      type=float, check=seconds())
-    body_timeout_s: float = option(30.0, "--body-timeout", "seconds a client may take to send its request "
-                                   "body before 408", type=float, check=seconds())
-    header_timeout_s: float = option(10.0, "--header-timeout", "seconds a client may take to send a request's "
-                                     "line and headers before 408 and a closed connection", type=float,
-                                     check=seconds())
-    max_body_bytes: int = option(1 << 20, "--max-body-bytes", "request body limit in bytes, 413 beyond", type=int,
-                                 check=at_least(1024))
+    nice: int = option(
+        DEFAULT_NICE,
+        "--nice",
+        NICE_HELP,
+        type=int,
+        check=in_range(0, MAX_NICE, f"an integer from 0 (normal priority) to {MAX_NICE} (lowest)"),
+    )
+    max_queue: int = option(
+        16, "--max-queue", "requests waiting beyond the busy workers before answering 429", type=int, check=at_least(0)
+    )
+    request_timeout_s: float = option(
+        60.0, "--timeout", "seconds a request may queue and run before 504", type=float, check=seconds()
+    )
+    body_timeout_s: float = option(
+        30.0,
+        "--body-timeout",
+        "seconds a client may take to send its request body before 408",
+        type=float,
+        check=seconds(),
+    )
+    header_timeout_s: float = option(
+        10.0,
+        "--header-timeout",
+        "seconds a client may take to send a request's line and headers before 408 and a closed connection",
+        type=float,
+        check=seconds(),
+    )
+    max_body_bytes: int = option(
+        1 << 20, "--max-body-bytes", "request body limit in bytes, 413 beyond", type=int, check=at_least(1024)
+    )
     max_items: int = option(64, "--max-items", "items per request, 413 beyond", type=int, check=at_least(1))
     n_ctx: int = runtime_option(_RUNTIME_DEFAULTS["n_ctx"], "n_ctx")
     mode: str = runtime_option(_RUNTIME_DEFAULTS["mode"], "mode")
     over_context: str = runtime_option(_RUNTIME_DEFAULTS["over_context"], "over_context")
-    prefix_cache_mb: float = option(256.0, "--prefix-cache-mb", "memory cap of the shared KV prefix cache "
-                                    "for two-phase checks; 0 turns it off", type=float,
-                                    check=in_range(0, MAX_CACHE_MB, f"MB from 0 (off) to {MAX_CACHE_MB:.0f}"))
+    prefix_cache_mb: float = option(
+        256.0,
+        "--prefix-cache-mb",
+        "memory cap of the shared KV prefix cache for two-phase checks; 0 turns it off",
+        type=float,
+        check=in_range(0, MAX_CACHE_MB, f"MB from 0 (off) to {MAX_CACHE_MB:.0f}"),
+    )
     openai_categories: str = option(
-        "all", "--openai-categories",
+        "all",
+        "--openai-categories",
         "how a harmful verdict shows in /v1/moderations' OpenAI category names: 'all' sets every OpenAI "
         "category (category-based clients block whatever categories they check), 'illicit' only "
         "'illicit', 'none' leaves them false (only 'flagged' and the WildGuard keys carry it)",
-        choices=OPENAI_CATEGORY_MODES)
-    thresholds: dict[str, float] | None = runtime_option(None, "thresholds", convert=parse_threshold_specs,
-                                                         hash=False)
-    api_key: str | None = option(None, "--api-key-file", "require 'Authorization: Bearer <key>' (or "
-                                 "'x-api-key: <key>') with the key on this file's first line", type=Path,
-                                 convert=read_api_key, show_default=False, repr=False)
+        choices=OPENAI_CATEGORY_MODES,
+    )
+    thresholds: dict[str, float] | None = runtime_option(None, "thresholds", convert=parse_threshold_specs, hash=False)
+    api_key: str | None = option(
+        None,
+        "--api-key-file",
+        "require 'Authorization: Bearer <key>' (or 'x-api-key: <key>') with the key on this file's first line",
+        type=Path,
+        convert=read_api_key,
+        show_default=False,
+        repr=False,
+    )
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -131,15 +198,23 @@ class ServeSettings:
             if check is not None and value is not None and not check[0](value):
                 raise InvalidInputError(f"{f.metadata['flag']} {check[1]}, got {value!r}")
         checks = [
-            (self.kv_tokens is None or self.kv_tokens >= self.n_ctx,
-             f"--kv-tokens must be at least --n-ctx ({self.n_ctx}), got {self.kv_tokens}"),
+            (
+                self.kv_tokens is None or self.kv_tokens >= self.n_ctx,
+                f"--kv-tokens must be at least --n-ctx ({self.n_ctx}), got {self.kv_tokens}",
+            ),
             (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got '{self.mode}'"),
-            (self.over_context in OVER_CONTEXT_MODES,
-             f"--over-context must be one of {', '.join(OVER_CONTEXT_MODES)}, got '{self.over_context}'"),
-            (self.openai_categories in OPENAI_CATEGORY_MODES,
-             f"--openai-categories must be one of {', '.join(OPENAI_CATEGORY_MODES)}, got '{self.openai_categories}'"),
-            (self.api_key is None or len(self.api_key) >= 16,
-             "the API key must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"),
+            (
+                self.over_context in OVER_CONTEXT_MODES,
+                f"--over-context must be one of {', '.join(OVER_CONTEXT_MODES)}, got '{self.over_context}'",
+            ),
+            (
+                self.openai_categories in OPENAI_CATEGORY_MODES,
+                f"--openai-categories must be one of {', '.join(OPENAI_CATEGORY_MODES)}, got '{self.openai_categories}'",
+            ),
+            (
+                self.api_key is None or len(self.api_key) >= 16,
+                "the API key must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            ),
         ]
         for ok, message in checks:
             if not ok:

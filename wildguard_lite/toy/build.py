@@ -16,9 +16,18 @@ from wildguard_lite.utils import publishable
 from wildguard_lite.contract import LABEL_KEYS
 from wildguard_lite.errors import MissingDependencyError, WildGuardLiteError, require
 from wildguard_lite.toy.data import augmented_heldout, make_dataset, neutral_suffixed, tokenizer_lines
-from wildguard_lite.toy.train import (TARGET_ACCURACY, accuracy, classify_hardened, encode_rows, label_flips,
-                                      model_config, train_model, train_tokenizer, write_json,
-                                      write_tokenizer_config)
+from wildguard_lite.toy.train import (
+    TARGET_ACCURACY,
+    accuracy,
+    classify_hardened,
+    encode_rows,
+    label_flips,
+    model_config,
+    train_model,
+    train_tokenizer,
+    write_json,
+    write_tokenizer_config,
+)
 
 # Bump whenever the recipe (data, tokenizer, model, training) changes: it keys the cache.
 # 5: adversarial augmentation; training on the runtime's hardened ids.
@@ -59,17 +68,27 @@ def evaluate(out: Path, seed: int, heldout: list[dict[str, Any]], log) -> dict[s
     write_jsonl(out / HELDOUT_FILES["augmented"], augmented)
     suffixed_rows = neutral_suffixed(heldout, seed)
     total = len(heldout) + len(augmented) + len(suffixed_rows)
-    log(f"evaluating {total} held-out rows by greedy generation (plain: official procedure; augmented: "
-        "hardened ids; plain + a neutral sentence)")
+    log(
+        f"evaluating {total} held-out rows by greedy generation (plain: official procedure; augmented: "
+        "hardened ids; plain + a neutral sentence)"
+    )
     progress = EvaluationProgress(total, log)
     plain = progress.run("plain", reference.classify, heldout)
     aug = progress.run("augmented", lambda rows: classify_hardened(reference, ours, rows), augmented)
-    by_kind = {kind: accuracy([r for r in augmented if r["augmentation"] == kind],
-                              [res for r, res in zip(augmented, aug) if r["augmentation"] == kind])
-               for kind in sorted({r["augmentation"] for r in augmented})}
+    by_kind = {
+        kind: accuracy(
+            [r for r in augmented if r["augmentation"] == kind],
+            [res for r, res in zip(augmented, aug) if r["augmentation"] == kind],
+        )
+        for kind in sorted({r["augmentation"] for r in augmented})
+    }
     suffixed = progress.run("neutral sentence", reference.classify, suffixed_rows)
-    return {"accuracy": accuracy(heldout, plain), "accuracy_augmented": accuracy(augmented, aug),
-            "accuracy_augmented_by_kind": by_kind, "neutral_suffix_flips": label_flips(plain, suffixed)}
+    return {
+        "accuracy": accuracy(heldout, plain),
+        "accuracy_augmented": accuracy(augmented, aug),
+        "accuracy_augmented_by_kind": by_kind,
+        "neutral_suffix_flips": label_flips(plain, suffixed),
+    }
 
 
 class EvaluationProgress:
@@ -122,8 +141,10 @@ def _build(out: Path, seed: int, legacy: bool, log) -> dict[str, Any]:
     start = time.monotonic()
     random.seed(seed)
     train, val, heldout = make_dataset(seed)
-    log(f"dataset: {len(train)} train, {len(val)} validation, {len(heldout)} held-out rows "
-        f"({sum('augmentation' in r for r in train)} train rows augmented)")
+    log(
+        f"dataset: {len(train)} train, {len(val)} validation, {len(heldout)} held-out rows "
+        f"({sum('augmentation' in r for r in train)} train rows augmented)"
+    )
     write_tokenizer(out, train, legacy)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(out), use_fast=False)
@@ -143,16 +164,27 @@ def _build(out: Path, seed: int, legacy: bool, log) -> dict[str, Any]:
     results = evaluate(out, seed, heldout, log)
     acc = results["accuracy"]
     report = {
-        "toy_version": TOY_VERSION, "seed": seed, "legacy": legacy, **results,
+        "toy_version": TOY_VERSION,
+        "seed": seed,
+        "legacy": legacy,
+        **results,
         "passed": all(acc[k] >= TARGET_ACCURACY for k in LABEL_KEYS),
-        "n_params": sum(p.numel() for p in model.parameters()), "vocab_size": vocab_size,
-        "n_train": len(train), "n_validation": len(val), "n_heldout": len(heldout),
-        **info, "build_s": round(time.monotonic() - start, 1), "evaluate_s": round(time.monotonic() - start - train_s, 1),
-        "torch": torch.__version__, "transformers": transformers.__version__,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "vocab_size": vocab_size,
+        "n_train": len(train),
+        "n_validation": len(val),
+        "n_heldout": len(heldout),
+        **info,
+        "build_s": round(time.monotonic() - start, 1),
+        "evaluate_s": round(time.monotonic() - start - train_s, 1),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
     }
     write_json(out / "toy_report.json", report)
-    log(f"held-out accuracy: {acc}; augmented: {results['accuracy_augmented']}; neutral suffix moved "
-        f"{results['neutral_suffix_flips']['rows']}/{len(heldout)} rows; build {report['build_s']} s")
+    log(
+        f"held-out accuracy: {acc}; augmented: {results['accuracy_augmented']}; neutral suffix moved "
+        f"{results['neutral_suffix_flips']['rows']}/{len(heldout)} rows; build {report['build_s']} s"
+    )
     if not report["passed"]:
         log(f"[yellow]warning: held-out accuracy below {TARGET_ACCURACY}[/yellow]")
     return report
@@ -172,8 +204,9 @@ def build_toy(out_dir, *, seed: int = 0, legacy: bool = True, quiet: bool = Fals
     return report
 
 
-def provide_toy(out_dir, *, seed: int = 0, legacy: bool = True, rebuild: bool = False,
-                quiet: bool = False) -> tuple[dict[str, Any], str]:
+def provide_toy(
+    out_dir, *, seed: int = 0, legacy: bool = True, rebuild: bool = False, quiet: bool = False
+) -> tuple[dict[str, Any], str]:
     """The toy in `out_dir` for the fewest minutes: kept if `out_dir` already holds this
     version, seed and legacy flag; for seed 0 copied from the cache (`ensure_toy`, which builds
     it there on first use, for the tests and the demo too); built otherwise, or when `rebuild`.
@@ -275,4 +308,3 @@ def ensure_toy(legacy: bool = True, *, quiet: bool = False) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
-

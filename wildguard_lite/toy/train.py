@@ -46,11 +46,24 @@ def train_tokenizer(lines: list[str], path: Path) -> None:
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=VOCAB_SIZE,
-        byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=True,
-        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
-        character_coverage=0.9995, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        control_symbols=["[INST]", "[/INST]"], num_threads=1, minloglevel=2,
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=VOCAB_SIZE,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        character_coverage=0.9995,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        control_symbols=["[INST]", "[/INST]"],
+        num_threads=1,
+        minloglevel=2,
     )
     path.write_bytes(model.getvalue())
     sp = spm.SentencePieceProcessor(model_file=str(path))
@@ -64,8 +77,14 @@ def train_tokenizer(lines: list[str], path: Path) -> None:
 
 def write_tokenizer_config(out: Path, legacy: bool) -> None:
     def added(content: str) -> dict[str, Any]:
-        return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
-                "single_word": False, "special": True}
+        return {
+            "content": content,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
 
     config = {
         "tokenizer_class": "LlamaTokenizer",
@@ -85,8 +104,12 @@ def write_tokenizer_config(out: Path, legacy: bool) -> None:
         "sp_model_kwargs": {},
         "use_default_system_prompt": False,
     }
-    special_map = {"bos_token": added("<s>"), "eos_token": added("</s>"), "unk_token": added("<unk>"),
-                   "additional_special_tokens": ["[INST]", "[/INST]"]}
+    special_map = {
+        "bos_token": added("<s>"),
+        "eos_token": added("</s>"),
+        "unk_token": added("<unk>"),
+        "additional_special_tokens": ["[INST]", "[/INST]"],
+    }
     for value in special_map.values():
         if isinstance(value, dict):
             del value["special"], value["single_word"]
@@ -104,11 +127,22 @@ def write_json(path: Path, data: Any) -> None:
 
 def model_config(vocab_size: int) -> dict[str, Any]:
     return {
-        "architectures": ["MistralForCausalLM"], "model_type": "mistral", **MODEL_CONFIG,
-        "vocab_size": vocab_size, "max_position_embeddings": 4096, "rope_theta": 1e6,
-        "rms_norm_eps": 1e-5, "hidden_act": "silu", "initializer_range": 0.02,
-        "tie_word_embeddings": False, "sliding_window": None, "attention_dropout": 0.0,
-        "bos_token_id": 1, "eos_token_id": 2, "use_cache": True, "torch_dtype": "float32",
+        "architectures": ["MistralForCausalLM"],
+        "model_type": "mistral",
+        **MODEL_CONFIG,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 4096,
+        "rope_theta": 1e6,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "tie_word_embeddings": False,
+        "sliding_window": None,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "use_cache": True,
+        "torch_dtype": "float32",
     }
 
 
@@ -186,20 +220,34 @@ def _answer_exact(torch, model, examples, batch_size: int = 48) -> float:
 
 
 def plan_line(max_steps: int, batch_size: int, check_every: int) -> str:
-    return (f"training: at most {max_steps} steps of {batch_size} rows, validation every {check_every} "
-            "(it stops early after two passing checks in a row)")
+    return (
+        f"training: at most {max_steps} steps of {batch_size} rows, validation every {check_every} "
+        "(it stops early after two passing checks in a row)"
+    )
 
 
 def step_line(step: int, max_steps: int, loss: float, val_exact: float, elapsed: float, cpu: float) -> str:
     """A progress line: the step out of the most there can be, and the time left at this pace
     (an upper bound: training may stop early)."""
     left = elapsed / step * (max_steps - step)
-    return (f"step {step}/{max_steps}: loss {loss:.4f}, validation exact answers {val_exact:.3f}, "
-            f"{elapsed:.0f} s ({cpu:.0f} CPU s), at most ~{left / 60:.1f} min left")
+    return (
+        f"step {step}/{max_steps}: loss {loss:.4f}, validation exact answers {val_exact:.3f}, "
+        f"{elapsed:.0f} s ({cpu:.0f} CPU s), at most ~{left / 60:.1f} min left"
+    )
 
 
-def train_model(train, val, vocab_size: int, seed: int, log, *, batch_size: int = 32,
-                max_steps: int = MAX_STEPS, lr: float = 3e-3, check_every: int = 25):
+def train_model(
+    train,
+    val,
+    vocab_size: int,
+    seed: int,
+    log,
+    *,
+    batch_size: int = 32,
+    max_steps: int = MAX_STEPS,
+    lr: float = 3e-3,
+    check_every: int = 25,
+):
     torch = require("torch", "convert")
     transformers = require("transformers", "convert")
     torch.set_num_threads(2)
@@ -209,7 +257,8 @@ def train_model(train, val, vocab_size: int, seed: int, log, *, batch_size: int 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = 20
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.1, 1 - s / max_steps))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.1, 1 - s / max_steps)
+    )
     order = torch.Generator().manual_seed(seed)
     start, cpu_start = time.monotonic(), time.process_time()
     step, val_exact, passes, stopped = 0, 0.0, 0, "max steps"
@@ -226,7 +275,8 @@ def train_model(train, val, vocab_size: int, seed: int, log, *, batch_size: int 
         logits = _logits(model, ids, prefix)[:, :-1]
         weights = weights[:, prefix:]
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), ids[:, prefix + 1 :].reshape(-1), reduction="none")
+            logits.reshape(-1, logits.shape[-1]), ids[:, prefix + 1 :].reshape(-1), reduction="none"
+        )
         loss = (loss * weights.reshape(-1)).sum() / weights.sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -238,8 +288,11 @@ def train_model(train, val, vocab_size: int, seed: int, log, *, batch_size: int 
             model.eval()
             val_exact = _answer_exact(torch, model, val)
             model.train()
-            log(step_line(step, max_steps, loss.item(), val_exact, time.monotonic() - start,
-                          time.process_time() - cpu_start))
+            log(
+                step_line(
+                    step, max_steps, loss.item(), val_exact, time.monotonic() - start, time.process_time() - cpu_start
+                )
+            )
             if val_exact > best[0]:  # keep the checkpoint that generalises best
                 best = (val_exact, step, copy.deepcopy(model.state_dict()))
             # Two passing checks in a row: one can be luck near the decision boundary.
@@ -251,9 +304,14 @@ def train_model(train, val, vocab_size: int, seed: int, log, *, batch_size: int 
     if state is not None:
         model.load_state_dict(state)
     model.eval()
-    return model, {"steps": step, "best_step": best_step, "stopped": stopped, "val_exact": val_exact,
-                   "train_s": round(time.monotonic() - start, 1),
-                   "train_cpu_s": round(time.process_time() - cpu_start, 1)}
+    return model, {
+        "steps": step,
+        "best_step": best_step,
+        "stopped": stopped,
+        "val_exact": val_exact,
+        "train_s": round(time.monotonic() - start, 1),
+        "train_cpu_s": round(time.process_time() - cpu_start, 1),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,9 +329,17 @@ def classify_hardened(reference, ours, rows: list[dict[str, Any]]) -> list[dict[
         x = torch.tensor([ids], device=reference.device)
         with torch.no_grad():
             seq = reference.model.generate(
-                x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                temperature=None, top_p=None, top_k=None, eos_token_id=ours.eos_id, pad_token_id=ours.eos_id)
-        results.append(parse_output(ours.decode(seq[0, len(ids):].tolist())))
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=MAX_NEW_TOKENS,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                eos_token_id=ours.eos_id,
+                pad_token_id=ours.eos_id,
+            )
+        results.append(parse_output(ours.decode(seq[0, len(ids) :].tolist())))
     return results
 
 
