@@ -8,8 +8,8 @@ awaiting task is cancelled.
 
 Each call runs the synchronous API in a thread of a small pool per classifier (as many
 threads as the engine runs calls at once: its slots with llama.cpp, one otherwise), so the
-loop only waits on a future. Cancelling the awaiting task (`task.cancel()`, `asyncio.timeout`,
-`wait_for`, a web framework dropping the request) sets the call's cancel event: llama.cpp
+loop only waits on a future. Cancelling the awaiting task (`task.cancel()`, `asyncio.wait_for`,
+`asyncio.timeout`, a web framework dropping the request) sets the call's cancel event: llama.cpp
 stops inside `llama_decode`, ONNX before its next engine step, and a call still waiting for a
 thread never starts. The task then raises `asyncio.CancelledError` once the thread has let go
 of the engine, so when `await task` returns the work has really stopped and the classifier is
