@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from wildguard_lite.contract import LABEL_KEYS
+from wildguard_lite.defaults import default_threads
+from wildguard_lite.errors import InvalidInputError
+from wildguard_lite.flags import add_runtime_flags
 
 from .streaming import response_of
 
@@ -343,14 +346,9 @@ def part_server(clf, args, load) -> dict[str, Any]:
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="wildguard-lite bench cancel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="a .gguf (the 4-layer stand-in for the issue's targets)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="engine threads (default: the cores)")
-    p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--long-tokens", type=int, default=2000, help="response tokens of the long exchange")
     p.add_argument("--cancel-after", type=float, default=0.05, help="seconds after the start of the call")
     p.add_argument("--tries", type=int, default=20)
@@ -360,11 +358,15 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=8, help="server: --workers")
     p.add_argument("--server-seconds", type=float, default=2.0, help="server: engine time of each abandoned request")
     p.add_argument("--out", type=Path)
-    args = p.parse_args(argv)
+    add_runtime_flags(p, "threads", "n_ctx")
+
+
+def run(args: argparse.Namespace) -> int:
+    args.threads = args.threads or default_threads()
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
-        p.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+        raise InvalidInputError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
 
     import wildguard_lite
 
@@ -420,6 +422,14 @@ def targets(report: dict[str, Any]) -> dict[str, bool]:
     if "server" in report:
         out["server_start_delay_le_200ms"] = report["server"]["abort_on"]["start_delay_s"] <= 0.2
     return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="wildguard-lite bench cancel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ BENCHMARKS = {
     "streaming": ("streaming", "streaming moderation: cost per check, output rate kept up with, flag delay"),
     "concurrent-streams": ("concurrent_streams", "many chats at once: N streams on one classifier"),
     "http-streams": ("http_streams", "N streamed conversations against one 'serve' process"),
+    "cancel": ("cancel", "cancellation and deadlines: cancel latency, loop heartbeat, abandoned server work"),
     "load": ("load", "load test of 'serve': N concurrent clients for T seconds"),
     "two-phase": ("two_phase", "prompt, then prompt + response, with and without serve's prefix cache"),
     "batching": ("batching", "one llama.cpp batch of several sequences against one after another"),
