@@ -17,20 +17,16 @@ recently used sequences outside it are dropped (their next call evaluates from s
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..defaults import DEFAULT_OMP_WAIT_POLICY, DEFAULT_SLOTS, MAX_SLOTS, default_kv_tokens, default_threads
+from ..defaults import DEFAULT_OMP_WAIT_POLICY, DEFAULT_SLOTS, default_kv_tokens, default_threads
 from ..errors import (
-    ClassificationCancelled,
-    ClassificationTimeout,
     EngineError,
     InvalidInputError,
     ModelFileError,
@@ -39,9 +35,19 @@ from ..errors import (
 from ..utils import capture_stderr
 from .base import Backend, check_positions, check_threads
 from .prefix_cache import PrefixStateCache  # noqa: F401 (re-exported: the server imports it from here)
+from .llama_parts import (
+    Aborted,
+    EngineStats,
+    SlotSequence,
+    check_slots,
+    common_prefix,
+    interrupt_error,
+    llama_default_params,
+    quiet_logging,
+    strlen_abort_callback,
+)
 from .scheduler import Interrupt, Request, RoundScheduler
 
-_PARAMS_LOCK = threading.Lock()
 # A request continues a sequence when their common prefix reaches this close to where the
 # sequence's last request started reading logits (its "stem"). The Classifier sets the
 # backend's `extension_slack` to what a stream's next check legitimately drops: the template's
@@ -51,67 +57,6 @@ DEFAULT_EXTENSION_SLACK = 16
 # width one matrix product over a 512-token ubatch took ~0.2 s idle (up to 0.6 s on a loaded 2-core
 # machine) before a cancel took effect; 128 tokens keep it ~4x shorter at the same prefill rate.
 UBATCH = 128
-
-
-@contextlib.contextmanager
-def llama_default_params(model: dict, context: dict):
-    """Llama() takes no argument for some params (use_extra_bufts, n_seq_max, kv_unified): set
-    them on the defaults it starts from, for the duration of one constructor call."""
-    import llama_cpp.llama as module
-
-    with _PARAMS_LOCK:
-        originals = (module.llama_cpp.llama_model_default_params, module.llama_cpp.llama_context_default_params)
-
-        def patch(original, fields):
-            def patched():
-                params = original()
-                for name, value in fields.items():
-                    setattr(params, name, value)
-                return params
-
-            return patched
-
-        module.llama_cpp.llama_model_default_params = patch(originals[0], model)
-        module.llama_cpp.llama_context_default_params = patch(originals[1], context)
-        try:
-            yield
-        finally:
-            module.llama_cpp.llama_model_default_params, module.llama_cpp.llama_context_default_params = originals
-
-
-def _quiet_logging() -> None:
-    """Back to errors-only logging after a verbose load."""
-    from llama_cpp._logger import set_verbose
-
-    set_verbose(False)
-
-
-def check_slots(slots: int) -> None:
-    if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
-        raise InvalidInputError(
-            f"slots must be an integer from 1 to {MAX_SLOTS}, got {slots!r}; each slot holds one "
-            "stream's or call's KV cache (memory: n_ctx tokens per slot)"
-        )
-
-
-@dataclass
-class _Sequence:
-    seq_id: int
-    tokens: list[int] = field(default_factory=list)  # what the KV cache holds for this sequence
-    stem: int = 0  # the first position the last request read logits at
-    last_used: int = 0
-
-
-@dataclass
-class EngineStats:
-    """Public counters (benchmarks, /metrics)."""
-
-    decode_calls: int = 0  # llama_decode calls
-    rounds: int = 0  # batched rounds (one per group of coinciding requests)
-    requests: int = 0
-    aborted: int = 0  # rounds stopped inside the engine by cancellation or a deadline
-    evictions: int = 0  # idle sequences dropped to make room in the KV pool
-    prefix_copies: int = 0  # prefixes shared from another sequence instead of evaluated
 
 
 class LlamaCppBackend(Backend):
@@ -174,7 +119,7 @@ class LlamaCppBackend(Backend):
                         verbose=True,
                     )
                 finally:
-                    _quiet_logging()
+                    quiet_logging()
             self._llm.verbose = False
         except (ValueError, RuntimeError, OSError, MemoryError) as exc:
             tail = log.tail()
@@ -191,7 +136,7 @@ class LlamaCppBackend(Backend):
         self._ctx = self._llm.ctx
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self._sequences = [_Sequence(s) for s in range(slots)]
+        self._sequences = [SlotSequence(s) for s in range(slots)]
         self._clock = 0
         # Abort without the GIL: llama.cpp calls the callback between graph nodes from a compute
         # thread; a Python callback there would wait for the GIL behind any busy Python thread.
@@ -199,7 +144,7 @@ class LlamaCppBackend(Backend):
         self._abort_flag = ctypes.create_string_buffer(2)
         self._abort_lock = threading.Lock()
         self._round: list[Request] | None = None
-        self._abort_fn = _strlen_callback(llama_cpp)
+        self._abort_fn = strlen_abort_callback(llama_cpp)
         if self._abort_fn is not None:  # without it, calls stop between rounds only
             llama_cpp.llama_set_abort_callback(
                 self._ctx, self._abort_fn, ctypes.cast(self._abort_flag, ctypes.c_void_p)
@@ -264,7 +209,7 @@ class LlamaCppBackend(Backend):
         free = list(self._sequences)
         for request in batch:
             query = np.asarray(request.ids, dtype=np.int64)
-            common = {id(seq): _common_prefix(seq.tokens, query) for seq in self._sequences}
+            common = {id(seq): common_prefix(seq.tokens, query) for seq in self._sequences}
             extending = [s for s in free if s.tokens and common[id(s)] >= s.stem - self.extension_slack]
             if extending:
                 target = max(extending, key=lambda s: common[id(s)])
@@ -339,12 +284,12 @@ class LlamaCppBackend(Backend):
                 seq = request.extra["seq"]
                 cpp.llama_memory_seq_rm(mem, seq.seq_id, 0, -1)
                 seq.tokens = []
-            if not isinstance(exc, _Aborted):
+            if not isinstance(exc, Aborted):
                 raise
             # Only rounds whose every request was interrupted are aborted: each gets its reason.
             self.stats.aborted += 1
             for request in batch:
-                request.error, request.done = _interrupt_error(request.interrupt), True
+                request.error, request.done = interrupt_error(request.interrupt), True
             return
         finally:
             with self._abort_lock:
@@ -377,7 +322,7 @@ class LlamaCppBackend(Backend):
         self.stats.decode_calls += 1
         code = cpp.llama_decode(self._ctx, b)
         if code == 2:
-            raise _Aborted()
+            raise Aborted()
         if code != 0:
             raise EngineError(
                 f"llama_decode failed with code {code} on a round of {len(batch)} request(s), "
@@ -391,7 +336,7 @@ class LlamaCppBackend(Backend):
                 )
 
     # -- the shared prefix cache ------------------------------------------------------------------
-    def _restore_longest(self, seq: _Sequence, request: Request, keep: int) -> int:
+    def _restore_longest(self, seq: SlotSequence, request: Request, keep: int) -> int:
         """Load the cached state sharing the longest prefix with the request into `seq` if it
         beats what `seq` holds; returns how many tokens need no evaluation."""
         cache = self.prefix_cache
@@ -429,33 +374,3 @@ class LlamaCppBackend(Backend):
             self._llama_cpp.llama_batch_free(self._batch)
             llm.close()
             self._llm = None
-
-
-def _strlen_callback(llama_cpp):
-    """The C library's strlen as a ggml_abort_callback, or None where it cannot be found."""
-    try:
-        libc = ctypes.CDLL(None) if os.name != "nt" else ctypes.cdll.msvcrt
-        return llama_cpp.ggml_abort_callback(ctypes.cast(libc.strlen, ctypes.c_void_p).value)
-    except (OSError, AttributeError):
-        return None
-
-
-class _Aborted(Exception):
-    """llama_decode returned 2: the abort callback stopped it."""
-
-
-def _interrupt_error(interrupt: Interrupt | None) -> BaseException:
-    try:
-        if interrupt is not None:
-            interrupt.check()
-    except (ClassificationCancelled, ClassificationTimeout) as exc:
-        return exc
-    return ClassificationCancelled("the call was stopped with the others of its round")
-
-
-def _common_prefix(tokens: list[int], query: np.ndarray) -> int:
-    n = min(len(tokens), len(query))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(tokens[:n], dtype=np.int64) != query[:n])
-    return int(diff[0]) if diff.size else n
