@@ -225,12 +225,15 @@ def _long_item(heldout, repeat):
 
 
 def test_cancelling_aclassify_aborts_llama_decode(toy_gguf, heldout, monkeypatch):
-    long_item = _long_item(heldout, 30)
     rows = [{"prompt": r["prompt"], "response": r["response"]} for r in heldout if r.get("response")][:3]
     with wildguard_lite.load(toy_gguf["f16"], threads=1, n_ctx=4096) as fresh:
         want = fresh.classify(rows)
     with wildguard_lite.load(toy_gguf["f16"], threads=1, n_ctx=4096) as clf:
         backend, stats = clf.backend, clf.backend.stats
+        repeat = 30  # long enough for several llama_decode calls, whatever the row's length
+        while len(clf.encode(_long_item(heldout, repeat))[0]) <= 2 * backend.n_batch:
+            repeat += 30
+        long_item = _long_item(heldout, repeat)
         ids, _ = clf.encode(long_item)
         calls = -(-len(ids) // backend.n_batch)
         assert calls >= 2, len(ids)

@@ -51,8 +51,10 @@ CHILD = textwrap.dedent("""
         clf.close()
     for t in threads:
         t.join()
-    if scenario != "close":
-        out["oneshot"] = clf.classify(rows)
+    if scenario != "close":  # the exact texts the streams were fed (a trailing space included)
+        fed = [{"prompt": r["prompt"], "response": "".join(w + " " for w in r["response"].split(" "))} for r in rows]
+        out["oneshot"] = clf.classify(fed)
+        out["rows_alone"] = clf.classify(rows)
         clf.close()
     print(json.dumps(out))
 """)
@@ -96,8 +98,8 @@ def test_concurrent_use_does_not_crash(scenario, toy_gguf, heldout):
         return
     for i, final in out["finals"].items():
         assert _same_verdict(final, out["oneshot"][int(i)]), (final, out["oneshot"][int(i)])
-    if scenario == "mixed":
-        for got, want in zip(out["classified"], out["oneshot"] * 2):
+    if scenario == "mixed":  # classify() beside a stream equals classify() alone
+        for got, want in zip(out["classified"], out["rows_alone"] * 2):
             assert _same_verdict(got, want)
 
 
@@ -143,9 +145,7 @@ def test_streams_fed_in_turn_keep_their_incremental_cost(toy_gguf, heldout):
 def test_coinciding_checks_from_threads_are_batched(toy_gguf, heldout):
     rows = _rows(heldout, 8)
     with wildguard_lite.load(toy_gguf["q8_0"], threads=2, slots=8, n_ctx=1024) as clf:
-        oneshot = clf.classify(rows)
         stats = clf.backend.stats
-        rounds0, requests0 = stats.rounds, stats.requests
         barrier, finals = threading.Barrier(len(rows)), {}
 
         def run(i, row):
@@ -159,7 +159,11 @@ def test_coinciding_checks_from_threads_are_batched(toy_gguf, heldout):
         # Equal word counts so that every thread reaches each barrier.
         n = min(len(r["response"].split(" ")) for r in rows)
         rows = [{"prompt": r["prompt"], "response": " ".join(r["response"].split(" ")[:n])} for r in rows]
-        oneshot = clf.classify(rows)
+        fed = [
+            "".join(" ".join(w[s : s + 4]) + " " for s in range(0, n, 4))
+            for w in (r["response"].split(" ") for r in rows)
+        ]
+        oneshot = clf.classify([{"prompt": r["prompt"], "response": t} for r, t in zip(rows, fed)])
         rounds0, requests0 = stats.rounds, stats.requests
         threads = [threading.Thread(target=run, args=(i, r)) for i, r in enumerate(rows)]
         for t in threads:
