@@ -24,6 +24,11 @@ from ..errors import ClassificationCancelled, ClassificationTimeout, ClassifierC
 
 # How often a waiting caller or the watchdog looks at cancel events and deadlines (seconds).
 POLL_S = 0.005
+# After a round that had company, the next runner waits this long for callers that are on their
+# way (threads released together, e.g. chunks of several chats arriving at once) before it takes
+# the round: without it the first caller ran alone and the others formed a second round. A lone
+# caller (last round of one) never waits.
+LINGER_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class RoundScheduler:
         self._closed = False
         self.rounds = 0  # engine rounds run (a round is one batched engine call)
         self.requests = 0
+        self._last_round = 1
 
     def submit(self, request: Request) -> Any:
         """Queue `request`, wait for (or run) its round, and return its result."""
@@ -116,9 +122,13 @@ class RoundScheduler:
 
     def _lead(self) -> None:
         """Run one round of pending requests (called with the condition held)."""
+        if self._last_round > 1 and len(self._pending) < self.max_round:
+            self._running = True  # others queue meanwhile instead of leading
+            self._cv.wait(LINGER_S)
         batch = self._pending[: self.max_round]
         del self._pending[: len(batch)]
         self._running, self._current = True, batch
+        self._last_round = len(batch)
         self.rounds += 1
         self.requests += len(batch)
         finished = threading.Event()
