@@ -131,6 +131,7 @@ def measure_checks(
         # The limit: the same new tokens at the same positions, one llama.cpp batch with one
         # logits row. Both calls land on the stream's own sequence (the longest shared prefix):
         # the first cuts it back to the kept prefix, the second is the raw prefill.
+        keep = max(keep, 1)  # the first check kept nothing: keep BOS (one token less is timed)
         backend.logits_at(ids[:keep], [keep - 1])
         raw_start = time.perf_counter()
         backend.logits_at(ids, [len(ids) - 1])
