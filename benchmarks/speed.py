@@ -142,7 +142,9 @@ def measure_one(config: SpeedConfig) -> dict[str, Any]:
             t = time.perf_counter()
             result = clf.classify([_item(it)])[0]
             score.setdefault(it["class"], []).append(time.perf_counter() - t)
-            labels.append([result[k] for k in LABEL_KEYS])
+            # As the official parser reads it (the baseline parses llama.cpp's generated text): an
+            # n/a we resolved from P(yes) is None there.
+            labels.append([None if k in result.get("na_resolved", ()) else result[k] for k in LABEL_KEYS])
     tok = clf.tokenizer
     gguf = path.suffix == ".gguf"
     out: dict[str, Any] = {

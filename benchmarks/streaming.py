@@ -109,9 +109,10 @@ def _reset(backend) -> None:
 
 
 def measure_checks(
-    clf, prompt: str, response: str, interval: int, seed: int = 0, force_id: int | None = None
+    clf, prompt: str, response: str, interval: int, seed: int = 0, force_id: int | None = None, *, raw_backend
 ) -> dict[str, Any]:
-    """The three ways at the same check points, plus the raw prefill per stream check."""
+    """The three ways at the same check points, plus the raw prefill per stream check (on
+    `raw_backend`: a one-sequence engine of the same model file)."""
     backend = clf.backend
     counted = Counted(backend, force_id)
     chunks = chunk_text(clf.tokenizer, response, random.Random(seed))
@@ -129,12 +130,12 @@ def measure_checks(
         ids, keep = counted.last_batch
         tokens, calls = backend.tokens_evaluated - tokens0, counted.calls - calls0
         # The limit: the same new tokens at the same positions, one llama.cpp batch with one
-        # logits row. Both calls land on the stream's own sequence (the longest shared prefix):
-        # the first cuts it back to the kept prefix, the second is the raw prefill.
+        # logits row, on a one-sequence context: cut back to the kept prefix (untimed), then the
+        # raw prefill of the rest.
         keep = max(keep, 1)  # the first check kept nothing: keep BOS (one token less is timed)
-        backend.logits_at(ids[:keep], [keep - 1])
+        raw_backend.logits_at(ids[:keep], [keep - 1])
         raw_start = time.perf_counter()
-        backend.logits_at(ids, [len(ids) - 1])
+        raw_backend.logits_at(ids, [len(ids) - 1])
         raw = time.perf_counter() - raw_start
         checks.append(
             {
@@ -432,7 +433,11 @@ def run(args: argparse.Namespace) -> int:
         response = response_of(clf.tokenizer, args.tokens, seed)
         force_id = None if args.force_answer is None else getattr(clf.tokenizer, f"{args.force_answer}_id")
         report["forced_answer"] = args.force_answer
-        m = measure_checks(clf, prompt, response, args.interval, force_id=force_id)
+        # The raw prefill runs on a second context of the same file with one sequence: on the
+        # stream's own classifier the timed call would land on the stream's sequence (which
+        # holds more than the kept prefix) and evaluate one token.
+        with wildguard_lite.load(args.model, threads=args.threads, n_ctx=args.n_ctx, slots=1) as raw:
+            m = measure_checks(clf, prompt, response, args.interval, force_id=force_id, raw_backend=raw.backend)
         report["checks"] = summarize_checks(m, args.interval)
         report["checks_raw"] = [{k: v for k, v in c.items() if k != "text"} for c in m["checks"]]
         texts = [c["text"] for c in m["checks"]]

@@ -441,11 +441,13 @@ def test_score_budget_at_the_exact_boundary(toy_dir, slack):
     else:
         result = clf.classify([item])[0]
         assert max(map(len, backend.calls)) == longest
+        # n/a with a response present is decided from P(yes) (0.5 here: yes and no tie).
         assert (result["prompt_harmfulness"], result["response_refusal"], result["response_harmfulness"]) == (
             "harmful",
-            None,
+            "refusal",
             "unharmful",
         )
+        assert result["na_resolved"] == ["response_refusal"]
 
 
 # -- where the CLI writes ----------------------------------------------------------------------

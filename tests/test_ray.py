@@ -37,11 +37,13 @@ def local_results(toy_gguf, items):
 
 
 def assert_same(ours, theirs):
+    # P within 0.02: local and actor runs reuse different cached prefixes, so llama.cpp evaluates
+    # the same tokens in other batch shapes and the last bits move (docs/decisions.md).
     """Same labels; P(yes) equal up to float noise (another run order, another KV history)."""
     assert [ours[k] for k in LABEL_KEYS] == [theirs[k] for k in LABEL_KEYS]
     for key in LABEL_KEYS:
         a, b = ours["scores"][key], theirs["scores"][key]
-        assert (a is None) == (b is None) and (a is None or abs(a - b) < 1e-3), (key, a, b)
+        assert (a is None) == (b is None) and (a is None or abs(a - b) < 0.02), (key, a, b)
 
 
 def test_dataset_matches_local_classify(ray_cluster, toy_gguf, items, local_results):

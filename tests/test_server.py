@@ -412,7 +412,9 @@ def test_two_phase_prefix_cache_evaluates_only_the_response(model_path, toy_toke
         logits = backend.next_logits(second)
         assert backend.tokens_evaluated - before == len(second) - common
         np.testing.assert_array_equal(logits, expected)
-    assert cache.stats.hits >= 2 and cache.stats.tokens_reused >= 2 * common
+    # phase_two restored from the cache (another worker); phase_one still held `first` in one
+    # of its own sequences (slots), so it needed no restore to evaluate only the response.
+    assert cache.stats.hits >= 1 and cache.stats.tokens_reused >= common
     for backend in (phase_one, phase_two, fresh):
         backend.close()
 

@@ -76,9 +76,8 @@ def test_one_pass_equals_sequential_on_a_sequence_function(tok, heldout):
     assert ours == theirs  # same sequences, same logits: exactly equal
     # The fake covers every branch: answers, n/a and unreadable answers.
     assert any(r["is_parsing_error"] for r in ours)
-    assert any(
-        r["response_refusal"] is None and not r["is_parsing_error"] and "response" in i for r, i in zip(ours, items)
-    )
+    # n/a with a response present is resolved from P(yes), on both paths alike.
+    assert any("response_refusal" in r.get("na_resolved", ()) and "response" in i for r, i in zip(ours, items))
 
 
 def test_one_engine_call_when_the_guess_holds(tok, heldout):
