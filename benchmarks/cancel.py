@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .data import write_json
 from wildguard_lite.contract import LABEL_KEYS
 from wildguard_lite.defaults import default_threads
 from wildguard_lite.errors import InvalidInputError
@@ -396,13 +397,9 @@ def run(args: argparse.Namespace) -> int:
             report["heartbeat"][f"threads_{args.threads - 1}"] = heartbeat(clf, exchange(clf, args.long_tokens, "long"))
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     report["targets"] = targets(report)
-    text = json.dumps(report, indent=2)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(args.out)
-    print(text)
+        write_json(args.out, report)  # temp file, then rename
+    print(json.dumps(report, indent=2))
     return 0
 
 

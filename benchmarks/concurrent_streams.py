@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .data import write_json
 from wildguard_lite.contract import LABEL_KEYS
 from wildguard_lite.defaults import default_threads
 from wildguard_lite.flags import add_runtime_flags
@@ -222,11 +223,7 @@ def run(args: argparse.Namespace) -> int:
             "threads_tokens_le_1.1x": runs["threads"]["tokens_over_sequential"] <= 1.1,
             "threads_wall_le_0.85x": runs["threads"]["wall_over_sequential"] <= 0.85,
         }
-    text = json.dumps(report, indent=2)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(args.out)
-    print(text)
+        write_json(args.out, report)  # temp file, then rename
+    print(json.dumps(report, indent=2))
     return 0

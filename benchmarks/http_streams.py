@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .data import write_json
 from wildguard_lite.flags import add_runtime_flags
 
 from .concurrent_streams import texts_for
@@ -152,11 +153,7 @@ def run(args: argparse.Namespace) -> int:
         "model": str(args.model),
         "runs": [measure(args.model, n, args.tokens, args.threads, args.n_ctx) for n in args.conversations],
     }
-    text = json.dumps(report, indent=2)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(args.out)
-    print(text)
+        write_json(args.out, report)  # temp file, then rename
+    print(json.dumps(report, indent=2))
     return 0
