@@ -27,7 +27,7 @@ from .batch import BatchReport, check_job, check_resumed, plan_window
 from .contract import LABEL_KEYS, validate_item
 from .backends.base import check_threads
 from .errors import InvalidInputError, WildGuardLiteError, require
-from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, available_cores, default_threads
+from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT, available_cores, default_threads
 from .io import check_encodable, item_digest, iter_rows
 from .results import ResumableWriter
 
@@ -35,7 +35,7 @@ DEFAULT_BATCH_SIZE = 64  # rows per actor call: the window each actor reorders b
 DEFAULT_MAX_RESTARTS = -1  # restart a dead actor as often as needed (nodes come and go)
 DEFAULT_MAX_TASK_RETRIES = 3  # a batch that kills its actor 4 times fails the job
 READ_BLOCK_ROWS = 1024  # rows per block read from a batch file
-RESULT_COLUMNS = (*LABEL_KEYS, "is_parsing_error", "scores", "error")
+RESULT_COLUMNS = (*LABEL_KEYS, "is_parsing_error", "scores", "windows", "error")
 
 
 def _result_schema():
@@ -43,6 +43,7 @@ def _result_schema():
     return [(key, pa.string()) for key in LABEL_KEYS] + [
         ("is_parsing_error", pa.bool_()),
         ("scores", pa.struct([(key, pa.float64()) for key in LABEL_KEYS])),
+        ("windows", pa.int64()),  # set for an item longer than the context judged in windows
         ("error", pa.string()),
     ]
 
@@ -61,10 +62,13 @@ class WildGuardPredictor:
         threads: int | None = None,
         n_ctx: int = DEFAULT_N_CTX,
         thresholds: dict[str, float] | None = None,
+        over_context: str = DEFAULT_OVER_CONTEXT,
     ):
         from .loading import load
 
-        self.clf = load(model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds)
+        self.clf = load(
+            model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds, over_context=over_context
+        )
 
     def __call__(self, batch):
         pa = require("pyarrow", "ray")
@@ -90,8 +94,10 @@ class WildGuardPredictor:
         for position, message in plan.refused.items():
             outcomes[positions[position]] = message
         for position in plan.order:
+            planned = plan.plans[position]
+            assert planned is not None  # refused items are not in plan.order
             try:
-                outcomes[positions[position]] = self.clf.classify([items[position]])[0]
+                outcomes[positions[position]] = self.clf.classify_planned([planned])[0]
             except Exception as exc:  # an engine failure on one row must not fail the job
                 outcomes[positions[position]] = f"classification failed ({type(exc).__name__}: {exc})"
         return _with_results(pa, batch, outcomes)
@@ -111,6 +117,7 @@ def _with_results(pa, batch, outcomes):
                     **{key: outcome.get(key) for key in LABEL_KEYS},
                     "is_parsing_error": bool(outcome.get("is_parsing_error")),
                     "scores": outcome.get("scores"),
+                    "windows": outcome.get("windows"),
                     "error": None,
                 }
             )
@@ -120,6 +127,7 @@ def _with_results(pa, batch, outcomes):
                     **{key: None for key in LABEL_KEYS},
                     "is_parsing_error": False,
                     "scores": {key: None for key in LABEL_KEYS},
+                    "windows": None,
                     "error": outcome or "no result",
                 }
             )
@@ -166,6 +174,7 @@ def map_batches_options(
     mode: str = DEFAULT_MODE,
     n_ctx: int = DEFAULT_N_CTX,
     thresholds: dict[str, float] | None = None,
+    over_context: str = DEFAULT_OVER_CONTEXT,
     max_restarts: int = DEFAULT_MAX_RESTARTS,
     max_task_retries: int = DEFAULT_MAX_TASK_RETRIES,
 ) -> dict[str, Any]:
@@ -180,6 +189,7 @@ def map_batches_options(
             "threads": threads,
             "n_ctx": n_ctx,
             "thresholds": thresholds,
+            "over_context": over_context,
         },
         "batch_size": batch_size,
         "batch_format": "pyarrow",
@@ -198,8 +208,8 @@ def classify_dataset(ds, model: str | os.PathLike, **options: Any):
     Args:
         ds (`ray.data.Dataset`): a `prompt` column and optionally `response`.
         model: a converted model's path, readable on every node (shared storage).
-        **options: `actors`, `threads_per_actor`, `batch_size`, `mode`, `n_ctx`,
-            `max_restarts`, `max_task_retries` (see `map_batches_options`).
+        **options: `actors`, `threads_per_actor`, `batch_size`, `mode`, `n_ctx`, `thresholds`,
+            `over_context`, `max_restarts`, `max_task_retries` (see `map_batches_options`).
     """
     import warnings
 
@@ -285,6 +295,7 @@ def classify_file_on_ray(
     n_ctx: int = DEFAULT_N_CTX,
     on_bad_row: str = "stop",
     thresholds: dict[str, float] | None = None,
+    over_context: str = DEFAULT_OVER_CONTEXT,
     progress: Callable[[BatchReport], None] | None = None,
 ) -> BatchReport:
     """`batch.classify_file` with the rows spread over Ray actors; same output and resume.
@@ -301,6 +312,7 @@ def classify_file_on_ray(
         "mode": mode,
         "n_ctx": n_ctx,
         "thresholds": thresholds,
+        "over_context": over_context,
     }
     map_batches_options(model, **options)  # refuses bad options before any work
     if address == "local" and not ray.is_initialized():  # the local instance gets these cores
@@ -390,6 +402,8 @@ def _output_row(row: dict[str, Any]) -> dict[str, Any]:
     out.update({key: row[key] for key in LABEL_KEYS})
     out["is_parsing_error"] = row["is_parsing_error"]
     out["scores"] = row["scores"]
+    if row.get("windows") is not None:
+        out["windows"] = row["windows"]
     if row["error"]:
         out["error"] = f"{row['where']}: {row['error']}"
     return out

@@ -102,11 +102,16 @@ def _batch(args, thresholds) -> int:
     check_options(args.window, args.order, args.on_bad_row)
     console = Console(stderr=True)
     options: dict[str, Any] = dict(
-        mode=args.mode, threads=args.threads, n_ctx=args.n_ctx, on_bad_row=args.on_bad_row, thresholds=thresholds
+        mode=args.mode,
+        threads=args.threads,
+        n_ctx=args.n_ctx,
+        on_bad_row=args.on_bad_row,
+        thresholds=thresholds,
+        over_context=args.over_context,
     )
     job: Callable[..., Any] = run_batch
     if args.ray is None:
-        options.update(window=args.window, order=args.order, over_context=args.over_context)
+        options.update(window=args.window, order=args.order)
     else:  # the same job on Ray actors (ray_data builds on batch, not the other way round)
         from ..ray_data import classify_file_on_ray
 
