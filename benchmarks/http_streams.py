@@ -1,6 +1,6 @@
 """N streamed conversations against one `serve` process (`wildguard-lite bench http-streams`).
 
-    wildguard-lite bench http-streams --model toy-q8_0.gguf --conversations 8 32 --out report.json
+    wildguard-lite bench http-streams --model toy-wildguard-q8_0.gguf --conversations 8 32 --out report.json
 
 Each conversation's answer grows by ~16 tokens per round; every round, all conversations post
 their answer so far to `/v1/classify` at once (the gateway recipe of docs/streaming.md: a

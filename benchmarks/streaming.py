@@ -1,6 +1,6 @@
 """Streaming moderation: cost per check, the output rate it keeps up with, and flag delay.
 
-    wildguard-lite bench streaming --model toy-f16.gguf --rows heldout.jsonl --out report.json
+    wildguard-lite bench streaming --model toy-wildguard-f16.gguf --rows heldout.jsonl --out report.json
 
 A response of ~400 tokens is fed in chunks of 8-16 tokens and checked every 16 tokens, three
 ways, at the same check points:
