@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import InvalidInputError, WildGuardLiteError
-from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT
+from .config import RuntimeConfig, make_config
 from .io import InputRow, check_input, item_digest, iter_rows
 from .results import ResumableWriter, result_row
 
@@ -288,28 +288,27 @@ def run_batch(
     input: str | os.PathLike,
     output: str | os.PathLike,
     model: str | os.PathLike,
+    config: RuntimeConfig | None = None,
     *,
-    mode: str = DEFAULT_MODE,
-    threads: int | None = None,
-    n_ctx: int = DEFAULT_N_CTX,
     window: int = DEFAULT_WINDOW,
     order: str = "prefix",
     on_bad_row: str = "stop",
-    thresholds: Mapping[str, float] | None = None,
-    over_context: str = DEFAULT_OVER_CONTEXT,
     progress: Callable[[BatchReport], None] | None = None,
+    **options: Any,
 ) -> BatchReport:
-    """Load `model` and classify `input` into `output` on this machine (see `classify_file`).
+    """Load `model` with `config` (and `options`, RuntimeConfig's fields: `threads=8`, ...)
+    and classify `input` into `output` on this machine (see `classify_file`).
 
     The same job on Ray actors is `wildguard_lite.ray_data.classify_file_on_ray` (the CLI picks
     it for `--ray`); it builds on this module, never the other way round.
     """
     check_options(window, order, on_bad_row)
+    config = make_config(config, **options)
     from .loading import load
 
     # Refuse a bad input or output before the model loads (seconds at 7B).
     check_job(input, output)
-    with load(model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds, over_context=over_context) as clf:
+    with load(model, config) as clf:
         return classify_file(clf, input, output, window=window, order=order, on_bad_row=on_bad_row, progress=progress)
 
 
