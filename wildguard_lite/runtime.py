@@ -6,12 +6,11 @@ import contextlib
 import math
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .backends.base import Backend
-from .backends.scheduler import Interrupt
+from .backends.base import Backend, Engine, Interrupt, as_engine
 from .config import RuntimeConfig
 from .contract import LABEL_KEYS, LABEL_VALUES, parse_output, validate_item
 from .errors import ClassifierClosedError, InputTooLongError
@@ -53,8 +52,12 @@ def p_yes(logits: np.ndarray, yes_id: int, no_id: int) -> float:
 class Classifier:
     """Classifies chat exchanges with WildGuard's exact template and labels."""
 
-    def __init__(self, backend: Backend, tokenizer: WildGuardTokenizer, config: RuntimeConfig | None = None):
-        self.backend = backend
+    def __init__(self, backend: Engine | Backend, tokenizer: WildGuardTokenizer, config: RuntimeConfig | None = None):
+        self.backend = backend  # as given (its own counters and settings)
+        # What every call goes through: thread-safe and interruptible. A concurrent engine
+        # (llama.cpp: one sequence per caller, calls batched into rounds) takes calls from any
+        # thread; a serial Backend (ONNX) is adapted, entered by one call at a time.
+        self.engine = as_engine(backend)
         self.tokenizer = tokenizer
         self.config = config or RuntimeConfig()
         tok = tokenizer
@@ -65,13 +68,8 @@ class Classifier:
         self._score_budget_prompt = len(self._cues[0])
         self._score_budget = sum(len(c) for c in self._cues) + 1 + max(1, len(tok.na_ids))
         self._is_answer = {tok.yes_id, tok.no_id}
-        if hasattr(backend, "extension_slack"):
-            backend.extension_slack = self._extension_slack()
-        # Thread safety. A concurrent engine (llama.cpp: one sequence per caller, calls batched
-        # into rounds) takes calls from any thread; any other engine is entered by one thread at
-        # a time (llama.cpp crashed with SIGSEGV when two threads evaluated in one context
-        # without this). close() waits for the calls in flight and refuses new ones.
-        self._engine_lock = threading.Lock()
+        self.engine.extension_slack = self._extension_slack()
+        # close() waits for the calls in flight and refuses new ones.
         self._state = threading.Condition()
         self._active = 0
         self._closed = False
@@ -129,12 +127,12 @@ class Classifier:
         prompt, response = validate_item(item, index)
         ids = self.tokenizer.encode_exchange(prompt, response)
         budget = self._budget(bool(response))
-        if len(ids) + budget <= self.backend.n_ctx:
+        if len(ids) + budget <= self.engine.n_ctx:
             return PlannedItem(((ids, not response),))
-        exc = InputTooLongError(len(ids) + budget, self.backend.n_ctx, "" if index is None else f"item {index}")
+        exc = InputTooLongError(len(ids) + budget, self.engine.n_ctx, "" if index is None else f"item {index}")
         if not (self.config.over_context == "split" if split is None else split):
             raise exc
-        n = self.backend.n_ctx
+        n = self.engine.n_ctx
         try:
             windows = plan_windows(self.tokenizer, prompt, response, n - self._budget(False), n - self._budget(True))
         except ContextTooSmall:
@@ -290,7 +288,7 @@ class Classifier:
         # An engine without its own logits_at would evaluate each position anyway: ask it for
         # one cue at a time (the sequential path), so no position is evaluated on a wrong guess.
         # one_pass=False asks for the same path (benchmarks compare the two).
-        batched = self.config.one_pass and type(self.backend).logits_at is not Backend.logits_at
+        batched = self.config.one_pass and self.engine.multi_position
         while done < len(keys) and not error:
             batch, positions = list(seq), []
             last = len(keys) if batched else done + 1
@@ -299,7 +297,9 @@ class Classifier:
                 positions.append(len(batch) - 1)
                 if k < last - 1:
                     batch += guesses[k]
-            for k, logits in zip(range(done, done + len(positions)), self._logits_at(batch, positions, interrupt)):
+            for k, logits in zip(
+                range(done, done + len(positions)), self.engine.logits_at(batch, positions, interrupt)
+            ):
                 key = keys[k]
                 answer, label, score = self.read_answer(key, logits)
                 if label is None and answer is not None and not prompt_only:
@@ -346,7 +346,7 @@ class Classifier:
             self._closed = True
             while self._active:
                 self._state.wait()
-        self.backend.close()
+        self.engine.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -367,22 +367,6 @@ class Classifier:
             with self._state:
                 self._active -= 1
                 self._state.notify_all()
-
-    def _logits_at(self, ids: list[int], positions: list[int], interrupt: Interrupt | None) -> list[np.ndarray]:
-        if self.backend.concurrent:
-            return cast(Any, self.backend).logits_at(ids, positions, interrupt=interrupt)
-        with self._engine_lock:
-            if interrupt is not None:
-                interrupt.check()
-            return self.backend.logits_at(ids, positions)
-
-    def _next_logits(self, ids: list[int], interrupt: Interrupt | None) -> np.ndarray:
-        if self.backend.concurrent:
-            return cast(Any, self.backend).next_logits(ids, interrupt=interrupt)
-        with self._engine_lock:
-            if interrupt is not None:
-                interrupt.check()
-            return self.backend.next_logits(ids)
 
     def __enter__(self) -> "Classifier":
         return self
@@ -407,9 +391,9 @@ class Classifier:
         generated: list[int] = []
         answer_logits: dict[int, np.ndarray] = {}  # step -> logits where a yes/no or n/a was chosen
         for step in range(self.config.max_new_tokens):
-            if len(seq) >= self.backend.n_ctx:
+            if len(seq) >= self.engine.n_ctx:
                 break
-            logits = self._next_logits(seq, interrupt)
+            logits = self.engine.next_logits(seq, interrupt)
             token = int(np.argmax(logits))
             if token == tok.eos_id:
                 break

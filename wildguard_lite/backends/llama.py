@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..utils import capture_stderr
 from ..config import check_kv_tokens, check_slots, check_threads
-from .base import Backend, check_positions
+from .base import Engine, Interrupt, check_positions
 from .prefix_cache import PrefixStateCache  # noqa: F401 (re-exported: the server imports it from here)
 from .llama_parts import (
     Aborted,
@@ -45,7 +45,7 @@ from .llama_parts import (
     quiet_logging,
     strlen_abort_callback,
 )
-from .scheduler import Interrupt, Request, RoundScheduler
+from .scheduler import Request, RoundScheduler
 
 # A request continues a sequence when their common prefix reaches this close to where the
 # sequence's last request started reading logits (its "stem"). The Classifier sets the
@@ -58,9 +58,7 @@ DEFAULT_EXTENSION_SLACK = 16
 UBATCH = 128
 
 
-class LlamaCppBackend(Backend):
-    concurrent = True
-
+class LlamaCppBackend(Engine):
     def __init__(
         self,
         path: str | os.PathLike,
@@ -160,13 +158,7 @@ class LlamaCppBackend(Backend):
         head_dim = cpp.llama_model_n_embd(model) // n_head
         return cpp.llama_model_n_layer(model) * 2 * cpp.llama_model_n_head_kv(model) * head_dim * 2
 
-    # -- the Backend API -----------------------------------------------------------------------
-    def next_logits(self, ids: Sequence[int], interrupt: Interrupt | None = None) -> np.ndarray:
-        ids = [int(i) for i in ids]
-        if not ids:
-            raise ValueError("next_logits needs at least one token")
-        return self.logits_at(ids, [len(ids) - 1], interrupt=interrupt)[0]
-
+    # -- the Engine API -----------------------------------------------------------------------
     def logits_at(
         self, ids: Sequence[int], positions: Sequence[int], interrupt: Interrupt | None = None
     ) -> list[np.ndarray]:

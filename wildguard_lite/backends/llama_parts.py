@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ClassificationCancelled, ClassificationTimeout
-from .scheduler import Interrupt
+from .base import Interrupt
 
 _PARAMS_LOCK = threading.Lock()
 

@@ -16,11 +16,11 @@ every few milliseconds while such a round runs.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import ClassificationCancelled, ClassificationTimeout, ClassifierClosedError
+from ..errors import ClassifierClosedError
+from .base import Interrupt, interrupted
 
 # How often a waiting caller or the watchdog looks at cancel events and deadlines (seconds).
 POLL_S = 0.005
@@ -29,40 +29,6 @@ POLL_S = 0.005
 # the round: without it the first caller ran alone and the others formed a second round. A lone
 # caller (last round of one) never waits.
 LINGER_S = 0.002
-
-
-@dataclass(frozen=True)
-class Interrupt:
-    """Why a call may stop early: `cancel` (a threading.Event set by the caller) and/or
-    `deadline` (a time.monotonic() value)."""
-
-    cancel: threading.Event | None = None
-    deadline: float | None = None
-
-    @classmethod
-    def make(cls, cancel: threading.Event | None = None, timeout: float | None = None) -> "Interrupt | None":
-        if cancel is None and timeout is None:
-            return None
-        return cls(cancel, None if timeout is None else time.monotonic() + timeout)
-
-    def reason(self) -> str | None:
-        if self.cancel is not None and self.cancel.is_set():
-            return "cancelled"
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return "timeout"
-        return None
-
-    def check(self) -> None:
-        """Raise the matching error when interrupted."""
-        why = self.reason()
-        if why == "cancelled":
-            raise ClassificationCancelled("the call was cancelled; the engine stopped its work")
-        if why == "timeout":
-            raise ClassificationTimeout("the call ran past its deadline; the engine stopped its work")
-
-
-def interrupted(interrupt: Interrupt | None) -> bool:
-    return interrupt is not None and interrupt.reason() is not None
 
 
 @dataclass(eq=False)
