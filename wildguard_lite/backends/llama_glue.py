@@ -1,5 +1,6 @@
-"""The llama.cpp engine's small parts: constructor defaults, slot bookkeeping, counters, the
-GIL-free abort callback (backends/llama.py uses them)."""
+"""The llama-cpp-python glue of the llama.cpp engine: constructor parameters Llama() takes no
+argument for, logging, the GIL-free abort callback and its outcome, the engine's counters.
+backends/llama.py runs rounds with them; backends/slots.py decides where requests run."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ import contextlib
 import ctypes
 import os
 import threading
-from dataclasses import dataclass, field
-
-import numpy as np
+from dataclasses import dataclass
 
 from ..errors import ClassificationCancelled, ClassificationTimeout
 from .base import Interrupt
@@ -51,14 +50,6 @@ def quiet_logging() -> None:
 
 
 @dataclass
-class SlotSequence:
-    seq_id: int
-    tokens: list[int] = field(default_factory=list)  # what the KV cache holds for this sequence
-    stem: int = 0  # the first position the last request read logits at
-    last_used: int = 0
-
-
-@dataclass
 class EngineStats:
     """Public counters (benchmarks, /metrics)."""
 
@@ -90,11 +81,3 @@ def interrupt_error(interrupt: Interrupt | None) -> BaseException:
     except (ClassificationCancelled, ClassificationTimeout) as exc:
         return exc
     return ClassificationCancelled("the call was stopped with the others of its round")
-
-
-def common_prefix(tokens: list[int], query: np.ndarray) -> int:
-    n = min(len(tokens), len(query))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(tokens[:n], dtype=np.int64) != query[:n])
-    return int(diff[0]) if diff.size else n
