@@ -240,3 +240,12 @@ def test_the_core_imports_no_web_framework_torch_or_transformers():
         if name.split(".")[0] in HEAVY
     )
     assert bad == [], "the core loads these through errors.require (an install hint), never an import statement"
+
+
+def test_architecture_md_names_every_module():
+    """docs/architecture.md's map names each module (by its last name: `slots`, `pool`, ...)."""
+    import re
+
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [m for m in _modules() if not re.search(rf"(?<!\w){re.escape(m.rsplit('.', 1)[-1])}(?!\w)", doc)]
+    assert missing == [], "add these modules to docs/architecture.md's map"

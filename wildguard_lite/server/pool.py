@@ -164,6 +164,7 @@ def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
     def make(index: int, threads: int) -> Classifier:
         from ..loading import load
 
+        assert settings.model is not None  # serve requires --model
         return load(settings.model, settings.runtime, prefix_cache=prefix_cache, threads=threads)
 
     return make
