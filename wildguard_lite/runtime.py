@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -12,8 +11,9 @@ import numpy as np
 
 from .backends.base import Backend, Engine, Interrupt, as_engine
 from .config import RuntimeConfig
-from .contract import LABEL_KEYS, LABEL_VALUES, parse_output, validate_item
+from .contract import LABEL_KEYS, LABEL_VALUES, validate_item
 from .errors import ClassifierClosedError, InputTooLongError
+from .generation import generate, p_yes, resolve_na
 from .thresholds import apply_thresholds
 from .tokenization import WildGuardTokenizer
 from .windows import ContextTooSmall, Window, merge_results, plan_windows
@@ -41,12 +41,6 @@ class PlannedItem:
 if TYPE_CHECKING:
     from .aio import AsyncResponseStream
     from .streaming import ResponseStream, StreamRule
-
-
-def p_yes(logits: np.ndarray, yes_id: int, no_id: int) -> float:
-    """P(yes) renormalised over the two answers: sigmoid(l_yes - l_no)."""
-    d = float(logits[yes_id]) - float(logits[no_id])
-    return 1.0 / (1.0 + math.exp(-d)) if d > -700 else 0.0
 
 
 class Classifier:
@@ -162,7 +156,7 @@ class Classifier:
         results = []
         for i, plan in enumerate(plans):
             parts = [
-                self._generate(ids, interrupt, prompt_only)
+                generate(self.engine, self.tokenizer, ids, self.config.max_new_tokens, interrupt, prompt_only)
                 if self.config.mode == "generate"
                 else self.score_ids(ids, prompt_only, interrupt=interrupt)[0]
                 for ids, prompt_only in plan.inputs
@@ -322,8 +316,7 @@ class Classifier:
         return result, answers
 
     def _resolve_na(self, key: str, logits: np.ndarray) -> tuple[str, float]:
-        score = p_yes(logits, self.tokenizer.yes_id, self.tokenizer.no_id)
-        return LABEL_VALUES[key]["yes" if score >= 0.5 else "no"], score
+        return resolve_na(self.tokenizer, key, logits)
 
     def read_answer(self, key: str, logits: np.ndarray) -> tuple[tuple[int, ...] | None, str | None, float | None]:
         """What greedy generation writes after a cue: (answer ids, label, P(yes)); answer ids
@@ -383,54 +376,3 @@ class Classifier:
         while tail < min(len(a), len(b)) and a[-1 - tail] == b[-1 - tail]:
             tail += 1
         return tail + len(self._cues[0]) + 2
-
-    # -- modes -------------------------------------------------------------------------------
-    def _generate(self, ids: list[int], interrupt: Interrupt | None = None, prompt_only: bool = True) -> dict[str, Any]:
-        tok = self.tokenizer
-        seq = list(ids)
-        generated: list[int] = []
-        answer_logits: dict[int, np.ndarray] = {}  # step -> logits where a yes/no or n/a was chosen
-        for step in range(self.config.max_new_tokens):
-            if len(seq) >= self.engine.n_ctx:
-                break
-            logits = self.engine.next_logits(seq, interrupt)
-            token = int(np.argmax(logits))
-            if token == tok.eos_id:
-                break
-            if token in self._is_answer or token == tok.na_ids[0]:
-                answer_logits[step] = logits
-            generated.append(token)
-            seq.append(token)
-        # Only the generated ids are decoded and parsed: the input can never be the verdict.
-        result = parse_output(tok.decode(generated))
-        result["scores"] = self._generated_scores(result, generated, answer_logits, prompt_only)
-        return result
-
-    def _generated_scores(
-        self, result: dict[str, Any], generated: list[int], answer_logits: dict[int, np.ndarray], prompt_only: bool
-    ) -> dict[str, float | None]:
-        """P(yes) at the positions right after each cue, where the model answered yes/no; an
-        n/a for a response label with a response present is resolved as in score mode."""
-        tok = self.tokenizer
-        scores: dict[str, float | None] = {key: None for key in LABEL_KEYS}
-        pos = 0
-        for key, cue in zip(LABEL_KEYS, self._cues):
-            end = _find(generated, cue, pos)
-            if end is None:
-                break
-            logits = answer_logits.get(end)
-            if logits is not None and int(np.argmax(logits)) in self._is_answer:
-                scores[key] = p_yes(logits, tok.yes_id, tok.no_id)
-            elif logits is not None and not prompt_only and key != LABEL_KEYS[0] and result.get(key) is None:
-                result[key], scores[key] = self._resolve_na(key, logits)
-                result.setdefault("na_resolved", []).append(key)
-            pos = end
-        return scores
-
-
-def _find(seq: list[int], sub: list[int], start: int) -> int | None:
-    """Index just after the first occurrence of `sub` in `seq[start:]`."""
-    for i in range(start, len(seq) - len(sub) + 1):
-        if seq[i : i + len(sub)] == sub:
-            return i + len(sub)
-    return None
