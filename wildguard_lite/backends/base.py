@@ -63,6 +63,18 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+@dataclass
+class EngineStats:
+    """Public counters of an engine that runs rounds (benchmarks, /metrics)."""
+
+    decode_calls: int = 0  # llama_decode calls
+    rounds: int = 0  # batched rounds (one per group of coinciding requests)
+    requests: int = 0
+    aborted: int = 0  # rounds stopped inside the engine by cancellation or a deadline
+    evictions: int = 0  # idle sequences dropped to make room in the KV pool
+    prefix_copies: int = 0  # prefixes shared from another sequence instead of evaluated
+
+
 class Engine(ABC):
     """What the Classifier calls; every method may be called from several threads at once."""
 
@@ -78,6 +90,8 @@ class Engine(ABC):
     extension_slack: int = 0
     # Tokens run through the model (not reused from a KV cache), for reports and metrics.
     tokens_evaluated: int = 0
+    # Round counters, for an engine that runs rounds (None: it runs none).
+    stats: EngineStats | None = None
 
     @abstractmethod
     def logits_at(

@@ -34,11 +34,10 @@ from ..errors import (
 )
 from ..utils import capture_stderr
 from ..config import check_kv_tokens, check_slots, check_threads
-from .base import Engine, Interrupt, check_positions
+from .base import Engine, EngineStats, Interrupt, check_positions
 from .prefix_cache import PrefixStateCache  # noqa: F401 (re-exported: the server imports it from here)
 from .llama_glue import (
     Aborted,
-    EngineStats,
     interrupt_error,
     llama_default_params,
     quiet_logging,
@@ -74,6 +73,10 @@ class LlamaRequest(Request):
 
 
 class LlamaCppBackend(Engine):
+    """The llama.cpp engine (see the module docstring): thread-safe, requests batched into rounds."""
+
+    stats: EngineStats  # always kept
+
     def __init__(
         self,
         path: str | os.PathLike,

@@ -1,5 +1,5 @@
 """The llama-cpp-python glue of the llama.cpp engine: constructor parameters Llama() takes no
-argument for, logging, the GIL-free abort callback and its outcome, the engine's counters.
+argument for, logging, the GIL-free abort callback and its outcome.
 backends/llama.py runs rounds with them; backends/slots.py decides where requests run."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import contextlib
 import ctypes
 import os
 import threading
-from dataclasses import dataclass
 
 from ..errors import ClassificationCancelled, ClassificationTimeout
 from .base import Interrupt
@@ -47,18 +46,6 @@ def quiet_logging() -> None:
     from llama_cpp._logger import set_verbose
 
     set_verbose(False)
-
-
-@dataclass
-class EngineStats:
-    """Public counters (benchmarks, /metrics)."""
-
-    decode_calls: int = 0  # llama_decode calls
-    rounds: int = 0  # batched rounds (one per group of coinciding requests)
-    requests: int = 0
-    aborted: int = 0  # rounds stopped inside the engine by cancellation or a deadline
-    evictions: int = 0  # idle sequences dropped to make room in the KV pool
-    prefix_copies: int = 0  # prefixes shared from another sequence instead of evaluated
 
 
 def strlen_abort_callback(llama_cpp):
