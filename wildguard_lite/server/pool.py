@@ -159,7 +159,8 @@ def make_prefix_cache(settings: ServeSettings):
 
 
 def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
-    """Load `settings.model` once per worker, every worker sharing one prefix cache."""
+    """Load `settings.model` with `settings.runtime` (called once: the workers share the
+    classifier) with the shared prefix cache."""
 
     def make(index: int, threads: int) -> Classifier:
         from ..loading import load
