@@ -371,7 +371,7 @@ def check_address(host: str, port: int) -> None:
                 errno.EADDRINUSE: "the port is in use (another server?); pick another --port or stop the other",
                 errno.EADDRNOTAVAIL: "not an address of this machine; use 127.0.0.1, 0.0.0.0 or one of its addresses",
                 errno.EACCES: "permission denied (ports below 1024 need privileges); pick a port from 1024",
-            }.get(exc.errno, exc.strerror or str(exc))
+            }.get(exc.errno or 0, exc.strerror or str(exc))
             raise InvalidInputError(f"could not listen on {host}:{port}: {reason}") from None
 
 

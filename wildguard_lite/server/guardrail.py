@@ -130,8 +130,8 @@ def message_text(message: Any) -> str | None:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        texts = [t for t in texts if isinstance(t, str)]
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        texts = [t for t in parts if isinstance(t, str)]
         return "\n".join(texts) if texts else None
     return None
 

@@ -63,7 +63,7 @@ class Metrics:
                 "Error answers by type.",
                 [(f'{{type="{k}"}}', n) for k, n in sorted(self.errors.items())],
             )
-            hist = []
+            hist: list[tuple[str, float]] = []
             for endpoint, buckets in sorted(self.latency.items()):
                 for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], buckets):
                     hist.append((f'_bucket{{endpoint="{endpoint}",le="{bound}"}}', n))
