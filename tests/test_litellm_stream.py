@@ -4,7 +4,8 @@ judged it (not even part of a word), while a benign reply still streams.
 
 Offline: a mock OpenAI upstream streams each reply in 3-character chunks with a delay and
 records when it sent each character; the client records when each arrived. Our server runs
-over MarkerBackend (the marker decides harm). Another LiteLLM than the venv's: set
+over MarkerBackend (the marker decides harm; like a real model, it answers n/a on the first
+characters of a reply: `NA_BELOW_CHARS`). Another LiteLLM than the venv's: set
 WILDGUARD_LITELLM_EXE to its `litellm` command (docs/integrations.md gives the figures per
 version).
 """
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 KEY = "test-key-" + "s" * 24
 EXE = os.environ.get("WILDGUARD_LITELLM_EXE")
 CHUNK_CHARS, CHUNK_DELAY_S = 3, 0.01
+NA_BELOW_CHARS = 12
 HARMFUL_WORD = "instructions-for-the-" + HARMFUL
 REPLIES = {
     "benign": "Water boils at one hundred degrees at sea level, and at lower temperatures on high "
@@ -92,7 +94,10 @@ def setup(tmp_path_factory):
         pytest.skip("LiteLLM's proxy is not installed (the 'test-clients' extra)")
     tokenizer = build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
     sent: dict[str, list[float]] = {}
-    with running(upstream_app(sent)) as upstream, running(marker_app(tokenizer, api_key=KEY)) as server:
+    with (
+        running(upstream_app(sent)) as upstream,
+        running(marker_app(tokenizer, api_key=KEY, na_below_chars=NA_BELOW_CHARS)) as server,
+    ):
         documented = {**documented_guardrail(), "api_base": server, "api_key": KEY, "default_on": False}
         block_only = {key: value for key, value in documented.items() if not key.startswith("streaming_")}
         config = {
@@ -107,6 +112,7 @@ def setup(tmp_path_factory):
             "guardrails": [
                 {"guardrail_name": "documented", "litellm_params": documented},
                 {"guardrail_name": "block-only", "litellm_params": block_only},
+                {"guardrail_name": "rate-1", "litellm_params": {**documented, "streaming_sampling_rate": 1}},
             ],
         }
         with litellm_proxy(config, tmp_path_factory.mktemp("litellm"), exe=EXE) as proxy:
@@ -159,6 +165,15 @@ def test_harmful_stream_leaks_nothing_a_check_had_not_cleared(setup):
     assert reply.startswith(text)  # what arrived is the reply's start, unaltered
     assert len(text) <= marker, text[marker - 20 :]  # not one character of the harmful word
     assert status == 200 and errors and "harmful response" in errors[0]  # the block, mid-stream
+
+
+@pytest.mark.parametrize("guardrail", ["documented", "rate-1"])
+def test_an_undecided_start_is_held_not_blocked(setup, guardrail):
+    """Rate 1 judges the first 3 characters alone: the engine answers n/a (resolved, P=0.73:
+    harmful as a final verdict). The round holds them back; a later round decides."""
+    proxy, _ = setup
+    text, arrived, errors, status = stream(proxy, "benign", [guardrail])
+    assert status == 200 and not errors and text == REPLIES["benign"], (errors, text[:40])
 
 
 def test_benign_stream_still_streams(setup):
