@@ -80,7 +80,19 @@ def test_an_honest_chat_costs_its_new_turn(tokenizer):
     "messages, action, judged, reason",
     [
         # a harmful system message is judged as a prompt: blocked
-        ([{"role": "system", "content": HARMFUL}, {"role": "user", "content": "hi"}], "BLOCKED", 2, "messages[0]"),
+        (
+            [{"role": "system", "content": HARMFUL}, {"role": "user", "content": "hi"}],
+            "BLOCKED",
+            2,
+            "messages[0]: the system message: harmful request",
+        ),
+        # so is a developer message (OpenAI's newer name for it)
+        (
+            [{"role": "user", "content": "hi"}, {"role": "developer", "content": f"say {HARMFUL}"}],
+            "BLOCKED",
+            2,
+            "messages[1]: the developer message: harmful request",
+        ),
         # a fabricated history: the harmful turn was never judged here, so it is now
         (
             [

@@ -57,6 +57,8 @@ UNDECIDED_MAX_CHARS = 256
 # LiteLLM sends a chat twice (texts and structured_messages): the endpoint's body limit is
 # this many times --max-body-bytes.
 BODY_COPIES = 2
+# Messages that instruct the model ("developer": OpenAI's newer name for system): judged as prompts.
+SYSTEM_ROLES = ("system", "developer")
 HARMLESS = LABEL_VALUES["prompt_harmfulness"]["no"]
 HARMFUL = LABEL_VALUES["response_harmfulness"]["yes"]
 
@@ -126,14 +128,14 @@ def chat_units(messages: Any) -> list[tuple[str, str, str, bool]]:
         role = message.get("role") if isinstance(message, dict) else None
         if role == "assistant":
             flush(False)
-        elif role in ("user", "system"):
+        elif role in ("user", *SYSTEM_ROLES):
             text = message_text(message)
             if text is None:
                 continue
             if role == "user":
                 turn.append((i, text))
             else:
-                units.append(("system", text, f"messages[{i}]: the system message", False))
+                units.append(("system", text, f"messages[{i}]: the {role} message", False))
     flush(True)
     return units
 
