@@ -268,7 +268,7 @@ def guardrail_reply(
             holdback.append(held)
             if with_prompt and check.state is not None:
                 check.state.clear(i, check.texts[i], len(check.texts[i]) - held)
-        elif judged is not None and i < len(check.keys) and result.get(key) == HARMLESS:
+        elif judged is not None and i < len(check.keys) and check.keys[i] is not None and result.get(key) == HARMLESS:
             judged.add(check.keys[i])  # type: ignore[arg-type]
     turn = remember if remember is not None else check.remember
     if turn is not None and check.call_id is not None:
@@ -318,8 +318,15 @@ class Guardrail:
             # A turn sent with the reply (not remembered): cut it to its end here.
             prompt = await asyncio.to_thread(self.tail, check.items[0]["prompt"])
             check.items = [{**item, "prompt": prompt} for item in check.items]
-        results = await run(check.items) if check.items else []
         remember = None
         if check.remember is not None and check.call_id is not None and self.tail is not None:
             remember = await asyncio.to_thread(self.tail, check.remember)
+            if remember != check.remember and any(item["prompt"] == check.remember for item in check.items):
+                # A long turn judged now: its end too, as the reply's checks will place it, so the
+                # engine holds its KV before the reply streams (its first round costs the reply).
+                check.items.append({"prompt": remember})
+                check.paired.append(False)
+                check.labels.append("the last user turn's end")
+                check.keys.append(None)
+        results = await run(check.items) if check.items else []
         return guardrail_reply(check, results, self.memory, self.judged, remember)
