@@ -278,6 +278,7 @@ def test_a_reply_to_a_long_turn_is_judged_beside_the_turns_end(tokenizer):
             before = pool.tokens_evaluated()
             reply = request_check(client, [{"role": "user", "content": turn}], litellm_call_id=name)
             assert reply["action"] == "BLOCKED"  # the turn itself: judged whole, in windows
+            assert len(reply["wildguard"]) == 2  # and its end, as the reply's checks place it
             per_turn[name] = pool.tokens_evaluated() - before
             before = pool.tokens_evaluated()
             rounds = [guard(client, "response", ["Sure. " * k], litellm_call_id=name) for k in (1, 5, 10)]

@@ -54,6 +54,9 @@ UNDECIDED_BAND = (0.3, 0.7)
 # An undecided reply holds back what no round cleared while that is at most this long: the
 # start of an answer, a few words after the last cleared round (docs/integrations.md).
 UNDECIDED_MAX_CHARS = 256
+# A reply is judged beside the end of a long turn: at most 1/TAIL_SHARE of the context (every
+# round's tokens attend to it: a longer end makes each round slower on a CPU).
+TAIL_SHARE = 4
 # LiteLLM sends a chat twice (texts and structured_messages): the endpoint's body limit is
 # this many times --max-body-bytes.
 BODY_COPIES = 2
@@ -293,10 +296,10 @@ def unfinished_word(text: str) -> int:
 
 
 def prompt_tail(text: str, tokenizer, n_ctx: int) -> str:
-    """The end of a user turn that a reply is judged beside: what fits half the context (the
-    other half is the reply's, as in wildguard_lite/windows.py), cut at a word. The same turn
-    gives the same tail every round, so the engine reuses its KV for the next round."""
-    capacity = n_ctx // 2
+    """The end of a user turn that a reply is judged beside: what fits a quarter of the context
+    (TAIL_SHARE; the reply keeps at least half, as in wildguard_lite/windows.py), cut at a word.
+    The same turn gives the same tail every round, so the engine reuses its KV."""
+    capacity = n_ctx // TAIL_SHARE
     if len(text) + 64 <= capacity:  # a token holds at least one character: it fits
         return text
     return text[tail_start(text, lambda t: tokenizer.encode_exchange(t, "x"), capacity) :]
