@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 from .contract import LABEL_KEYS
 from .errors import InvalidInputError, WildGuardLiteError, require
@@ -48,6 +48,7 @@ def _parquet_schema():
             *[(key, pa.string()) for key in LABEL_KEYS],
             ("is_parsing_error", pa.bool_()),
             ("scores", score),
+            ("windows", pa.int64()),  # set for an item longer than the context judged in windows
             ("error", pa.string()),
         ]
     )
@@ -55,7 +56,8 @@ def _parquet_schema():
 
 def _parquet_record(row: dict[str, Any]) -> dict[str, Any]:
     record = {
-        name: row.get(name) for name in ("index", "item_sha256", *LABEL_KEYS, "is_parsing_error", "scores", "error")
+        name: row.get(name)
+        for name in ("index", "item_sha256", *LABEL_KEYS, "is_parsing_error", "scores", "windows", "error")
     }
     # Parquet needs one type per column: ids that are not strings keep their JSON text.
     ident = row.get("id")
@@ -89,7 +91,7 @@ class ResumableWriter:
             raise WildGuardLiteError(f"{output.parent}: cannot create the output folder ({exc.strerror})") from None
         if not os.access(output.parent, os.W_OK):
             raise WildGuardLiteError(f"{output.parent}: output folder is not writable")
-        self._file = None
+        self._file: IO[str] | None = None
         self.written = 0
         if self.partial.exists():
             self._drop_cut_line()
