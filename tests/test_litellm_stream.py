@@ -221,8 +221,10 @@ def toy_setup(toy_gguf, heldout, tmp_path_factory):
 
     need_litellm()
     rows = [r for r in heldout if r.get("response") and r["response_harm_label"] == "harmful"][:4]
+    # A benign request (so the request check lets the model answer), answered harmfully.
+    benign = [r["prompt"] for r in heldout if r["prompt_harm_label"] == "unharmful"]
     replies = {f"toy-{i}": OPENING + row["response"] for i, row in enumerate(rows)}
-    prompts = {f"toy-{i}": row["prompt"] for i, row in enumerate(rows)}
+    prompts = {f"toy-{i}": benign[i] for i in range(len(rows))}
     app = create_app(ServeSettings(model=toy_gguf["q8_0"], api_key=KEY))
     answers: list[tuple[dict, dict]] = []
     handle = app.state.guardrail.handle
@@ -269,7 +271,8 @@ def test_on_the_toy_nothing_reaches_the_client_that_no_round_cleared(toy_setup):
         for guardrail in ("documented", "block-only"):
             answers.clear()
             text, _, errors, status = stream(proxy, model, [guardrail], prompts[model])
-            assert status == 200 and reply.startswith(text), (errors, text[:80])
+            # 200 and an error frame when blocked mid-stream; 400 when blocked before any text
+            assert (status == 200 or (status == 400 and text == "")) and reply.startswith(text), (errors, text[:80])
             leaks.setdefault(guardrail, []).append(max(0, len(text) - len(OPENING)))
             if guardrail == "documented":
                 # Each character was judged harmless by a round, except (a reply that ends
