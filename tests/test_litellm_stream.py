@@ -1,6 +1,8 @@
 """Streamed replies through LiteLLM's real proxy with the generic guardrail configured as
-docs/integrations.md says: no character of a harmful reply reaches the client before a check
-judged it (not even part of a word), while a benign reply still streams.
+docs/integrations.md says: no character reaches the client before a check judged it harmless
+(on the marker engine, not even part of the harmful word; on the real toy, the slow test
+measures what its rounds let through), an undecided start is held back, not blocked, and a
+benign reply still streams.
 
 Offline: a mock OpenAI upstream streams each reply in 3-character chunks with a delay and
 records when it sent each character; the client records when each arrived. Our server runs
