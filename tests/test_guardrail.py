@@ -396,3 +396,22 @@ def test_300_requests_of_1mb_messages_grow_the_server_by_less_than_64_mib(tmp_pa
         proc.wait(30)
     print(f"server RSS grew {grown:.1f} MiB over 300 requests of 1 MB messages")
     assert grown < 64, grown
+
+
+def test_judged_memory_keeps_hashes_bounded_and_renews_what_is_used():
+    from wildguard_lite.server.guard_memory import JUDGED_ENTRY_BYTES, JudgedMemory, message_key
+
+    clock = Clock()
+    memory = JudgedMemory(max_entries=3, ttl_s=10, clock=clock)
+    keys = [message_key("user", f"turn {i}") for i in range(4)]
+    for key in keys[:3]:
+        memory.add(key)
+    clock.now += 6
+    assert memory.known(keys[0])  # used: renewed (and now the most recent)
+    clock.now += 6  # 12 s after the first adds: turn 1 and 2 expire, turn 0 was renewed at 6 s
+    assert memory.known(keys[0]) and not memory.known(keys[1]) and not memory.known(keys[2])
+    for key in keys[1:]:
+        memory.add(key)
+    assert len(memory) == 3 and not memory.known(keys[0])  # at most 3: the least recently used went
+    assert memory.bytes == 3 * JUDGED_ENTRY_BYTES
+    assert message_key("user", "x") != message_key("system", "x")
