@@ -262,7 +262,7 @@ def guardrail_reply(
             if undecided(result) and len(text) - cleared <= UNDECIDED_MAX_CHARS:
                 holdback.append(len(text) - cleared)  # not a verdict yet: wait for more text
                 continue
-        if result.get(key) == "harmful":
+        if result.get(key) == HARMFUL:
             score = (result.get("scores") or {}).get(key)
             resolved = " from P(yes), the model answered n/a" if key in result.get("na_resolved", ()) else ""
             reasons.append(f"{where}: {what}" + (f" (P={score:.2f}{resolved})" if score is not None else ""))
