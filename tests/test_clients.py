@@ -339,5 +339,26 @@ def test_clients_decide_as_the_native_verdict_on_the_toy(toy_gguf, heldout, tmp_
         flagged = [r.flagged for r in sdk(url).moderations.create(input=prompts).results]
         tripped = [guardrails_check(url, p, ["illicit"]) for p in prompts]
         blocked = {g: [chat(proxy_url, g, p).status_code == 400 for p in prompts] for g in ("moderation", "generic")}
+        # The generic guardrail also checks the (mock) reply after the call: what the endpoint
+        # itself answers for that reply blocks too (the toy's opinion of it differs by CPU).
+        reply_blocked = [
+            guardrail_verdict(url, f"native-{i}", p, MOCK_REPLIES["mock-benign"]) for i, p in enumerate(prompts)
+        ]
     assert flagged == harmful and tripped == harmful
-    assert blocked["moderation"] == harmful and blocked["generic"] == harmful
+    assert blocked["moderation"] == harmful
+    assert blocked["generic"] == [h or r for h, r in zip(harmful, reply_blocked)]
+
+
+def guardrail_verdict(url: str, call_id: str, prompt: str, reply: str) -> bool:
+    """Whether our generic guardrail endpoint blocks `reply` to `prompt`, called as LiteLLM calls
+    it (the request check, then the reply check of the same call id)."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    messages = [{"role": "user", "content": prompt}]
+    for input_type, texts, extra in (
+        ("request", [prompt], {"structured_messages": messages}),
+        ("response", [reply], {}),
+    ):
+        body = {"input_type": input_type, "texts": texts, "request_data": {}, "litellm_call_id": call_id, **extra}
+        answer = httpx.post(f"{url}/beta/litellm_basic_guardrail_api", json=body, headers=headers, timeout=120)
+        assert answer.status_code == 200, answer.text
+    return answer.json()["action"] == "BLOCKED"
