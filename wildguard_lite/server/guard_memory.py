@@ -10,6 +10,7 @@ age (no traffic can grow it without limit):
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import sys
 import threading
@@ -173,8 +174,8 @@ class JudgedMemory:
     def bytes(self) -> int:
         return self._memory.bytes
 
-    def known(self, key: bytes) -> bool:
+    def known(self, key: builtins.bytes) -> bool:  # `bytes` here is the property above
         return self._memory.get(key) is not None
 
-    def add(self, key: bytes) -> None:
+    def add(self, key: builtins.bytes) -> None:
         self._memory.put(key, True, JUDGED_ENTRY_BYTES)

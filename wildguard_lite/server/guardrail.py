@@ -271,8 +271,10 @@ def guardrail_reply(
             holdback.append(held)
             if with_prompt and check.state is not None:
                 check.state.clear(i, check.texts[i], len(check.texts[i]) - held)
-        elif judged is not None and i < len(check.keys) and check.keys[i] is not None and result.get(key) == HARMLESS:
-            judged.add(check.keys[i])  # type: ignore[arg-type]
+        elif judged is not None and i < len(check.keys) and result.get(key) == HARMLESS:
+            judged_key = check.keys[i]
+            if judged_key is not None:
+                judged.add(judged_key)
     turn = remember if remember is not None else check.remember
     if turn is not None and check.call_id is not None:
         memory.remember(check.call_id, turn)
