@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import InvalidInputError, WildGuardLiteError
-from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT
+from .defaults import DEFAULT_KV_TYPE, DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT
 from .io import InputRow, check_input, item_digest, iter_rows
 from .results import ResumableWriter, result_row
 
@@ -293,6 +293,7 @@ def run_batch(
     thresholds: Mapping[str, float] | None = None,
     over_context: str = DEFAULT_OVER_CONTEXT,
     progress: Callable[[BatchReport], None] | None = None,
+    kv_type: str = DEFAULT_KV_TYPE,
 ) -> BatchReport:
     """Load `model` and classify `input` into `output` on this machine (see `classify_file`).
 
@@ -304,7 +305,8 @@ def run_batch(
 
     # Refuse a bad input or output before the model loads (seconds at 7B).
     check_job(input, output)
-    with load(model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds, over_context=over_context) as clf:
+    options = dict(thresholds=thresholds, over_context=over_context, kv_type=kv_type)
+    with load(model, mode=mode, threads=threads, n_ctx=n_ctx, **options) as clf:
         return classify_file(clf, input, output, window=window, order=order, on_bad_row=on_bad_row, progress=progress)
 
 

@@ -85,6 +85,7 @@ def load(
         repack=config.repack,
         slots=config.slots,
         kv_tokens=config.kv_tokens,
+        kv_type=config.kv_type,
         prefix_cache=prefix_cache,
     )
     if backend.n_vocab != tokenizer.vocab_size:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from ..batch import BAD_ROW_POLICIES, DEFAULT_WINDOW, ORDERS
 from ..ray_data import DEFAULT_BATCH_SIZE
 from ..contract import CUES, LABEL_KEYS
-from ..defaults import DEFAULT_NICE, lower_priority
+from ..defaults import DEFAULT_KV_TYPE, DEFAULT_NICE, lower_priority
 from ..flags import NICE_HELP, add_runtime_flags
 from . import run
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch output, .jsonl or .parquet, in input order (resumable: a rerun skips done rows)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object (single exchange)")
-    add_runtime_flags(p, "mode", "threads", "n_ctx", "over_context", "thresholds")
+    add_runtime_flags(p, "mode", "threads", "n_ctx", "over_context", "thresholds", "kv_type")
     p.add_argument("--nice", type=int, default=DEFAULT_NICE, help=NICE_HELP + " (default %(default)s)")
     b = p.add_argument_group("batch (--input/--output)")
     b.add_argument(
@@ -98,6 +98,7 @@ def _batch(args, thresholds) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from ..batch import check_options, run_batch
+    from ..errors import InvalidInputError
 
     check_options(args.window, args.order, args.on_bad_row)
     console = Console(stderr=True)
@@ -106,11 +107,13 @@ def _batch(args, thresholds) -> int:
     )
     job: Callable[..., Any] = run_batch
     if args.ray is None:
-        options.update(window=args.window, order=args.order, over_context=args.over_context)
+        options.update(window=args.window, order=args.order, over_context=args.over_context, kv_type=args.kv_type)
     else:  # the same job on Ray actors (ray_data builds on batch, not the other way round)
         from ..ray_data import classify_file_on_ray
 
         job = classify_file_on_ray
+        if args.kv_type != DEFAULT_KV_TYPE:
+            raise InvalidInputError(f"--kv-type {args.kv_type} is not passed to Ray actors; leave it out with --ray")
         options.update(address=args.ray, actors=args.actors, batch_size=args.batch_size)
     if not console.is_terminal:  # logs and pipes get the summary alone
         report = job(args.input, args.output, args.model, **options)
@@ -195,6 +198,7 @@ def _classify(args) -> int:
         n_ctx=args.n_ctx,
         thresholds=thresholds,
         over_context=args.over_context,
+        kv_type=args.kv_type,
     ) as clf:
         return _single(args, clf)
 

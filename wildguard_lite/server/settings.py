@@ -20,7 +20,17 @@ from typing import Any, Callable
 from ..errors import InvalidInputError
 from ..backends.base import check_threads
 from ..config import RuntimeConfig
-from ..defaults import DEFAULT_NICE, MAX_NICE, MAX_SLOTS, MODES, OVER_CONTEXT_MODES, default_threads
+from ..defaults import (
+    DEFAULT_NICE,
+    MAX_NICE,
+    MAX_SLOTS,
+    MODES,
+    OVER_CONTEXT_MODES,
+    SERVE_KV_CONTEXTS,
+    SERVE_SLOTS,
+    default_kv_tokens,
+    default_threads,
+)
 from ..flags import NICE_HELP, add_runtime_flags
 from ..thresholds import parse_threshold_specs, validate_thresholds
 
@@ -110,14 +120,14 @@ class ServeSettings:
         8000, "--port", "port (0: any free port)", type=int, check=in_range(0, 65535, "0-65535 (0: any free port)")
     )
     workers: int = option(
-        _RUNTIME_DEFAULTS["slots"],
+        SERVE_SLOTS,
         "--workers",
         "requests classified at once, sharing the one loaded model (their engine calls run batched)",
         type=int,
         check=at_least(1),
     )
     slots: int = option(
-        _RUNTIME_DEFAULTS["slots"],
+        SERVE_SLOTS,
         "--slots",
         "KV sequences the model keeps: conversations "
         "whose growing answers are checked incrementally at once (memory: see docs/serving.md)",
@@ -165,6 +175,7 @@ class ServeSettings:
     max_items: int = option(64, "--max-items", "items per request, 413 beyond", type=int, check=at_least(1))
     n_ctx: int = runtime_option(_RUNTIME_DEFAULTS["n_ctx"], "n_ctx")
     mode: str = runtime_option(_RUNTIME_DEFAULTS["mode"], "mode")
+    kv_type: str = runtime_option(_RUNTIME_DEFAULTS["kv_type"], "kv_type")
     over_context: str = runtime_option(_RUNTIME_DEFAULTS["over_context"], "over_context")
     prefix_cache_mb: float = option(
         256.0,
@@ -221,6 +232,11 @@ class ServeSettings:
                 raise InvalidInputError(message)
         check_threads(self.threads)
         object.__setattr__(self, "thresholds", validate_thresholds(self.thresholds))
+
+    @property
+    def kv_pool_tokens(self) -> int:
+        """--kv-tokens, or serve's default: two contexts of cells (the library's is one)."""
+        return self.kv_tokens or default_kv_tokens(self.n_ctx, self.slots, SERVE_KV_CONTEXTS)
 
     @property
     def engine_threads(self) -> int:
