@@ -73,7 +73,9 @@ def calibration_rows(source: Path | None, limit: int = DEFAULT_CALIBRATION_ROWS)
         return [{"prompt": r["prompt"], "response": r.get("response")} for r in rows], TOY_CALIBRATION
     path = Path(source)
     if not path.is_file():
-        raise InvalidInputError(f"--imatrix {path}: no such file; give a JSONL file of exchanges or a saved .gguf matrix")
+        raise InvalidInputError(
+            f"--imatrix {path}: no such file; give a JSONL file of exchanges or a saved .gguf matrix"
+        )
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):

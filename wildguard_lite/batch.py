@@ -305,8 +305,15 @@ def run_batch(
 
     # Refuse a bad input or output before the model loads (seconds at 7B).
     check_job(input, output)
-    options = dict(thresholds=thresholds, over_context=over_context, kv_type=kv_type)
-    with load(model, mode=mode, threads=threads, n_ctx=n_ctx, **options) as clf:
+    with load(
+        model,
+        mode=mode,
+        threads=threads,
+        n_ctx=n_ctx,
+        thresholds=thresholds,
+        over_context=over_context,
+        kv_type=kv_type,
+    ) as clf:
         return classify_file(clf, input, output, window=window, order=order, on_bad_row=on_bad_row, progress=progress)
 
 

@@ -103,7 +103,9 @@ class LlamaCppBackend(Backend):
         if isinstance(kv_tokens, bool) or not isinstance(kv_tokens, int) or kv_tokens < n_ctx:
             raise InvalidInputError(f"kv_tokens must be an integer of at least n_ctx ({n_ctx}), got {kv_tokens!r}")
         if kv_type not in KV_TYPES or (kv_type != "f16" and not flash_attn):
-            raise InvalidInputError(f"kv_type must be one of {', '.join(KV_TYPES)} (q8_0 with flash_attn), got {kv_type!r}")
+            raise InvalidInputError(
+                f"kv_type must be one of {', '.join(KV_TYPES)} (q8_0 with flash_attn), got {kv_type!r}"
+            )
         kv_ggml = getattr(llama_cpp, f"GGML_TYPE_{kv_type.upper()}")
         threads = threads or default_threads()
         # verbose=True only while loading, into a captured stderr: with verbose=False
@@ -115,7 +117,10 @@ class LlamaCppBackend(Backend):
             # copy of the weights to RSS (docs/decisions.md: 7.8 GB for a 4.4 GB file).
             with (
                 capture_stderr() as log,
-                llama_default_params({"use_extra_bufts": repack}, {"n_seq_max": slots, "kv_unified": True, "type_k": kv_ggml, "type_v": kv_ggml}),
+                llama_default_params(
+                    {"use_extra_bufts": repack},
+                    {"n_seq_max": slots, "kv_unified": True, "type_k": kv_ggml, "type_v": kv_ggml},
+                ),
             ):
                 try:
                     self._llm = llama_cpp.Llama(
