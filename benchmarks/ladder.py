@@ -1,7 +1,8 @@
 """The quant ladder on this CPU: per GGUF file its size, memory, prefill speed and how far its
 answers move from a full-precision file's, for `wildguard-lite recommend`.
 
-Each file runs in its own child process with the library's defaults (its peak RSS is its own):
+Each file runs in its own child process with the library's defaults (its peak RSS is its own;
+the reference always with an f16 KV cache, so `--kv-type q8_0` measures the cache's effect too):
 raw prefill of `--prefill-tokens` fresh tokens (median of `--rounds`), then every item's three
 answer cues read teacher-forced ("no" after each cue), giving P(yes) per cue; and the verdicts
 `classify` returns. Against the reference file (f16 by default): |dP(yes)| at the cues, the
@@ -48,6 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-tokens", type=int, default=256, help="tokens per prefill timing (default %(default)s)")
     p.add_argument("--rounds", type=int, default=3, help="prefill timings per file and pass (default %(default)s)")
     p.add_argument("--passes", type=int, default=2, help="speed passes over the files, alternating order")
+    p.add_argument(
+        "--cues-only",
+        action="store_true",
+        help="skip classify's verdicts (a random-weight stand-in answers neither yes nor no)",
+    )
     p.add_argument("--engine", default="", help="what the files are (e.g. '4-layer stand-in'), kept in the report")
     p.add_argument("--report", required=True, type=Path, help="JSON report (read by `wildguard-lite recommend`)")
     add_runtime_flags(p, "threads", "n_ctx", "kv_type", n_ctx=N_CTX)
@@ -124,9 +130,18 @@ def run(args: argparse.Namespace) -> int:
     if not Path(ref_path).is_file():
         raise InvalidInputError(f"--reference {ref_path}: no such file")
     items = items_for(load_rows(args.dataset) if args.dataset else None, args.limit)
-    common = {"items": items, "threads": args.threads, "n_ctx": args.n_ctx, "kv_type": args.kv_type}
+    common = {
+        "items": items,
+        "threads": args.threads,
+        "n_ctx": args.n_ctx,
+        "kv_type": args.kv_type,
+        "verdicts": not args.cues_only,
+    }
     load_before = os.getloadavg()
-    ref = _child({**common, "model": str(ref_path), "prefill_tokens": args.prefill_tokens, "rounds": 1})
+    # The reference runs with an f16 KV cache: --kv-type q8_0 then measures the cache's effect too.
+    ref = _child(
+        {**common, "kv_type": "f16", "model": str(ref_path), "prefill_tokens": args.prefill_tokens, "rounds": 1}
+    )
     entries = []
     for f in files:
         print(f"{f['path'].name}: measuring", flush=True)
@@ -242,8 +257,9 @@ def measure_file(config: dict[str, Any]) -> dict[str, Any]:
                 batch.append(tok.no_id)
         logits = backend.logits_at(batch, positions)
         cue_p.append([p_yes(lg, tok.yes_id, tok.no_id) for lg in logits])
-        result = clf.classify([item])[0]
-        verdicts.append([result.get(k) for k in LABEL_KEYS] + [bool(result.get("is_parsing_error"))])
+        if config["verdicts"]:
+            result = clf.classify([item])[0]
+            verdicts.append([result.get(k) for k in LABEL_KEYS] + [bool(result.get("is_parsing_error"))])
     clf.close()
     return {
         "bytes": path.stat().st_size,
