@@ -41,13 +41,13 @@ from ..errors import (
     require,
 )
 from ..utils import capture_stderr
-from .base import Backend, check_positions, check_threads
+from ..config import check_kv_tokens, check_slots, check_threads
+from .base import Backend, check_positions
 from .prefix_cache import PrefixStateCache  # noqa: F401 (re-exported: the server imports it from here)
 from .llama_parts import (
     Aborted,
     EngineStats,
     SlotSequence,
-    check_slots,
     common_prefix,
     interrupt_error,
     llama_default_params,
@@ -99,9 +99,8 @@ class LlamaCppBackend(Backend):
         read_gguf_info(path)
         check_threads(threads)
         check_slots(slots)
+        check_kv_tokens(kv_tokens, n_ctx)
         kv_tokens = default_kv_tokens(n_ctx, slots) if kv_tokens is None else kv_tokens
-        if isinstance(kv_tokens, bool) or not isinstance(kv_tokens, int) or kv_tokens < n_ctx:
-            raise InvalidInputError(f"kv_tokens must be an integer of at least n_ctx ({n_ctx}), got {kv_tokens!r}")
         if kv_type not in KV_TYPES or (kv_type != "f16" and not flash_attn):
             raise InvalidInputError(
                 f"kv_type must be one of {', '.join(KV_TYPES)} (q8_0 with flash_attn), got {kv_type!r}"

@@ -166,15 +166,10 @@ def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
 
         return load(
             settings.model,
-            mode=settings.mode,
-            threads=threads,
-            n_ctx=settings.n_ctx,
-            slots=settings.slots,
-            kv_tokens=settings.kv_pool_tokens,
-            kv_type=settings.kv_type,
+            settings.runtime,
             prefix_cache=prefix_cache,
-            thresholds=settings.thresholds,
-            over_context=settings.over_context,
+            threads=threads,
+            kv_tokens=settings.kv_pool_tokens,
         )
 
     return make
