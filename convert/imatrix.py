@@ -61,16 +61,19 @@ class Imatrix:
         }
 
 
-def calibration_rows(source: Path | None, limit: int = DEFAULT_CALIBRATION_ROWS) -> tuple[list[dict], str]:
+def calibration_rows(source: Path | None, limit: int | None = None) -> tuple[list[dict], str]:
     """Exchanges ({prompt, response?}) and the name recorded for them: a JSONL file's rows, or
     without one a seeded sample of the toy's training rows (never its held-out rows)."""
+    limit = DEFAULT_CALIBRATION_ROWS if limit is None else limit
     if source is None:
-        from wildguard_lite.toy.data import make_dataset
+        from wildguard_lite.toy.data import answer_values, make_dataset
 
         train, _, _ = make_dataset(0)
         rng = random.Random(0)
         rows = rng.sample(train, min(limit, len(train)))
-        return [{"prompt": r["prompt"], "response": r.get("response")} for r in rows], TOY_CALIBRATION
+        return [
+            {"prompt": r["prompt"], "response": r.get("response"), "answers": list(answer_values(r))} for r in rows
+        ], TOY_CALIBRATION
     path = Path(source)
     if not path.is_file():
         raise InvalidInputError(
@@ -139,7 +142,10 @@ def compute_imatrix(folder: Path, rows: list[dict], dataset: str, threads: int |
     try:
         with torch.inference_mode():
             for row in rows:
-                ids = tokenizer.encode_exchange(row["prompt"], row.get("response"))[:MAX_CALIBRATION_TOKENS]
+                # The exchange and the answer after it: the cues are where the verdict is read.
+                answers = row.get("answers") or (["no"] * 3 if row.get("response") else ["no", "n/a", "n/a"])
+                ids = tokenizer.encode_exchange(row["prompt"], row.get("response")) + tokenizer.answer_ids(answers)
+                ids = ids[-MAX_CALIBRATION_TOKENS:]
                 model(torch.tensor([ids]), use_cache=False)
                 result.exchanges += 1
                 result.tokens += len(ids)

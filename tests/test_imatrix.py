@@ -51,7 +51,9 @@ def test_imatrix_is_the_mean_of_squared_inputs(tiny, tmp_path):
     # Independently: the input of layer 0's q/k/v is input_layernorm(embeddings).
     model = transformers.AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.bfloat16)
     tok = load_tokenizer_from_folder(tiny)
-    ids = [tok.encode_exchange(r["prompt"], r["response"]) for r in rows]
+    # The exchange, then the answer (no labels in the file: "no", or "n/a" for a prompt alone).
+    answers = [["no", "n/a", "n/a"], ["no", "no", "no"]]
+    ids = [tok.encode_exchange(r["prompt"], r["response"]) + tok.answer_ids(a) for r, a in zip(rows, answers)]
     with torch.inference_mode():
         x = torch.cat([model.model.layers[0].input_layernorm(model.model.embed_tokens(torch.tensor(i))) for i in ids])
     x = x.float()
@@ -63,10 +65,13 @@ def test_imatrix_is_the_mean_of_squared_inputs(tiny, tmp_path):
     assert m.sums["blk.1.ffn_down.weight"].shape == (768,) and "output.weight" in m.sums
 
 
-def test_convert_with_imatrix(tiny, tmp_path):
+def test_convert_with_imatrix(tiny, tmp_path, monkeypatch):
     import gguf
 
     import wildguard_lite
+    from wildguard_lite.convert import imatrix
+
+    monkeypatch.setattr(imatrix, "DEFAULT_CALIBRATION_ROWS", 16)  # the toy's calibration set, smaller
 
     with pytest.raises(InvalidInputError, match="iq3_xxs needs an importance matrix"):
         convert_checkpoint(
@@ -86,7 +91,7 @@ def test_convert_with_imatrix(tiny, tmp_path):
         console=QUIET,
     )
     record = manifest["imatrix"]
-    assert record["file"] == "tiny.imatrix.gguf" and record["dataset"] == "toy" and record["exchanges"] == 128
+    assert record["file"] == "tiny.imatrix.gguf" and record["dataset"] == "toy" and record["exchanges"] == 16
     assert record["sha256"] == sha256_file(out / "tiny.imatrix.gguf")
     files = {a["quant"]: a for a in manifest["artifacts"]}
     assert files["f16"]["file"] == "tiny-f16.gguf" and "imatrix" not in files["f16"]

@@ -70,6 +70,7 @@ def test_kv_type_is_checked():
 def test_calibration_rows(tmp_path):
     rows, name = calibration_rows(None, limit=16)
     assert name == "toy" and len(rows) == 16 and all(isinstance(r["prompt"], str) for r in rows)
+    assert all(len(r["answers"]) == 3 and set(r["answers"]) <= {"yes", "no", "n/a"} for r in rows)
     assert rows == calibration_rows(None, limit=16)[0]  # seeded
     good = tmp_path / "cal.jsonl"
     good.write_text('{"prompt": "hi"}\n\n{"prompt": "a", "response": "b", "prompt_harm_label": "harmful"}\n')
