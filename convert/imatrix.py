@@ -153,6 +153,8 @@ def compute_imatrix(folder: Path, rows: list[dict], dataset: str, threads: int |
         for h in hooks:
             h.remove()
         del model
+    # The sums as the file stores them (f32): the matrix used is the one saved, bit for bit.
+    result.sums = {k: v.astype(np.float32).astype(np.float64) for k, v in result.sums.items()}
     return result
 
 
