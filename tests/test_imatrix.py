@@ -126,3 +126,29 @@ def test_convert_with_imatrix(tiny, tmp_path, monkeypatch):
     )
     assert (plain / "tiny-iq4_nl.gguf").stat().st_size == (out / "tiny-iq4_nl-imat.gguf").stat().st_size
     assert sha256_file(plain / "tiny-iq4_nl.gguf") != sha256_file(out / "tiny-iq4_nl-imat.gguf")
+
+
+def test_ladder_report_and_recommend(tiny, tmp_path, capsys):
+    """bench ladder over a convert folder, then recommend reading its report: a file that exists."""
+    from wildguard_lite.cli import main
+
+    out = tmp_path / "ladder"
+    convert_checkpoint(
+        ConvertOptions(source=str(tiny), out_dir=out, quants=("f16", "q8_0", "q4_0"), verify=False, name="t"),
+        console=QUIET,
+    )
+    report = tmp_path / "ladder.json"
+    argv = ["bench", "ladder", "--dir", str(out), "--report", str(report), "--cues-only", "--limit", "3"]
+    assert main([*argv, "--prefill-tokens", "32", "--rounds", "1", "--threads", "2", "--n-ctx", "512"]) == 0
+    data = json.loads(report.read_text())
+    assert [f["file"] for f in data["files"]] == ["t-f16.gguf", "t-q8_0.gguf", "t-q4_0.gguf"]
+    assert data["cpu"]["name"] and data["load_average_before"] and data["reference"].endswith("t-f16.gguf")
+    by = {f["quant"]: f for f in data["files"]}
+    assert by["f16"]["dp_max"] <= 0.02 and by["f16"]["cue_agreement"] == 1.0  # itself, other batch shapes
+    assert all(len(f["prefill_tok_s_runs"]) == 2 and f["prefill_tok_s"] > 0 for f in data["files"])  # two passes
+    assert by["q4_0"]["bytes"] < by["q8_0"]["bytes"] < by["f16"]["bytes"]
+    assert all(f["peak_rss_bytes"] > f["bytes"] for f in data["files"])
+    capsys.readouterr()
+    assert main(["recommend", "--report", str(report), "--ram", "64", "--min-agreement", "0"]) == 0
+    chosen = capsys.readouterr().out.splitlines()[0]
+    assert chosen in {str(out / f["file"]) for f in data["files"]}
