@@ -48,6 +48,8 @@ def test_kv_cell_bytes_at_7b_and_the_library_pool():
     config = RuntimeConfig()
     assert config.slots <= 2 and config.kv_tokens is None and config.kv_type == "f16"
     assert default_kv_tokens(config.n_ctx, config.slots) == DEFAULT_N_CTX  # one context of cells
+    assert default_kv_tokens(1024, 1) == default_kv_tokens(1024, 2) == 1024
+    assert default_kv_tokens(1024, 3) == default_kv_tokens(1024, 8) == 2048  # more slots: serve's two contexts
 
 
 def test_serve_keeps_its_own_slots_and_pool():

@@ -41,9 +41,12 @@ SERVE_KV_CONTEXTS = 2
 MAX_SLOTS = 64
 
 
-def default_kv_tokens(n_ctx: int, slots: int, contexts: int = DEFAULT_KV_CONTEXTS) -> int:
+def default_kv_tokens(n_ctx: int, slots: int, contexts: int | None = None) -> int:
     """KV cells shared by the slots: room for min(slots, contexts) full contexts (slots beyond
-    it share the cells: streams are rarely a full context long)."""
+    it share the cells: streams are rarely a full context long). `contexts` by default: one for
+    an app's few slots (up to DEFAULT_SLOTS), serve's two for more."""
+    if contexts is None:
+        contexts = DEFAULT_KV_CONTEXTS if slots <= DEFAULT_SLOTS else SERVE_KV_CONTEXTS
     return n_ctx * max(1, min(slots, contexts))
 
 

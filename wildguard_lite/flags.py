@@ -28,6 +28,7 @@ from .defaults import (
     MODES,
     OVER_CONTEXT_MODES,
     SERVE_KV_CONTEXTS,
+    DEFAULT_SLOTS,
 )
 from .thresholds import parse_threshold_specs
 
@@ -103,7 +104,7 @@ FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
             "type": int,
             "default": _DEFAULTS["kv_tokens"],
             "help": f"llama.cpp: KV cache cells the slots share, at least --n-ctx (default: {DEFAULT_KV_CONTEXTS} "
-            f"context(s) for one app, {SERVE_KV_CONTEXTS} for serve; docs/laptop.md)",
+            f"context up to {DEFAULT_SLOTS} slots, {SERVE_KV_CONTEXTS} beyond; docs/laptop.md)",
         },
     ),
     "max_new_tokens": (
