@@ -89,6 +89,7 @@ def open_model(path: Path, config: RuntimeConfig, prefix_cache: Any = None, lega
         repack=config.repack,
         slots=config.slots,
         kv_tokens=config.kv_tokens,
+        kv_type=config.kv_type,
         prefix_cache=prefix_cache,
     )
     if backend.n_vocab != tokenizer.vocab_size:

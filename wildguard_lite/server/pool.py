@@ -166,6 +166,12 @@ def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
         from ..loading import load
 
         assert settings.model is not None  # serve requires --model
-        return load(settings.model, settings.runtime, prefix_cache=prefix_cache, threads=threads)
+        return load(
+            settings.model,
+            settings.runtime,
+            prefix_cache=prefix_cache,
+            threads=threads,
+            kv_tokens=settings.kv_pool_tokens,
+        )
 
     return make

@@ -21,12 +21,14 @@ from typing import Any, Callable
 
 from ..errors import InvalidInputError
 from ..config import RUNTIME_FIELDS, RuntimeConfig, make_config
-from ..defaults import DEFAULT_NICE, MAX_NICE, default_threads
+from ..defaults import DEFAULT_NICE, MAX_NICE, SERVE_KV_CONTEXTS, SERVE_SLOTS, default_kv_tokens, default_threads
 from ..flags import NICE_HELP, RUNTIME_FLAGS, add_runtime_flags, runtime_config
 
 # How a harmful verdict shows in OpenAI's category names (see docs/serving.md).
 OPENAI_CATEGORY_MODES = ("all", "illicit", "none")
-_RUNTIME_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RuntimeConfig)}
+# serve's runtime defaults: the library's but for the slots (8 streams or calls at once; their
+# KV pool holds two contexts: kv_pool_tokens).
+SERVE_RUNTIME = RuntimeConfig(slots=SERVE_SLOTS)
 
 
 def read_api_key(path: str | os.PathLike) -> str:
@@ -106,13 +108,14 @@ class ServeSettings:
         8000, "--port", "port (0: any free port)", type=int, check=in_range(0, 65535, "0-65535 (0: any free port)")
     )
     workers: int = option(
-        _RUNTIME_DEFAULTS["slots"],
+        SERVE_SLOTS,
         "--workers",
         "requests classified at once, sharing the one loaded model (their engine calls run batched)",
         type=int,
         check=at_least(1),
     )
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"runtime": True})
+    # serve's own slots (the library's are sized for one app): SERVE_RUNTIME's.
+    runtime: RuntimeConfig = field(default_factory=lambda: SERVE_RUNTIME, metadata={"runtime": True})
     nice: int = option(
         DEFAULT_NICE,
         "--nice",
@@ -172,7 +175,12 @@ class ServeSettings:
     def __init__(self, runtime: RuntimeConfig | None = None, **values: Any):
         # RuntimeConfig's fields given as keywords join `runtime` (checked there, once).
         object.__setattr__(
-            self, "runtime", make_config(runtime, **{k: values.pop(k) for k in RUNTIME_FIELDS if k in values})
+            self,
+            "runtime",
+            make_config(
+                SERVE_RUNTIME if runtime is None else runtime,
+                **{k: values.pop(k) for k in RUNTIME_FIELDS if k in values},
+            ),
         )
         for f in dataclasses.fields(self):
             if f.name == "runtime":
@@ -215,6 +223,11 @@ class ServeSettings:
                 raise InvalidInputError(message)
 
     @property
+    def kv_pool_tokens(self) -> int:
+        """--kv-tokens, or serve's default: two contexts of cells (the library's is one)."""
+        return self.runtime.kv_tokens or default_kv_tokens(self.runtime.n_ctx, self.runtime.slots, SERVE_KV_CONTEXTS)
+
+    @property
     def engine_threads(self) -> int:
         return self.runtime.threads or default_threads()
 
@@ -228,7 +241,7 @@ def add_arguments(parser: argparse.ArgumentParser, required: tuple[str, ...] = (
     for f in dataclasses.fields(ServeSettings):
         meta = f.metadata
         if "runtime" in meta:
-            add_runtime_flags(parser, *RUNTIME_FLAGS)
+            add_runtime_flags(parser, *RUNTIME_FLAGS, slots=SERVE_RUNTIME.slots)
             continue
         help_ = meta["help"] + (f" (default {f.default})" if meta["show_default"] else "")
         kwargs: dict[str, Any] = {"dest": f.name, "help": help_}
