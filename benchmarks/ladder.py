@@ -32,6 +32,7 @@ from wildguard_lite.contract import LABEL_KEYS
 from wildguard_lite.defaults import KV_TYPES, default_threads
 from wildguard_lite.errors import InvalidInputError, WildGuardLiteError
 from wildguard_lite.flags import add_runtime_flags
+from wildguard_lite.utils import python_command
 
 from .data import N_CTX, load_rows, to_item, write_json
 from .speed import _PARAGRAPH, _PROMPTS
@@ -214,7 +215,7 @@ def _print_table(report: dict[str, Any]) -> None:
 
 def _child(config: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-m", "wildguard_lite.benchmarks.ladder", json.dumps(config)],
+        python_command("-m", "wildguard_lite.benchmarks.ladder", json.dumps(config)),
         capture_output=True,
         text=True,
         timeout=timeout,
