@@ -59,6 +59,22 @@ DEFAULT_EXTENSION_SLACK = 16
 UBATCH = 128
 
 
+def check_kv_memory(kv_tokens: int, bytes_per_token: int, n_ctx: int) -> None:
+    """Refuse a KV cache larger than this machine's memory with the figures, before llama.cpp
+    tries to allocate it (it fails with std::bad_alloc, or the kernel kills the process)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on every platform
+        return
+    need = kv_tokens * bytes_per_token
+    if total > 0 and need > total:
+        raise InvalidInputError(
+            f"kv_tokens={kv_tokens} (n_ctx={n_ctx} and slots) needs a {need / 2**30:.1f} GiB KV cache "
+            f"({bytes_per_token} bytes per token, f16) but this machine has {total / 2**30:.1f} GiB of memory; "
+            "lower kv_tokens, n_ctx or slots"
+        )
+
+
 class LlamaCppBackend(Backend):
     concurrent = True
 
@@ -87,12 +103,13 @@ class LlamaCppBackend(Backend):
 
         # Every hyperparameter llama.cpp asserts on is checked first (it aborts the process
         # otherwise), also when a backend is made without load().
-        read_gguf_info(path)
+        info = read_gguf_info(path)
         check_threads(threads)
         check_slots(slots)
         kv_tokens = default_kv_tokens(n_ctx, slots) if kv_tokens is None else kv_tokens
         if isinstance(kv_tokens, bool) or not isinstance(kv_tokens, int) or kv_tokens < n_ctx:
             raise InvalidInputError(f"kv_tokens must be an integer of at least n_ctx ({n_ctx}), got {kv_tokens!r}")
+        check_kv_memory(kv_tokens, info.kv_bytes_per_token, n_ctx)
         threads = threads or default_threads()
         # verbose=True only while loading, into a captured stderr: with verbose=False
         # llama-cpp-python sends llama.cpp's load log to /dev/null, and a failed load would say
