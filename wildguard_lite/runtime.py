@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from .streaming import ResponseStream, StreamRule
 
 
+# One item as the engine will run it: (None, [(ids, prompt_only)]) for an input that fits, or
+# (windows, their inputs) for one judged in windows (wildguard_lite/windows.py).
+ItemPlan = tuple[list[Window] | None, list[tuple[Sequence[int], bool]]]
+
+
 def p_yes(logits: np.ndarray, yes_id: int, no_id: int) -> float:
     """P(yes) renormalised over the two answers: sigmoid(l_yes - l_no)."""
     d = float(logits[yes_id]) - float(logits[no_id])
@@ -63,6 +68,7 @@ class Classifier:
         *,
         cancel: threading.Event | None = None,
         timeout: float | None = None,
+        plans: list[ItemPlan] | None = None,
     ) -> list[dict[str, Any]]:
         """Classify exchanges. Thread-safe: calls from several threads share the engine (and
         with the llama.cpp engine run batched together).
@@ -74,6 +80,8 @@ class Classifier:
             cancel (`threading.Event`, *optional*): set it from another thread to stop the call;
                 the engine stops mid-evaluation (llama.cpp) or before its next step (ONNX).
             timeout (`float`, *optional*): seconds; past it the call stops the same way.
+            plans (*optional*): `plan(items)` of these same items, made earlier (e.g. to count
+                their tokens first: `plan_tokens`); default: planned here.
 
         Returns:
             `list[dict]`: per item `prompt_harmfulness`, `response_refusal`,
@@ -89,7 +97,10 @@ class Classifier:
         """
         interrupt = Interrupt.make(cancel, timeout)
         with self._call():
-            plans = [self._plan(item, i) for i, item in enumerate(items)]
+            if plans is None:
+                plans = self.plan(items)
+            elif len(plans) != len(items):
+                raise ValueError(f"plans: {len(plans)} plans for {len(items)} items; pass plan(items)")
             results = []
             for i, (windows, inputs) in enumerate(plans):
                 parts = [
@@ -128,7 +139,28 @@ class Classifier:
 
         return AsyncResponseStream(self.stream(prompt, rule=rule, interval=interval))
 
-    def _plan(self, item: Mapping[str, Any], index: int) -> tuple[list[Window] | None, list[tuple[list[int], bool]]]:
+    def plan(self, items: Sequence[Mapping[str, Any]]) -> list[ItemPlan]:
+        """Validate and encode `items` (in windows where one is longer than the context), as
+        `classify` does first; pass the result to `classify(plans=...)` to not do it twice.
+
+        Raises what `classify` raises before running anything (`InvalidInputError`)."""
+        self._check_open()
+        return [self._plan(item, i) for i, item in enumerate(items)]
+
+    def plan_tokens(self, plans: Sequence[ItemPlan]) -> int:
+        """Tokens the engine evaluates at most for `plans`: every input's ids plus the room its
+        answer takes (cues and answers in score mode, `max_new_tokens` in generate mode), with no
+        cached prefix counted as saved."""
+        total = 0
+        for _, inputs in plans:
+            for ids, prompt_only in inputs:
+                if self.config.mode == "score":
+                    total += len(ids) + (self._score_budget_prompt if prompt_only else self._score_budget)
+                else:
+                    total += len(ids) + self.config.max_new_tokens
+        return total
+
+    def _plan(self, item: Mapping[str, Any], index: int) -> ItemPlan:
         """(None, [(ids, prompt_only)]), or for an item longer than the context with
         over_context="split" (windows, their inputs): see wildguard_lite/windows.py."""
         try:
@@ -184,6 +216,7 @@ class Classifier:
         """
         from .streaming import ResponseStream
 
+        self._check_open()
         return ResponseStream(self, prompt, rule=rule, interval=interval)
 
     def score_exchange(
@@ -203,7 +236,7 @@ class Classifier:
 
     def score_ids(
         self,
-        ids: list[int],
+        ids: Sequence[int],
         prompt_only: bool,
         guess: Sequence[Sequence[int]] | None = None,
         interrupt: Interrupt | None = None,
@@ -354,7 +387,9 @@ class Classifier:
         return tail + len(self._cues[0]) + 2
 
     # -- modes -------------------------------------------------------------------------------
-    def _generate(self, ids: list[int], interrupt: Interrupt | None = None, prompt_only: bool = True) -> dict[str, Any]:
+    def _generate(
+        self, ids: Sequence[int], interrupt: Interrupt | None = None, prompt_only: bool = True
+    ) -> dict[str, Any]:
         tok = self.tokenizer
         seq = list(ids)
         generated: list[int] = []

@@ -16,18 +16,47 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import ClassificationCancelled
+from ..errors import ClassificationCancelled, WildGuardLiteError
 from ..runtime import Classifier
 from .settings import ServeSettings
 
 ClassifierFactory = Callable[[int, int], Classifier]  # (worker index, threads) -> Classifier
 
+# The running rate: each busy stretch's tokens/s moves the estimate by this share.
+RATE_WEIGHT = 0.3
+# Busy stretches shorter than this say little about the rate (timer and thread noise).
+MIN_SAMPLE_S = 0.05
 
-@dataclass
+
+class RateEstimate:
+    """Tokens per second the engine evaluates while busy: a running average of busy stretches.
+
+    `value` is None until the first seed or sample (nothing is refused up front before the
+    engine was measured; a deadline passed mid-way still fails closed)."""
+
+    def __init__(self, seed: float | None = None):
+        self.value = seed if seed is not None and seed > 0 and math.isfinite(seed) else None
+        self.samples = 0
+        self._lock = threading.Lock()
+
+    def sample(self, tokens: int, seconds: float) -> None:
+        if tokens <= 0 or seconds < MIN_SAMPLE_S:
+            return
+        rate = tokens / seconds
+        with self._lock:
+            self.samples += 1
+            self.value = rate if self.value is None else self.value + RATE_WEIGHT * (rate - self.value)
+
+
+@dataclass(eq=False)
 class Job:
     items: list[dict[str, Any]]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    plans: list | None = None  # Classifier.plan(items), made before admission
+    tokens: int = 0  # what the engine evaluates at most for it (Classifier.plan_tokens)
+    started: float | None = None  # time.monotonic() when a worker took it
+    partial: dict[int, dict[str, Any]] = field(default_factory=dict)  # item index -> verdict, as they finish
     abandoned: bool = False  # the request timed out or its client left: skip or stop its work
     reason: str | None = None  # why it was abandoned (ABORT_REASONS)
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -40,7 +69,9 @@ ABORT_REASONS = ("client_closed", "timeout")
 class WorkerPool:
     """N model workers behind one FIFO; admits at most `size + max_queue` requests at a time."""
 
-    def __init__(self, classifiers: list[Classifier], max_queue: int, prefix_cache=None):
+    def __init__(
+        self, classifiers: list[Classifier], max_queue: int, prefix_cache=None, tokens_per_second: float | None = None
+    ):
         self.classifiers = classifiers
         self.size = len(classifiers)
         self.capacity = self.size + max_queue
@@ -56,14 +87,31 @@ class WorkerPool:
         # abandoned work was stopped; benchmarks compare the two).
         self.abort_abandoned = True
         self._job_seconds = 1.0  # moving average, for Retry-After
+        # The engine's tokens/s while busy (server/budget.py decides up front from it), measured
+        # over busy stretches: from the moment a worker starts on an idle pool to each job's end.
+        self.rate = RateEstimate(tokens_per_second)
+        self._busy_mark: tuple[float, int] | None = None
+        self._busy_sum: tuple[float, int] = (0.0, 0)  # busy seconds and tokens not yet sampled
+        self._admitted: set[Job] = set()
+        # A running request shares the engine with the others in rounds of one input (at most a
+        # context) per caller: a new request waits for at most about this many of each one's tokens.
+        self.share_tokens = 2 * classifiers[0].backend.n_ctx
+        self.not_judged: dict[str, int] = {}  # reason -> items answered fail-closed unjudged
         self._lock = threading.Lock()
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._threads = [
             threading.Thread(target=self._work, args=(clf,), name=f"wildguard-worker-{i}", daemon=True)
             for i, clf in enumerate(classifiers)
         ]
-        for thread in self._threads:
-            thread.start()
+        try:
+            for thread in self._threads:
+                thread.start()
+        except RuntimeError as exc:  # "can't start new thread": a process or memory limit
+            for _ in self._threads:
+                self._jobs.put(None)  # the started ones stop
+            raise WildGuardLiteError(
+                f"could not start {self.size} worker threads ({exc}); start serve with fewer --workers"
+            ) from None
 
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: the backlog's expected work per worker."""
@@ -71,16 +119,42 @@ class WorkerPool:
             backlog = self.queued + self.running
         return max(1, min(60, math.ceil(self._job_seconds * backlog / self.size)))
 
-    def try_submit(self, items: list[dict[str, Any]]) -> Job | None:
-        """Queue a request, or None when the pool and queue are full (the caller answers 429)."""
+    def try_submit(self, items: list[dict[str, Any]], plans: list | None = None, tokens: int = 0) -> Job | None:
+        """Queue a request (with its plans and token count when known), or None when the pool
+        and queue are full (the caller answers 429)."""
+        loop = asyncio.get_running_loop()
+        job = Job(items, loop.create_future(), loop, plans, tokens)
         with self._lock:
             if self.queued + self.running >= self.capacity:
                 return None
             self.queued += 1
-        loop = asyncio.get_running_loop()
-        job = Job(items, loop.create_future(), loop)
+            self._admitted.add(job)
         self._jobs.put(job)
         return job
+
+    def estimate_seconds(self, tokens: int) -> float | None:
+        """Seconds until a request of `tokens` would finish, with the work admitted before it,
+        at the measured rate (None before the engine was measured). With a worker free it
+        shares the engine with the running requests (each costs it at most `share_tokens`, or
+        what that one has left); with every worker busy it waits for all of them."""
+        rate = self.rate.value
+        if rate is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            jobs = list(self._admitted)
+            shared = self.queued == 0 and self.running < self.size
+            running = max(1, self.running)
+        left = [
+            job.tokens if job.started is None else max(0.0, job.tokens - rate * (now - job.started) / running)
+            for job in jobs
+        ]
+        ahead = sum(min(n, tokens + self.share_tokens) for n in left) if shared else sum(left)
+        return (ahead + tokens) / rate
+
+    def count_not_judged(self, reason: str, items: int) -> None:
+        with self._lock:
+            self.not_judged[reason] = self.not_judged.get(reason, 0) + items
 
     def abandon(self, job: Job, reason: str) -> None:
         """The request will not use its answer (`reason` in ABORT_REASONS): stop its work."""
@@ -104,18 +178,25 @@ class WorkerPool:
             with self._lock:
                 self.queued -= 1
                 if job.abandoned:
+                    self._admitted.discard(job)
                     self._count_abort(job, "queued")
                     continue
+                if self.running == 0:
+                    self._busy_mark = (time.monotonic(), self.tokens_evaluated())
                 self.running += 1
+                job.started = time.monotonic()
             start = time.perf_counter()
             try:
-                outcome: tuple[bool, Any] = (True, clf.classify(job.items, cancel=job.cancel))
+                results = clf.classify(job.items, on_result=job.partial.__setitem__, cancel=job.cancel, plans=job.plans)
+                outcome: tuple[bool, Any] = (True, results)
             except BaseException as exc:  # handed to the request; the worker lives on
                 outcome = (False, exc)
             seconds = time.perf_counter() - start
             stopped = not outcome[0] and isinstance(outcome[1], ClassificationCancelled) and job.abandoned
             with self._lock:
                 self.running -= 1
+                self._admitted.discard(job)
+                self._sample_rate()
                 if stopped:
                     self._count_abort(job, "running")
                 else:  # a stopped job's short run says nothing about the next job's length
@@ -124,6 +205,19 @@ class WorkerPool:
                     self.items_done += len(job.items)
                     self.parsing_errors += sum(bool(r.get("is_parsing_error")) for r in outcome[1])
             job.loop.call_soon_threadsafe(settle, job.future, outcome)
+
+    def _sample_rate(self) -> None:
+        """At a job's end (lock held): the busy time and tokens since the last mark are added up,
+        and become one rate sample once they span MIN_SAMPLE_S (idle time never counts)."""
+        if self._busy_mark is None:
+            return
+        now, tokens = time.monotonic(), self.tokens_evaluated()
+        since, before = self._busy_mark
+        self._busy_sum = (self._busy_sum[0] + now - since, self._busy_sum[1] + tokens - before)
+        self._busy_mark = (now, tokens) if self.running else None
+        if self._busy_sum[0] >= MIN_SAMPLE_S:
+            self.rate.sample(self._busy_sum[1], self._busy_sum[0])
+            self._busy_sum = (0.0, 0)
 
     def _count_abort(self, job: Job, stage: str) -> None:
         key = (job.reason or "client_closed", stage)

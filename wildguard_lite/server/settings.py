@@ -26,6 +26,8 @@ from ..thresholds import parse_threshold_specs, validate_thresholds
 
 # How a harmful verdict shows in OpenAI's category names (see docs/serving.md).
 OPENAI_CATEGORY_MODES = ("all", "illicit", "none")
+# What an input that cannot be judged within --timeout gets (server/budget.py).
+OVER_BUDGET_MODES = ("flag", "error")
 _RUNTIME_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RuntimeConfig)}
 
 
@@ -43,6 +45,9 @@ def read_api_key(path: str | os.PathLike) -> str:
 
 MAX_SECONDS = 86_400.0  # a timeout beyond a day is a mistake (and inf overflows the event loop's clock)
 MAX_CACHE_MB = float(1 << 20)  # 1 TiB
+# Workers are threads waiting on one engine that runs at most MAX_SLOTS sequences at once: more
+# than a few times that only queue (and 100,000 failed with "can't start new thread").
+MAX_WORKERS = 4 * MAX_SLOTS
 
 
 def at_least(low: int) -> tuple[Callable[[Any], bool], str]:
@@ -114,7 +119,7 @@ class ServeSettings:
         "--workers",
         "requests classified at once, sharing the one loaded model (their engine calls run batched)",
         type=int,
-        check=at_least(1),
+        check=in_range(1, MAX_WORKERS, f"from 1 to {MAX_WORKERS} (each is a thread; the engine runs --slots at once)"),
     )
     slots: int = option(
         _RUNTIME_DEFAULTS["slots"],
@@ -143,7 +148,20 @@ class ServeSettings:
         16, "--max-queue", "requests waiting beyond the busy workers before answering 429", type=int, check=at_least(0)
     )
     request_timeout_s: float = option(
-        60.0, "--timeout", "seconds a request may queue and run before 504", type=float, check=seconds()
+        60.0,
+        "--timeout",
+        "seconds a request may queue and run; what cannot be judged within it (known up front from its "
+        "tokens and the engine's measured rate, or found mid-way) is answered per --over-budget",
+        type=float,
+        check=seconds(),
+    )
+    over_budget: str = option(
+        "flag",
+        "--over-budget",
+        "an input that cannot be judged within --timeout (too long, queue too deep, deadline passed): "
+        "'flag' answers 200 with it flagged and the reason in 'not_judged' (fail closed: clients "
+        "that pass on errors cannot be bypassed so), 'error' answers 413/503/504 instead",
+        choices=OVER_BUDGET_MODES,
     )
     body_timeout_s: float = option(
         30.0,
@@ -167,9 +185,10 @@ class ServeSettings:
     mode: str = runtime_option(_RUNTIME_DEFAULTS["mode"], "mode")
     over_context: str = runtime_option(_RUNTIME_DEFAULTS["over_context"], "over_context")
     prefix_cache_mb: float = option(
-        256.0,
+        0.0,
         "--prefix-cache-mb",
-        "memory cap of the shared KV prefix cache for two-phase checks; 0 turns it off",
+        "memory cap of a KV prefix cache shared by the workers (0: off; the engine's slots already keep "
+        "recent prompts, and in LiteLLM's request-then-reply pattern the cache was never hit)",
         type=float,
         check=in_range(0, MAX_CACHE_MB, f"MB from 0 (off) to {MAX_CACHE_MB:.0f}"),
     )
@@ -206,6 +225,10 @@ class ServeSettings:
             (
                 self.over_context in OVER_CONTEXT_MODES,
                 f"--over-context must be one of {', '.join(OVER_CONTEXT_MODES)}, got '{self.over_context}'",
+            ),
+            (
+                self.over_budget in OVER_BUDGET_MODES,
+                f"--over-budget must be one of {', '.join(OVER_BUDGET_MODES)}, got '{self.over_budget}'",
             ),
             (
                 self.openai_categories in OPENAI_CATEGORY_MODES,
