@@ -209,3 +209,47 @@ def test_calibrate_measures_one_short_call(tokenizer):
     backend = CountingBackend(tokenizer, seconds=0.01)
     rate = calibrate(Classifier(backend, tokenizer))
     assert backend.calls == 1 and rate is not None and 1000 < rate < backend.tokens_evaluated / 0.01
+
+
+# -- fair share: per-client limits ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "limits, first_tokens, message",
+    [
+        ({"client_max_requests": 1}, 200, "--client-max-requests 1"),
+        # the first request is admitted however large; the next one is over the client's tokens
+        ({"client_max_tokens": 500}, 2000, "--client-max-tokens 500"),
+    ],
+)
+def test_per_client_limits_answer_429_to_that_client_only(tokenizer, limits, first_tokens, message):
+    gate = threading.Event()
+    app, _ = app_with(tokenizer, gate=gate, workers=4, **limits)
+    with running(app) as base:
+        classifier = app.state.runtime["pool"].classifiers[0]
+        holder = threading.Thread(
+            target=httpx.post,
+            args=(f"{base}/v1/classify",),
+            kwargs={"json": {"items": [{"prompt": sized(classifier, first_tokens)}]}, "headers": {"x-api-key": "a"}},
+        )
+        holder.start()
+        pool = app.state.runtime["pool"]
+        deadline = time.monotonic() + 5
+        while pool.running == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        same = httpx.post(f"{base}/v1/moderations", json={"input": "hi"}, headers={"x-api-key": "a"}, timeout=10)
+        other = threading.Thread(
+            target=lambda: results.append(
+                httpx.post(f"{base}/v1/moderations", json={"input": "hi"}, headers={"x-api-key": "b"}, timeout=10)
+            )
+        )
+        results: list = []
+        other.start()
+        time.sleep(0.2)
+        gate.set()
+        holder.join()
+        other.join()
+        again = httpx.post(f"{base}/v1/moderations", json={"input": "hi"}, headers={"x-api-key": "a"}, timeout=10)
+    assert same.status_code == 429 and message in same.json()["error"]["message"]
+    assert same.headers["Retry-After"].isdigit()
+    assert results[0].status_code == 200  # another client is not limited by the first one's work
+    assert again.status_code == 200  # the client's counts were released with its request

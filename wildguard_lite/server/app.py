@@ -184,7 +184,8 @@ def create_app(
             state["startup_error"] = exc
             raise
         classifiers = [classifier] * settings.workers
-        state["pool"] = WorkerPool(classifiers, settings.max_queue, cache, seed)
+        limits = (settings.client_max_requests, settings.client_max_tokens)
+        state["pool"] = WorkerPool(classifiers, settings.max_queue, cache, seed, limits)
         log.info(
             "wildguard-lite serve: %d worker(s) sharing one model (%d engine threads), queue %d, model %s, %s tokens/s",
             settings.workers,

@@ -15,6 +15,7 @@ answers 413 (too long), 503 (queue too deep) or 504 (deadline passed mid-way) in
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,16 @@ def over_budget_error(reason: str, message: str, pool: "WorkerPool") -> APIError
     return APIError(504, message, "timeout")
 
 
+def client_key(request) -> str:
+    """Who sent a request, for the per-client limits: the API key it presents (hashed), else
+    its address."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    key = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "").strip()
+    if key:
+        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return "address:" + (request.client.host if request.client is not None else "unknown")
+
+
 async def until_disconnect(request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
@@ -117,14 +128,11 @@ async def _judge(request, items, pool: "WorkerPool", settings: "ServeSettings", 
             f"past the {settings.request_timeout_s:g} s deadline (--timeout); flagged to fail closed "
             "without judging (retry later)",
         )
-    job = pool.try_submit(items, plans, tokens)
-    if job is None:
+    job = pool.try_submit(items, plans, tokens, client_key(request))
+    if isinstance(job, str):
         seconds = pool.retry_after()
         raise APIError(
-            429,
-            f"all {pool.size} worker(s) busy and the queue ({settings.max_queue}) is full; retry after {seconds} s",
-            "rate_limit_exceeded",
-            headers={"Retry-After": str(seconds)},
+            429, f"{job}; retry after {seconds} s", "rate_limit_exceeded", headers={"Retry-After": str(seconds)}
         )
     # A client that leaves while its request waits frees its place in the queue.
     watcher = asyncio.ensure_future(until_disconnect(request))

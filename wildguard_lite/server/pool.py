@@ -57,6 +57,7 @@ class Job:
     tokens: int = 0  # what the engine evaluates at most for it (Classifier.plan_tokens)
     started: float | None = None  # time.monotonic() when a worker took it
     partial: dict[int, dict[str, Any]] = field(default_factory=dict)  # item index -> verdict, as they finish
+    client: str | None = None  # who sent it (an API key's hash or an address), for per-client limits
     abandoned: bool = False  # the request timed out or its client left: skip or stop its work
     reason: str | None = None  # why it was abandoned (ABORT_REASONS)
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -70,7 +71,12 @@ class WorkerPool:
     """N model workers behind one FIFO; admits at most `size + max_queue` requests at a time."""
 
     def __init__(
-        self, classifiers: list[Classifier], max_queue: int, prefix_cache=None, tokens_per_second: float | None = None
+        self,
+        classifiers: list[Classifier],
+        max_queue: int,
+        prefix_cache=None,
+        tokens_per_second: float | None = None,
+        client_limits: tuple[int, int] = (0, 0),
     ):
         self.classifiers = classifiers
         self.size = len(classifiers)
@@ -97,6 +103,10 @@ class WorkerPool:
         # context) per caller: a new request waits for at most about this many of each one's tokens.
         self.share_tokens = 2 * classifiers[0].backend.n_ctx
         self.not_judged: dict[str, int] = {}  # reason -> items answered fail-closed unjudged
+        # Per client (0: no limit): requests admitted at once, and tokens admitted at once (a
+        # client's first request is admitted whatever its size: the deadline rule judges it).
+        self.client_max_requests, self.client_max_tokens = client_limits
+        self._clients: dict[str, tuple[int, int]] = {}  # client -> (requests, tokens) admitted
         self._lock = threading.Lock()
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._threads = [
@@ -119,18 +129,43 @@ class WorkerPool:
             backlog = self.queued + self.running
         return max(1, min(60, math.ceil(self._job_seconds * backlog / self.size)))
 
-    def try_submit(self, items: list[dict[str, Any]], plans: list | None = None, tokens: int = 0) -> Job | None:
-        """Queue a request (with its plans and token count when known), or None when the pool
-        and queue are full (the caller answers 429)."""
+    def try_submit(
+        self, items: list[dict[str, Any]], plans: list | None = None, tokens: int = 0, client: str | None = None
+    ) -> Job | str:
+        """Queue a request (with its plans and token count when known), or say why not (the
+        caller answers 429): the pool and queue are full, or `client` is over its limits."""
         loop = asyncio.get_running_loop()
-        job = Job(items, loop.create_future(), loop, plans, tokens)
+        job = Job(items, loop.create_future(), loop, plans, tokens, client=client)
         with self._lock:
             if self.queued + self.running >= self.capacity:
-                return None
+                return f"all {self.size} worker(s) busy and the queue ({self.capacity - self.size}) is full"
+            requests, held = self._clients.get(client, (0, 0)) if client is not None else (0, 0)
+            if self.client_max_requests and requests >= self.client_max_requests:
+                return (
+                    f"this client has {requests} requests in flight, its limit (--client-max-requests "
+                    f"{self.client_max_requests}); send the next when one is answered"
+                )
+            if self.client_max_tokens and requests and held + tokens > self.client_max_tokens:
+                return (
+                    f"this client has {held} tokens in flight and this request adds {tokens}, over its limit "
+                    f"(--client-max-tokens {self.client_max_tokens}); send it when one is answered"
+                )
+            if client is not None:
+                self._clients[client] = (requests + 1, held + tokens)
             self.queued += 1
             self._admitted.add(job)
         self._jobs.put(job)
         return job
+
+    def _release(self, job: Job) -> None:
+        """A job is over (lock held): it no longer counts against the queue or its client."""
+        self._admitted.discard(job)
+        if job.client is not None and job.client in self._clients:
+            requests, held = self._clients[job.client]
+            if requests <= 1:
+                del self._clients[job.client]
+            else:
+                self._clients[job.client] = (requests - 1, held - job.tokens)
 
     def estimate_seconds(self, tokens: int) -> float | None:
         """Seconds until a request of `tokens` would finish, with the work admitted before it,
@@ -178,7 +213,7 @@ class WorkerPool:
             with self._lock:
                 self.queued -= 1
                 if job.abandoned:
-                    self._admitted.discard(job)
+                    self._release(job)
                     self._count_abort(job, "queued")
                     continue
                 if self.running == 0:
@@ -195,7 +230,7 @@ class WorkerPool:
             stopped = not outcome[0] and isinstance(outcome[1], ClassificationCancelled) and job.abandoned
             with self._lock:
                 self.running -= 1
-                self._admitted.discard(job)
+                self._release(job)
                 self._sample_rate()
                 if stopped:
                     self._count_abort(job, "running")

@@ -147,6 +147,21 @@ class ServeSettings:
     max_queue: int = option(
         16, "--max-queue", "requests waiting beyond the busy workers before answering 429", type=int, check=at_least(0)
     )
+    client_max_requests: int = option(
+        16,
+        "--client-max-requests",
+        "requests one client (its API key, else its address) may have admitted at once, 429 beyond; 0: no limit",
+        type=int,
+        check=at_least(0),
+    )
+    client_max_tokens: int = option(
+        131072,
+        "--client-max-tokens",
+        "tokens one client may have admitted at once, 429 beyond (its first request is admitted whatever its "
+        "size); 0: no limit",
+        type=int,
+        check=at_least(0),
+    )
     request_timeout_s: float = option(
         60.0,
         "--timeout",
