@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from .streaming import ResponseStream, StreamRule
 
 
+# No vocabulary piece is this many characters long: a text longer than n_ctx times it cannot fit.
+WHOLE_TEXT_CHARS_PER_TOKEN = 64
 # One item as the engine will run it: (None, [(ids, prompt_only)]) for an input that fits, or
 # (windows, their inputs) for one judged in windows (wildguard_lite/windows.py).
 ItemPlan = tuple[list[Window] | None, list[tuple[Sequence[int], bool]]]
@@ -164,6 +166,12 @@ class Classifier:
         """(None, [(ids, prompt_only)]), or for an item longer than the context with
         over_context="split" (windows, their inputs): see wildguard_lite/windows.py."""
         try:
+            prompt, response = validate_item(item, index)
+            chars = len(prompt) + len(response or "")
+            if self.config.over_context == "split" and chars > self.backend.n_ctx * WHOLE_TEXT_CHARS_PER_TOKEN:
+                # Surely longer than the context: to the windows without encoding it whole (a
+                # 1 MB text is 250k ids, 9 MB of Python ints, just to learn that).
+                raise InputTooLongError(chars // WHOLE_TEXT_CHARS_PER_TOKEN, self.backend.n_ctx)
             return None, [self.encode(item, index=index)]
         except InputTooLongError as exc:
             if self.config.over_context != "split":
@@ -179,6 +187,7 @@ class Classifier:
                     n - (self._score_budget if score else self.config.max_new_tokens),
                 )
             except ContextTooSmall:
+                self.encode(item, index=index)  # the exact count when it was not encoded whole
                 raise exc from None
             return windows, [(w.ids, w.prompt_only) for w in windows]
 
