@@ -5,6 +5,7 @@ an error status that fail-open clients pass. Fake engines decide the verdicts an
 import threading
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -253,3 +254,44 @@ def test_per_client_limits_answer_429_to_that_client_only(tokenizer, limits, fir
     assert same.headers["Retry-After"].isdigit()
     assert results[0].status_code == 200  # another client is not limited by the first one's work
     assert again.status_code == 200  # the client's counts were released with its request
+
+
+class ConcurrentMarker(MarkerBackend):
+    """MarkerBackend with the concurrent engine's call shape (llama.cpp's), recording each call's
+    length: a long input must reach it in pieces."""
+
+    concurrent = True
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer)
+        self.lengths: list[int] = []
+
+    def logits_at(self, ids, positions, interrupt=None):
+        self.lengths.append(len(ids))
+        cues = [list(c) for c in self.tokenizer.cue_ids]
+        if not any(list(ids[p + 1 - len(c) : p + 1]) == c for p in positions for c in cues):
+            return [np.zeros(self.n_vocab, dtype=np.float32) for _ in positions]  # a piece: read nowhere
+        return super().logits_at(ids, positions)
+
+    def next_logits(self, ids, interrupt=None):  # the base logits_at's one call per position
+        return super().next_logits(ids)
+
+
+def test_a_long_input_reaches_a_concurrent_engine_in_pieces_with_the_same_verdict(tokenizer):
+    from wildguard_lite.runtime import INTERLEAVE_TOKENS
+
+    text = words(150) + f" {HARMFUL} " + words(150)  # ~2,200 tokens: one input, no windows
+    plain = Classifier(CountingBackend(tokenizer), tokenizer).classify([{"prompt": text}])[0]
+    backend = ConcurrentMarker(tokenizer)
+    pieces = Classifier(backend, tokenizer).classify([{"prompt": text}])[0]
+    assert pieces == plain and pieces["prompt_harmfulness"] == "harmful"
+    n = len(tokenizer.encode_exchange(text))
+    assert n > 4 * INTERLEAVE_TOKENS
+    # Pieces of INTERLEAVE_TOKENS, each a prefix of the next; then the input with its cue.
+    *fed, last = backend.lengths
+    assert fed == list(range(INTERLEAVE_TOKENS, n - INTERLEAVE_TOKENS, INTERLEAVE_TOKENS))
+    assert last > n
+    # A short input is one call, as before.
+    backend.lengths.clear()
+    Classifier(backend, tokenizer).classify([{"prompt": "hello"}])
+    assert len(backend.lengths) == 1

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from .streaming import ResponseStream, StreamRule
 
 
+# A long input reaches a concurrent engine this many tokens per round (Classifier._fed): a
+# short request waits for at most about one such piece, not for the whole input.
+INTERLEAVE_TOKENS = 256
 # No vocabulary piece is this many characters long: a text longer than n_ctx times it cannot fit.
 WHOLE_TEXT_CHARS_PER_TOKEN = 64
 # One item as the engine will run it: (None, [(ids, prompt_only)]) for an input that fits, or
@@ -106,9 +109,9 @@ class Classifier:
             results = []
             for i, (windows, inputs) in enumerate(plans):
                 parts = [
-                    self._generate(ids, interrupt, prompt_only)
+                    self._generate(self._fed(ids, interrupt), interrupt, prompt_only)
                     if self.config.mode == "generate"
-                    else self.score_ids(ids, prompt_only, interrupt=interrupt)[0]
+                    else self.score_ids(self._fed(ids, interrupt), prompt_only, interrupt=interrupt)[0]
                     for ids, prompt_only in inputs
                 ]
                 result = parts[0] if windows is None else merge_results(windows, parts)
@@ -362,6 +365,16 @@ class Classifier:
             with self._state:
                 self._active -= 1
                 self._state.notify_all()
+
+    def _fed(self, ids: Sequence[int], interrupt: Interrupt | None) -> Sequence[int]:
+        """Fair share: a concurrent engine (llama.cpp) gets a long input INTERLEAVE_TOKENS at a
+        time, one engine round each (the engine keeps each piece and evaluates only the next),
+        so other callers' requests join the next round instead of waiting for the whole input.
+        Returns `ids`, whose remaining tail the caller's own call evaluates."""
+        if self.backend.concurrent and len(ids) > 2 * INTERLEAVE_TOKENS:
+            for end in range(INTERLEAVE_TOKENS, len(ids) - INTERLEAVE_TOKENS, INTERLEAVE_TOKENS):
+                self._logits_at(list(ids[:end]), [end - 1], interrupt)
+        return ids
 
     def _logits_at(self, ids: list[int], positions: list[int], interrupt: Interrupt | None) -> list[np.ndarray]:
         if self.backend.concurrent:
