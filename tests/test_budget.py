@@ -194,7 +194,10 @@ def test_the_rate_is_measured_from_the_engine(tokenizer):
         (100.0, [], 100.0),
         (float("nan"), [], None),  # a seed that is not a rate is no seed
         (None, [(500, 1.0)], 500.0),  # the first sample replaces "unknown"
-        (100.0, [(500, 1.0)], 100.0 + 0.3 * 400),  # later ones move it by RATE_WEIGHT
+        # tokens over seconds, the seed's second weighing 0.5 ** (1 / 10) after a 1 s sample
+        (100.0, [(500, 1.0)], (100 * 0.5**0.1 + 500) / (0.5**0.1 + 1)),
+        # a 20 s run of a long input outweighs the seed: close to its own 2,500 tokens/s
+        (100.0, [(50_000, 20.0)], (100 * 0.25 + 50_000) / 20.25),
         (100.0, [(500, 0.01)], 100.0),  # too short a stretch says nothing
         (100.0, [(0, 1.0)], 100.0),  # nor one that evaluated nothing
     ],
@@ -208,8 +211,9 @@ def test_rate_estimate(seed, samples, expected):
 
 def test_calibrate_measures_one_short_call(tokenizer):
     backend = CountingBackend(tokenizer, seconds=0.01)
-    rate = calibrate(Classifier(backend, tokenizer))
+    rate, seconds = calibrate(Classifier(backend, tokenizer))
     assert backend.calls == 1 and rate is not None and 1000 < rate < backend.tokens_evaluated / 0.01
+    assert 0.01 <= seconds < 5 and rate == pytest.approx(backend.tokens_evaluated / seconds)
 
 
 # -- fair share: per-client limits ---------------------------------------------------------------

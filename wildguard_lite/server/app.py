@@ -177,15 +177,15 @@ def create_app(
         # Loading is blocking work: keep the loop free.
         try:
             classifier = await asyncio.to_thread(factory, 0, threads)
-            seed = tokens_per_second
+            seed, seed_seconds = tokens_per_second, 1.0
             if seed is None and classifier_factory is None:
-                seed = await asyncio.to_thread(calibrate, classifier)
+                seed, seed_seconds = await asyncio.to_thread(calibrate, classifier)
         except WildGuardLiteError as exc:
             state["startup_error"] = exc
             raise
         classifiers = [classifier] * settings.workers
         limits = (settings.client_max_requests, settings.client_max_tokens)
-        state["pool"] = WorkerPool(classifiers, settings.max_queue, cache, seed, limits)
+        state["pool"] = WorkerPool(classifiers, settings.max_queue, cache, seed, limits, seed_seconds)
         log.info(
             "wildguard-lite serve: %d worker(s) sharing one model (%d engine threads), queue %d, model %s, %s tokens/s",
             settings.workers,

@@ -38,14 +38,15 @@ NOT_JUDGED_REASONS = ("too_long", "queue_too_deep", "deadline")
 CALIBRATION_TEXT = " ".join(["Could you suggest a few good books about birds and the places to watch them?"] * 4)
 
 
-def calibrate(classifier: "Classifier") -> float | None:
-    """Tokens per second of one short call (the seed of the running estimate)."""
+def calibrate(classifier: "Classifier") -> tuple[float | None, float]:
+    """(tokens per second, seconds) of one short call: the seed of the running estimate, which
+    weighs as much as the seconds it took."""
     before = classifier.backend.tokens_evaluated
     start = time.perf_counter()
     classifier.classify([{"prompt": CALIBRATION_TEXT}])
     seconds = time.perf_counter() - start
     tokens = classifier.backend.tokens_evaluated - before
-    return tokens / seconds if tokens > 0 and seconds > 0 else None
+    return (tokens / seconds if tokens > 0 and seconds > 0 else None), seconds
 
 
 def not_judged(reason: str, message: str) -> dict[str, Any]:

@@ -22,30 +22,42 @@ from .settings import ServeSettings
 
 ClassifierFactory = Callable[[int, int], Classifier]  # (worker index, threads) -> Classifier
 
-# The running rate: each busy stretch's tokens/s moves the estimate by this share.
-RATE_WEIGHT = 0.3
+# The running rate: busy time this long counts half as much as the time since (a time-weighted
+# average: a 20 s run of a long input outweighs a hundred 50 ms calls, as it should, since the
+# rate decides about long inputs, and a tiny model runs short inputs far faster per token).
+RATE_HALF_LIFE_S = 10.0
 # Busy stretches shorter than this say little about the rate (timer and thread noise).
 MIN_SAMPLE_S = 0.05
 
 
 class RateEstimate:
-    """Tokens per second the engine evaluates while busy: a running average of busy stretches.
+    """Tokens per second the engine evaluates while busy: tokens over seconds of the busy
+    stretches, each older second weighing less (RATE_HALF_LIFE_S). The seed counts as
+    `seed_seconds` of busy time.
 
     `value` is None until the first seed or sample (nothing is refused up front before the
     engine was measured; a deadline passed mid-way still fails closed)."""
 
-    def __init__(self, seed: float | None = None):
-        self.value = seed if seed is not None and seed > 0 and math.isfinite(seed) else None
+    def __init__(self, seed: float | None = None, seed_seconds: float = 1.0):
+        seeded = seed is not None and seed > 0 and math.isfinite(seed) and seed_seconds > 0
+        self._tokens = seed * seed_seconds if seeded else 0.0  # type: ignore[operator]
+        self._seconds = seed_seconds if seeded else 0.0
         self.samples = 0
         self._lock = threading.Lock()
+
+    @property
+    def value(self) -> float | None:
+        with self._lock:
+            return self._tokens / self._seconds if self._seconds > 0 else None
 
     def sample(self, tokens: int, seconds: float) -> None:
         if tokens <= 0 or seconds < MIN_SAMPLE_S:
             return
-        rate = tokens / seconds
+        keep = 0.5 ** (seconds / RATE_HALF_LIFE_S)
         with self._lock:
             self.samples += 1
-            self.value = rate if self.value is None else self.value + RATE_WEIGHT * (rate - self.value)
+            self._tokens = self._tokens * keep + tokens
+            self._seconds = self._seconds * keep + seconds
 
 
 @dataclass(eq=False)
@@ -77,6 +89,7 @@ class WorkerPool:
         prefix_cache=None,
         tokens_per_second: float | None = None,
         client_limits: tuple[int, int] = (0, 0),
+        seed_seconds: float = 1.0,
     ):
         self.classifiers = classifiers
         self.size = len(classifiers)
@@ -95,7 +108,7 @@ class WorkerPool:
         self._job_seconds = 1.0  # moving average, for Retry-After
         # The engine's tokens/s while busy (server/budget.py decides up front from it), measured
         # over busy stretches: from the moment a worker starts on an idle pool to each job's end.
-        self.rate = RateEstimate(tokens_per_second)
+        self.rate = RateEstimate(tokens_per_second, seed_seconds)
         self._busy_mark: tuple[float, int] | None = None
         self._busy_sum: tuple[float, int] = (0.0, 0)  # busy seconds and tokens not yet sampled
         self._admitted: set[Job] = set()
