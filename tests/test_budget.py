@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from server_fakes import HARMFUL, MarkerBackend, build_tokenizer, running  # noqa: E402
 from wildguard_lite.runtime import Classifier  # noqa: E402
 from wildguard_lite.server import ServeSettings, create_app  # noqa: E402
-from wildguard_lite.server.budget import calibrate  # noqa: E402
+from wildguard_lite.server.budget import CALIBRATION_DISCOUNT, calibrate  # noqa: E402
 from wildguard_lite.server.pool import RateEstimate  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -212,8 +212,9 @@ def test_rate_estimate(seed, samples, expected):
 def test_calibrate_measures_one_short_call(tokenizer):
     backend = CountingBackend(tokenizer, seconds=0.01)
     rate, seconds = calibrate(Classifier(backend, tokenizer))
-    assert backend.calls == 1 and rate is not None and 1000 < rate < backend.tokens_evaluated / 0.01
-    assert 0.01 <= seconds < 5 and rate == pytest.approx(backend.tokens_evaluated / seconds)
+    assert backend.calls == 1 and rate is not None and 0.01 <= seconds < 5
+    # the call's own rate, discounted to err on the slow side
+    assert rate == pytest.approx(backend.tokens_evaluated / seconds / CALIBRATION_DISCOUNT)
 
 
 # -- fair share: per-client limits ---------------------------------------------------------------

@@ -33,8 +33,12 @@ if TYPE_CHECKING:
 # Why an item was not judged (the `reason` of a result's `not_judged`).
 NOT_JUDGED_REASONS = ("too_long", "queue_too_deep", "deadline")
 # The start-up call that seeds the rate: ordinary words, about 60 tokens of text plus the
-# template. A short input runs slower per token than a long one (less batching), so the seed
-# errs on the slow side: long inputs are refused up front a little early, never late.
+# template, its rate divided by CALIBRATION_DISCOUNT. At 7B a short input runs slower per token
+# than a long one (less batching); on a tiny model faster (attention over a 4k window
+# dominates: the toy ran a short call 4x faster per token than its long inputs). Divided, the
+# seed errs on the slow side for both: long inputs are refused up front a little early until
+# real traffic (each busy second weighs as much as the start-up call's) moves it.
+CALIBRATION_DISCOUNT = 4.0
 CALIBRATION_TEXT = " ".join(["Could you suggest a few good books about birds and the places to watch them?"] * 4)
 
 
@@ -46,7 +50,7 @@ def calibrate(classifier: "Classifier") -> tuple[float | None, float]:
     classifier.classify([{"prompt": CALIBRATION_TEXT}])
     seconds = time.perf_counter() - start
     tokens = classifier.backend.tokens_evaluated - before
-    return (tokens / seconds if tokens > 0 and seconds > 0 else None), seconds
+    return (tokens / seconds / CALIBRATION_DISCOUNT if tokens > 0 and seconds > 0 else None), seconds
 
 
 def not_judged(reason: str, message: str) -> dict[str, Any]:
@@ -113,7 +117,7 @@ async def _judge(request, items, pool: "WorkerPool", settings: "ServeSettings", 
         return [not_judged(reason, message) for _ in items]
 
     left = deadline - time.monotonic()
-    rate = pool.rate.value
+    rate = pool.current_rate()
     if rate is not None and tokens / rate > left:
         return refuse(
             "too_long",

@@ -180,6 +180,13 @@ class WorkerPool:
             else:
                 self._clients[job.client] = (requests - 1, held - job.tokens)
 
+    def current_rate(self) -> float | None:
+        """The rate with the busy time so far counted (a long job's progress moves it before
+        the job ends)."""
+        with self._lock:
+            self._sample_rate()
+        return self.rate.value
+
     def estimate_seconds(self, tokens: int) -> float | None:
         """Seconds until a request of `tokens` would finish, with the work admitted before it,
         at the measured rate (None before the engine was measured). With a worker free it
@@ -255,8 +262,9 @@ class WorkerPool:
             job.loop.call_soon_threadsafe(settle, job.future, outcome)
 
     def _sample_rate(self) -> None:
-        """At a job's end (lock held): the busy time and tokens since the last mark are added up,
-        and become one rate sample once they span MIN_SAMPLE_S (idle time never counts)."""
+        """At a job's end or a decision (lock held): the busy time and tokens since the last mark
+        are added up, and become one rate sample once they span MIN_SAMPLE_S (idle time never
+        counts)."""
         if self._busy_mark is None:
             return
         now, tokens = time.monotonic(), self.tokens_evaluated()
