@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
 import numpy as np
@@ -18,6 +19,26 @@ from .thresholds import apply_thresholds
 from .tokenization import WildGuardTokenizer
 from .windows import ContextTooSmall, Window, merge_results, plan_windows
 
+
+@dataclass(frozen=True)
+class PlannedItem:
+    """An item ready for the engine (`Classifier.plan`): its inputs (ids, prompt_only), one,
+    or one per window for an item longer than the context judged in windows (`windows` set)."""
+
+    inputs: tuple[tuple[Sequence[int], bool], ...]  # a window's ids: array('i') (windows.py)
+    windows: tuple[Window, ...] | None = None
+
+    @property
+    def ids(self) -> Sequence[int]:
+        """The first input's ids: the key batch jobs order items by (shared prefixes)."""
+        return self.inputs[0][0]
+
+    @property
+    def tokens(self) -> int:
+        """Input ids the engine is given, windows summed."""
+        return sum(len(ids) for ids, _ in self.inputs)
+
+
 if TYPE_CHECKING:
     from .aio import AsyncResponseStream
     from .streaming import ResponseStream, StreamRule
@@ -28,9 +49,6 @@ if TYPE_CHECKING:
 INTERLEAVE_TOKENS = 256
 # No vocabulary piece is this many characters long: a text longer than n_ctx times it cannot fit.
 WHOLE_TEXT_CHARS_PER_TOKEN = 64
-# One item as the engine will run it: (None, [(ids, prompt_only)]) for an input that fits, or
-# (windows, their inputs) for one judged in windows (wildguard_lite/windows.py).
-ItemPlan = tuple[list[Window] | None, list[tuple[Sequence[int], bool]]]
 
 
 def p_yes(logits: np.ndarray, yes_id: int, no_id: int) -> float:
@@ -73,7 +91,6 @@ class Classifier:
         *,
         cancel: threading.Event | None = None,
         timeout: float | None = None,
-        plans: list[ItemPlan] | None = None,
     ) -> list[dict[str, Any]]:
         """Classify exchanges. Thread-safe: calls from several threads share the engine (and
         with the llama.cpp engine run batched together).
@@ -85,8 +102,6 @@ class Classifier:
             cancel (`threading.Event`, *optional*): set it from another thread to stop the call;
                 the engine stops mid-evaluation (llama.cpp) or before its next step (ONNX).
             timeout (`float`, *optional*): seconds; past it the call stops the same way.
-            plans (*optional*): `plan(items)` of these same items, made earlier (e.g. to count
-                their tokens first: `plan_tokens`); default: planned here.
 
         Returns:
             `list[dict]`: per item `prompt_harmfulness`, `response_refusal`,
@@ -100,26 +115,97 @@ class Classifier:
             `ClassificationCancelled` / `ClassificationTimeout`: `cancel` was set / `timeout`
             passed; the classifier stays usable.
         """
-        interrupt = Interrupt.make(cancel, timeout)
+        interrupt = Interrupt.make(cancel, timeout)  # checked before anything is planned or run
         with self._call():
-            if plans is None:
-                plans = self.plan(items)
-            elif len(plans) != len(items):
-                raise ValueError(f"plans: {len(plans)} plans for {len(items)} items; pass plan(items)")
-            results = []
-            for i, (windows, inputs) in enumerate(plans):
-                parts = [
-                    self._generate(self._fed(ids, interrupt), interrupt, prompt_only)
-                    if self.config.mode == "generate"
-                    else self.score_ids(self._fed(ids, interrupt), prompt_only, interrupt=interrupt)[0]
-                    for ids, prompt_only in inputs
-                ]
-                result = parts[0] if windows is None else merge_results(windows, parts)
-                apply_thresholds(result, self.config.thresholds)
-                results.append(result)
-                if on_result is not None:
-                    on_result(i, result)
-            return results
+            return self._run(self.plan(items), on_result, interrupt)
+
+    def plan(self, items: Sequence[Mapping[str, Any]]) -> list[PlannedItem]:
+        """Validate and tokenize items into what the engine runs (`PlannedItem`), without
+        running them: the one planning path of `classify`, streams, batch files and Ray.
+
+        Raises:
+            `InvalidInputError`: an item is malformed, or too long for the context with
+            `over_context="error"` (the message names the item's index).
+        """
+        return [self.plan_item(item, i) for i, item in enumerate(items)]
+
+    def plan_item(self, item: Mapping[str, Any], index: int | None = None, *, split: bool | None = None) -> PlannedItem:
+        """One item's plan: its ids, or for an item longer than the context with
+        over_context="split" (or `split=True`) its overlapping windows (wildguard_lite/windows.py).
+        `index` names the item in errors."""
+        self._check_open()
+        prompt, response = validate_item(item, index)
+        split = self.config.over_context == "split" if split is None else split
+        where = "" if index is None else f"item {index}"
+        chars = len(prompt) + len(response or "")
+        if split and chars > self.backend.n_ctx * WHOLE_TEXT_CHARS_PER_TOKEN:
+            # Surely longer than the context: to the windows without encoding it whole (a 1 MB
+            # text is 250k ids, 9 MB of Python ints, just to learn that).
+            ids: list[int] = []
+            exc = InputTooLongError(chars // WHOLE_TEXT_CHARS_PER_TOKEN, self.backend.n_ctx, where)
+        else:
+            ids = self.tokenizer.encode_exchange(prompt, response)
+            budget = self._budget(bool(response))
+            if len(ids) + budget <= self.backend.n_ctx:
+                return PlannedItem(((ids, not response),))
+            exc = InputTooLongError(len(ids) + budget, self.backend.n_ctx, where)
+        if not split:
+            raise exc
+        n = self.backend.n_ctx
+        try:
+            windows = plan_windows(self.tokenizer, prompt, response, n - self._budget(False), n - self._budget(True))
+        except ContextTooSmall:
+            if not ids:  # not encoded whole above: the exact count for the message
+                ids = self.tokenizer.encode_exchange(prompt, response)
+                exc = InputTooLongError(len(ids) + self._budget(bool(response)), n, where)
+            raise exc from None
+        return PlannedItem(tuple((w.ids, w.prompt_only) for w in windows), tuple(windows))
+
+    def classify_planned(
+        self,
+        plans: Sequence[PlannedItem],
+        on_result: Callable[[int, dict[str, Any]], None] | None = None,
+        *,
+        cancel: threading.Event | None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """`classify` of items already planned by this classifier's `plan`/`plan_item` (batch
+        jobs plan a window of rows, order them by their ids, then run them: tokenized once).
+        An item judged in windows carries `windows` (their count) in its result."""
+        with self._call():
+            return self._run(plans, on_result, Interrupt.make(cancel, timeout))
+
+    def _run(
+        self,
+        plans: Sequence[PlannedItem],
+        on_result: Callable[[int, dict[str, Any]], None] | None,
+        interrupt: Interrupt | None,
+    ) -> list[dict[str, Any]]:
+        results = []
+        for i, plan in enumerate(plans):
+            parts = [
+                self._generate(self._fed(ids, interrupt), interrupt, prompt_only)
+                if self.config.mode == "generate"
+                else self.score_ids(self._fed(ids, interrupt), prompt_only, interrupt=interrupt)[0]
+                for ids, prompt_only in plan.inputs
+            ]
+            result = parts[0] if plan.windows is None else merge_results(plan.windows, parts)
+            apply_thresholds(result, self.config.thresholds)
+            results.append(result)
+            if on_result is not None:
+                on_result(i, result)
+        return results
+
+    def plan_tokens(self, plans: Sequence[PlannedItem]) -> int:
+        """Tokens the engine evaluates at most for `plans`: every input's ids plus its answer's
+        room, no cached prefix counted as saved (the server's deadline rule: server/budget.py)."""
+        return sum(len(ids) + self._budget(not prompt_only) for plan in plans for ids, prompt_only in plan.inputs)
+
+    def _budget(self, with_response: bool) -> int:
+        """Context room the answer needs after the input."""
+        if self.config.mode != "score":
+            return self.config.max_new_tokens
+        return self._score_budget if with_response else self._score_budget_prompt
 
     async def aclassify(
         self,
@@ -144,74 +230,16 @@ class Classifier:
 
         return AsyncResponseStream(self.stream(prompt, rule=rule, interval=interval))
 
-    def plan(self, items: Sequence[Mapping[str, Any]]) -> list[ItemPlan]:
-        """Validate and encode `items` (in windows where one is longer than the context), as
-        `classify` does first; pass the result to `classify(plans=...)` to not do it twice.
-
-        Raises what `classify` raises before running anything (`InvalidInputError`)."""
-        self._check_open()
-        return [self._plan(item, i) for i, item in enumerate(items)]
-
-    def plan_tokens(self, plans: Sequence[ItemPlan]) -> int:
-        """Tokens the engine evaluates at most for `plans`: every input's ids plus the room its
-        answer takes (cues and answers in score mode, `max_new_tokens` in generate mode), with no
-        cached prefix counted as saved."""
-        total = 0
-        for _, inputs in plans:
-            for ids, prompt_only in inputs:
-                if self.config.mode == "score":
-                    total += len(ids) + (self._score_budget_prompt if prompt_only else self._score_budget)
-                else:
-                    total += len(ids) + self.config.max_new_tokens
-        return total
-
-    def _plan(self, item: Mapping[str, Any], index: int) -> ItemPlan:
-        """(None, [(ids, prompt_only)]), or for an item longer than the context with
-        over_context="split" (windows, their inputs): see wildguard_lite/windows.py."""
-        try:
-            prompt, response = validate_item(item, index)
-            chars = len(prompt) + len(response or "")
-            if self.config.over_context == "split" and chars > self.backend.n_ctx * WHOLE_TEXT_CHARS_PER_TOKEN:
-                # Surely longer than the context: to the windows without encoding it whole (a
-                # 1 MB text is 250k ids, 9 MB of Python ints, just to learn that).
-                raise InputTooLongError(chars // WHOLE_TEXT_CHARS_PER_TOKEN, self.backend.n_ctx)
-            return None, [self.encode(item, index=index)]
-        except InputTooLongError as exc:
-            if self.config.over_context != "split":
-                raise
-            prompt, response = validate_item(item, index)
-            n, score = self.backend.n_ctx, self.config.mode == "score"
-            try:
-                windows = plan_windows(
-                    self.tokenizer,
-                    prompt,
-                    response,
-                    n - (self._score_budget_prompt if score else self.config.max_new_tokens),
-                    n - (self._score_budget if score else self.config.max_new_tokens),
-                )
-            except ContextTooSmall:
-                self.encode(item, index=index)  # the exact count when it was not encoded whole
-                raise exc from None
-            return windows, [(w.ids, w.prompt_only) for w in windows]
-
     def classify_one(self, prompt: str, response: str | None = None) -> dict[str, Any]:
         """Classify one exchange; see `classify`."""
         item = {"prompt": prompt} if response is None else {"prompt": prompt, "response": response}
         return self.classify([item])[0]
 
     def encode(self, item: Mapping[str, Any], index: int | None = None) -> tuple[list[int], bool]:
-        """Validate an item and return (ids, prompt_only), checking it fits the context."""
-        self._check_open()
-        prompt, response = validate_item(item, index)
-        ids = self.tokenizer.encode_exchange(prompt, response)
-        if self.config.mode == "score":
-            budget = self._score_budget_prompt if not response else self._score_budget
-        else:
-            budget = self.config.max_new_tokens
-        if len(ids) + budget > self.backend.n_ctx:
-            where = "" if index is None else f"item {index}"
-            raise InputTooLongError(len(ids) + budget, self.backend.n_ctx, where)
-        return ids, not response
+        """Validate an item and return (ids, prompt_only), checking it fits one context
+        (`plan_item` without windows)."""
+        ids, prompt_only = self.plan_item(item, index, split=False).inputs[0]
+        return list(ids), prompt_only
 
     def stream(self, prompt: str, rule: "StreamRule | None" = None, interval: int | None = None) -> "ResponseStream":
         """Moderate a response while it streams: feed it text as it arrives.
@@ -238,10 +266,11 @@ class Classifier:
         guess: Sequence[Sequence[int]] | None = None,
         interrupt: Interrupt | None = None,
     ) -> tuple[dict[str, Any], list[tuple[int, ...]], int]:
-        """One check of a stream: validate, encode and score (thresholds applied), counted as a
-        call in flight. Returns (result, answers for the next `guess`, exchange length in ids)."""
+        """One check of a stream: plan (one window: a stream that outgrows the context is
+        refused, nothing is cut) and score (thresholds applied), counted as a call in flight.
+        Returns (result, answers for the next `guess`, exchange length in ids)."""
         with self._call():
-            ids, prompt_only = self.encode({"prompt": prompt, "response": response})
+            ids, prompt_only = self.plan_item({"prompt": prompt, "response": response}, split=False).inputs[0]
             result, answers = self.score_ids(ids, prompt_only, guess=guess, interrupt=interrupt)
             apply_thresholds(result, self.config.thresholds)
             return result, answers, len(ids)

@@ -33,13 +33,13 @@ from ..errors import (
     require,
 )
 from ..utils import capture_stderr
-from .base import Backend, check_positions, check_threads
+from ..config import check_kv_tokens, check_slots, check_threads
+from .base import Backend, check_positions
 from .prefix_cache import PrefixStateCache  # noqa: F401 (re-exported: the server imports it from here)
 from .llama_parts import (
     Aborted,
     EngineStats,
     SlotSequence,
-    check_slots,
     common_prefix,
     interrupt_error,
     llama_default_params,
@@ -106,9 +106,8 @@ class LlamaCppBackend(Backend):
         info = read_gguf_info(path)
         check_threads(threads)
         check_slots(slots)
+        check_kv_tokens(kv_tokens, n_ctx)
         kv_tokens = default_kv_tokens(n_ctx, slots) if kv_tokens is None else kv_tokens
-        if isinstance(kv_tokens, bool) or not isinstance(kv_tokens, int) or kv_tokens < n_ctx:
-            raise InvalidInputError(f"kv_tokens must be an integer of at least n_ctx ({n_ctx}), got {kv_tokens!r}")
         check_kv_memory(kv_tokens, info.kv_bytes_per_token, n_ctx)
         threads = threads or default_threads()
         # verbose=True only while loading, into a captured stderr: with verbose=False

@@ -242,7 +242,11 @@ class WorkerPool:
                 job.started = time.monotonic()
             start = time.perf_counter()
             try:
-                results = clf.classify(job.items, on_result=job.partial.__setitem__, cancel=job.cancel, plans=job.plans)
+                record = job.partial.__setitem__
+                if job.plans is None:
+                    results = clf.classify(job.items, on_result=record, cancel=job.cancel)
+                else:  # planned (and counted) before admission: not tokenized twice
+                    results = clf.classify_planned(job.plans, on_result=record, cancel=job.cancel)
                 outcome: tuple[bool, Any] = (True, results)
             except BaseException as exc:  # handed to the request; the worker lives on
                 outcome = (False, exc)
@@ -314,16 +318,6 @@ def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
     def make(index: int, threads: int) -> Classifier:
         from ..loading import load
 
-        return load(
-            settings.model,
-            mode=settings.mode,
-            threads=threads,
-            n_ctx=settings.n_ctx,
-            slots=settings.slots,
-            kv_tokens=settings.kv_tokens,
-            prefix_cache=prefix_cache,
-            thresholds=settings.thresholds,
-            over_context=settings.over_context,
-        )
+        return load(settings.model, settings.runtime, prefix_cache=prefix_cache, threads=threads)
 
     return make
