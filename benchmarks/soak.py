@@ -149,7 +149,8 @@ async def traffic(url: str, args, seconds: float, on_minute) -> None:
 
     async def client(index: int) -> None:
         rng = random.Random(args.seed * 1000 + index)
-        async with httpx.AsyncClient() as http:
+        # Each client presents its own key: the server's per-client limits tell them apart.
+        async with httpx.AsyncClient(headers={"x-api-key": f"soak-client-{index}"}) as http:
             while time.monotonic() < deadline:
                 kind = rng.choices(kinds, weights)[0]
                 records.extend(await one_request(http, url, kind, rng, args))
