@@ -1,6 +1,6 @@
 """Soak test of `wildguard-lite serve` (`wildguard-lite bench soak`).
 
-    wildguard-lite bench soak --model toy-q8_0.gguf --minutes 30
+    wildguard-lite bench soak --model toy-wildguard-q8_0.gguf --minutes 30
 
 Starts the server (a child process on loopback; or `--url` with `--pid` for a running one) and
 sends mixed traffic from several clients for N minutes: short moderations, exchanges, LiteLLM

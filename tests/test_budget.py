@@ -13,6 +13,7 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from server_fakes import HARMFUL, MarkerBackend, build_tokenizer, running  # noqa: E402
+from wildguard_lite.backends.base import Engine  # noqa: E402
 from wildguard_lite.runtime import Classifier  # noqa: E402
 from wildguard_lite.server import ServeSettings, create_app  # noqa: E402
 from wildguard_lite.server.budget import CALIBRATION_DISCOUNT, calibrate  # noqa: E402
@@ -261,14 +262,15 @@ def test_per_client_limits_answer_429_to_that_client_only(tokenizer, limits, fir
     assert again.status_code == 200  # the client's counts were released with its request
 
 
-class ConcurrentMarker(MarkerBackend):
-    """MarkerBackend with the concurrent engine's call shape (llama.cpp's), recording each call's
-    length: a long input must reach it in pieces."""
+class ConcurrentMarker(Engine):
+    """The marker engine with the shape of llama.cpp's (several calls at once), recording each
+    call's length: a long input must reach it in pieces."""
 
-    concurrent = True
+    slots = 8
 
     def __init__(self, tokenizer):
-        super().__init__(tokenizer)
+        self.marker = MarkerBackend(tokenizer)
+        self.tokenizer, self.n_ctx, self.n_vocab = tokenizer, self.marker.n_ctx, self.marker.n_vocab
         self.lengths: list[int] = []
 
     def logits_at(self, ids, positions, interrupt=None):
@@ -276,10 +278,7 @@ class ConcurrentMarker(MarkerBackend):
         cues = [list(c) for c in self.tokenizer.cue_ids]
         if not any(list(ids[p + 1 - len(c) : p + 1]) == c for p in positions for c in cues):
             return [np.zeros(self.n_vocab, dtype=np.float32) for _ in positions]  # a piece: read nowhere
-        return super().logits_at(ids, positions)
-
-    def next_logits(self, ids, interrupt=None):  # the base logits_at's one call per position
-        return super().next_logits(ids)
+        return self.marker.logits_at(ids, positions)
 
 
 def test_a_long_input_reaches_a_concurrent_engine_in_pieces_with_the_same_verdict(tokenizer):

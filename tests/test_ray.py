@@ -54,7 +54,10 @@ def test_dataset_matches_local_classify(ray_cluster, toy_gguf, items, local_resu
         {"n": len(rows) + 1, "prompt": "word " * 5000, "response": None},
     ]
     ds = ray.data.from_items(rows)
-    out = ray_data.classify_dataset(ds, toy_gguf["q8_0"], actors=2, threads_per_actor=1, batch_size=8)
+    # over_context="error": the long row becomes an error record (the default judges it in windows)
+    out = ray_data.classify_dataset(
+        ds, toy_gguf["q8_0"], actors=2, threads_per_actor=1, batch_size=8, over_context="error"
+    )
     got = sorted(out.take_all(), key=lambda r: r["n"])
     assert [r["n"] for r in got] == list(range(len(rows)))
     for ours, theirs in zip(got, local_results):
