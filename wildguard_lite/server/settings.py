@@ -129,14 +129,15 @@ class ServeSettings:
         16, "--max-queue", "requests waiting beyond the busy workers before answering 429", type=int, check=at_least(0)
     )
     client_max_requests: int = option(
-        16,
+        0,
         "--client-max-requests",
-        "requests one client (its API key, else its address) may have admitted at once, 429 beyond; 0: no limit",
+        "requests one client (its API key, else its address) may have admitted at once, 429 beyond; 0: no "
+        "limit (behind one gateway every user is one client, and a 429 is an error fail-open clients pass)",
         type=int,
         check=at_least(0),
     )
     client_max_tokens: int = option(
-        131072,
+        0,
         "--client-max-tokens",
         "tokens one client may have admitted at once, 429 beyond (its first request is admitted whatever its "
         "size); 0: no limit",
