@@ -282,7 +282,7 @@ class ConcurrentMarker(Engine):
 
 
 def test_a_long_input_reaches_a_concurrent_engine_in_pieces_with_the_same_verdict(tokenizer):
-    from wildguard_lite.runtime import INTERLEAVE_TOKENS
+    from wildguard_lite.generation import INTERLEAVE_TOKENS
 
     text = words(150) + f" {HARMFUL} " + words(150)  # ~2,200 tokens: one input, no windows
     plain = Classifier(CountingBackend(tokenizer), tokenizer).classify([{"prompt": text}])[0]

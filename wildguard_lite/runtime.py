@@ -13,7 +13,7 @@ from .backends.base import Backend, Engine, Interrupt, as_engine
 from .config import RuntimeConfig
 from .contract import LABEL_KEYS, LABEL_VALUES, validate_item
 from .errors import ClassifierClosedError, InputTooLongError
-from .generation import generate, p_yes, resolve_na
+from .generation import fed, generate, p_yes, resolve_na
 from .thresholds import apply_thresholds
 from .tokenization import WildGuardTokenizer
 from .windows import ContextTooSmall, Window, merge_results, plan_windows
@@ -43,11 +43,7 @@ if TYPE_CHECKING:
     from .streaming import ResponseStream, StreamRule
 
 
-# A long input reaches a concurrent engine this many tokens per round (Classifier._fed): a
-# short request waits for at most about one such piece, not for the whole input.
-INTERLEAVE_TOKENS = 256
-# No vocabulary piece is this many characters long: a text longer than n_ctx times it cannot fit.
-WHOLE_TEXT_CHARS_PER_TOKEN = 64
+WHOLE_TEXT_CHARS_PER_TOKEN = 64  # no piece is this long: n_ctx times it goes to windows unencoded
 
 
 class Classifier:
@@ -128,11 +124,8 @@ class Classifier:
         self._check_open()
         prompt, response = validate_item(item, index)
         split = self.config.over_context == "split" if split is None else split
-        where = "" if index is None else f"item {index}"
-        chars = len(prompt) + len(response or "")
-        if split and chars > self.engine.n_ctx * WHOLE_TEXT_CHARS_PER_TOKEN:
-            # Surely longer than the context: to the windows without encoding it whole (a 1 MB
-            # text is 250k ids, 9 MB of Python ints, just to learn that).
+        where, chars = "" if index is None else f"item {index}", len(prompt) + len(response or "")
+        if split and chars > self.engine.n_ctx * WHOLE_TEXT_CHARS_PER_TOKEN:  # windows, not encoded whole
             ids: list[int] = []
             exc = InputTooLongError(chars // WHOLE_TEXT_CHARS_PER_TOKEN, self.engine.n_ctx, where)
         else:
@@ -175,18 +168,13 @@ class Classifier:
     ) -> list[dict[str, Any]]:
         results = []
         for i, plan in enumerate(plans):
+            n, gen = self.config.max_new_tokens, self.config.mode == "generate"
+            fed_inputs = ((fed(self.engine, ids, interrupt), prompt_only) for ids, prompt_only in plan.inputs)  # lazy
             parts = [
-                generate(
-                    self.engine,
-                    self.tokenizer,
-                    list(self._fed(ids, interrupt)),
-                    self.config.max_new_tokens,
-                    interrupt,
-                    prompt_only,
-                )
-                if self.config.mode == "generate"
-                else self.score_ids(self._fed(ids, interrupt), prompt_only, interrupt=interrupt)[0]
-                for ids, prompt_only in plan.inputs
+                generate(self.engine, self.tokenizer, ids, n, interrupt, prompt_only)
+                if gen
+                else self.score_ids(ids, prompt_only, interrupt=interrupt)[0]
+                for ids, prompt_only in fed_inputs
             ]
             result = parts[0] if plan.windows is None else merge_results(plan.windows, parts)
             apply_thresholds(result, self.config.thresholds)
@@ -195,21 +183,8 @@ class Classifier:
                 on_result(i, result)
         return results
 
-    def plan_tokens(self, plans: Sequence[PlannedItem]) -> int:
-        """Tokens the engine evaluates at most for `plans`: every input's ids plus its answer's
-        room, no cached prefix counted as saved (the server's deadline rule: server/budget.py)."""
+    def plan_tokens(self, plans: Sequence[PlannedItem]) -> int:  # at most: inputs and answers (server/budget.py)
         return sum(len(ids) + self._budget(not prompt_only) for plan in plans for ids, prompt_only in plan.inputs)
-
-    def _fed(self, ids: Sequence[int], interrupt: Interrupt | None) -> Sequence[int]:
-        """Fair share: an engine running several calls at once (llama.cpp) gets a long input
-        INTERLEAVE_TOKENS at a time, one engine round each (it keeps each piece in the call's
-        sequence and evaluates only the next), so other callers' requests join the next round
-        instead of waiting for the whole input. Returns `ids`, whose tail the caller's own call
-        evaluates."""
-        if self.engine.slots > 1 and len(ids) > 2 * INTERLEAVE_TOKENS:
-            for end in range(INTERLEAVE_TOKENS, len(ids) - INTERLEAVE_TOKENS, INTERLEAVE_TOKENS):
-                self.engine.logits_at(list(ids[:end]), [end - 1], interrupt)
-        return ids
 
     def _budget(self, with_response: bool) -> int:
         """Context room the answer needs after the input."""
