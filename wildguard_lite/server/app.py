@@ -22,7 +22,7 @@ from ..errors import InvalidInputError, WildGuardLiteError, require
 from .budget import calibrate, judge
 from .memory import tame_allocator
 from .errors import APIError, check_count, validated_item
-from .guardrail import GUARDRAIL_PATH, guardrail_reply, memory_for, parse_guardrail
+from .guardrail import BODY_COPIES, GUARDRAIL_PATH, Guardrail, prompt_tail
 from .metrics import CLIENT_CLOSED, ENDPOINTS, Metrics, MetricsMiddleware
 from .moderation import parse_moderation, to_moderation
 from .pool import ClassifierFactory, WorkerPool, default_factory, make_prefix_cache
@@ -33,12 +33,12 @@ from .. import __version__
 log = logging.getLogger("wildguard_lite.server")
 
 
-async def read_json(request, settings: ServeSettings) -> Any:
-    """The body as JSON: at most `max_body_bytes`, within `body_timeout_s`, refused clearly
+async def read_json(request, settings: ServeSettings, copies: int = 1) -> Any:
+    """The body as JSON: at most `max_body_bytes` (times `copies`), within `body_timeout_s`, refused clearly
     when it is not UTF-8 JSON, nests too deeply or holds an integer too long to convert."""
     from starlette.requests import ClientDisconnect
 
-    limit = settings.max_body_bytes
+    limit = settings.max_body_bytes * copies
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(
@@ -164,8 +164,16 @@ def create_app(
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     metrics = Metrics()
-    memory = memory_for(settings)
     state: dict[str, Any] = {"pool": None, "startup_error": None}
+
+    def turn_tail(text: str) -> str:
+        pool: WorkerPool | None = state["pool"]
+        if pool is None:
+            return text
+        classifier = pool.unique_classifiers()[0]
+        return prompt_tail(text, classifier.tokenizer, classifier.backend.n_ctx)
+
+    guardrail = Guardrail(settings, turn_tail)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -285,9 +293,9 @@ def create_app(
     @app.post(GUARDRAIL_PATH, openapi_extra=guardrail_operation(settings))
     async def litellm_guardrail(request: Request):
         authorize(request)
-        check = parse_guardrail(await read_json(request, settings), settings, memory)
-        results = await run_items(request, check.items) if check.items else []
-        return guardrail_reply(check, results, memory)
+        # LiteLLM sends a chat twice (texts and structured_messages): room for both copies.
+        body = await read_json(request, settings, copies=BODY_COPIES)
+        return await guardrail.handle(body, lambda items: run_items(request, items))
 
     @app.get("/health", openapi_extra=plain_operation("health"))
     async def health():
@@ -309,7 +317,8 @@ def create_app(
 
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.prompt_memory = memory
+    app.state.prompt_memory = guardrail.memory
+    app.state.guardrail = guardrail
     app.state.runtime = state
     return app
 

@@ -18,6 +18,16 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 CLIENT_CLOSED = 499
 
 
+def number(value: float) -> str:
+    """A sample's value as Prometheus reads it: an integer exactly (a counter past a million
+    keeps every digit), a float with all its digits (repr: shortest exact form)."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
 class Metrics:
     """Counters and latency histograms."""
 
@@ -48,7 +58,7 @@ class Metrics:
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]):
             out.append(f"# HELP {name} {help_}")
             out.append(f"# TYPE {name} {kind}")
-            out.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+            out.extend(f"{name}{labels} {number(value)}" for labels, value in samples)
 
         with self._lock:
             metric(
@@ -71,7 +81,7 @@ class Metrics:
                 hist.append((f'_count{{endpoint="{endpoint}"}}', buckets[-1]))
             out.append("# HELP wildguard_request_duration_seconds Request latency, queueing included.")
             out.append("# TYPE wildguard_request_duration_seconds histogram")
-            out.extend(f"wildguard_request_duration_seconds{labels} {value:g}" for labels, value in hist)
+            out.extend(f"wildguard_request_duration_seconds{labels} {number(value)}" for labels, value in hist)
         if pool is not None:
             metric("wildguard_queue_depth", "gauge", "Requests admitted and waiting for a worker.", [("", pool.queued)])
             metric("wildguard_in_flight", "gauge", "Requests being classified now.", [("", pool.running)])

@@ -144,6 +144,8 @@ def guardrail_operation(settings: ServeSettings) -> dict[str, Any]:
         "properties": {
             "action": {"enum": ["BLOCKED", "NONE"]},
             "blocked_reason": TEXT,
+            # response checks: per text, the trailing characters LiteLLM must hold back
+            "stream_holdback_chars": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "wildguard": {"type": "array", "items": RESULT},
         },
     }
