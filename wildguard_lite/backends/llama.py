@@ -66,6 +66,22 @@ DEFAULT_EXTENSION_SLACK = 16
 UBATCH = 128
 
 
+def check_kv_memory(kv_tokens: int, bytes_per_token: int, n_ctx: int) -> None:
+    """Refuse a KV cache larger than this machine's memory with the figures, before llama.cpp
+    tries to allocate it (it fails with std::bad_alloc, or the kernel kills the process)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on every platform
+        return
+    need = kv_tokens * bytes_per_token
+    if total > 0 and need > total:
+        raise InvalidInputError(
+            f"kv_tokens={kv_tokens} (n_ctx={n_ctx} and slots) needs a {need / 2**30:.1f} GiB KV cache "
+            f"({bytes_per_token} bytes per token, f16) but this machine has {total / 2**30:.1f} GiB of memory; "
+            "lower kv_tokens, n_ctx or slots"
+        )
+
+
 @dataclass(eq=False)
 class LlamaRequest(Request):
     """A request with its round state: where it runs, and the logits read so far."""
@@ -112,11 +128,12 @@ class LlamaCppBackend(Engine):
 
         # Every hyperparameter llama.cpp asserts on is checked first (it aborts the process
         # otherwise), also when a backend is made without load().
-        read_gguf_info(path)
+        info = read_gguf_info(path)
         check_threads(threads)
         check_slots(slots)
         check_kv_tokens(kv_tokens, n_ctx)
         kv_tokens = default_kv_tokens(n_ctx, slots) if kv_tokens is None else kv_tokens
+        check_kv_memory(kv_tokens, info.kv_bytes_per_token, n_ctx)
         if kv_type not in KV_TYPES or (kv_type != "f16" and not flash_attn):
             raise InvalidInputError(
                 f"kv_type must be one of {', '.join(KV_TYPES)} (q8_0 with flash_attn), got {kv_type!r}"

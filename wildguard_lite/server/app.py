@@ -18,7 +18,9 @@ from typing import Any
 
 from ..contract import ITEM_FIELDS, check_fields
 from ..defaults import lower_priority
-from ..errors import InputTooLongError, InvalidInputError, WildGuardLiteError, require
+from ..errors import InvalidInputError, WildGuardLiteError, require
+from .budget import calibrate, judge
+from .memory import tame_allocator
 from .errors import APIError, check_count, validated_item
 from .guardrail import BODY_COPIES, GUARDRAIL_PATH, Guardrail, prompt_tail
 from .metrics import CLIENT_CLOSED, ENDPOINTS, Metrics, MetricsMiddleware
@@ -141,12 +143,20 @@ class StartupErrors:
         return await self.app(scope, receive, send_clean)
 
 
-def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | None = None, prefix_cache=None):
+def create_app(
+    settings: ServeSettings,
+    classifier_factory: ClassifierFactory | None = None,
+    prefix_cache=None,
+    tokens_per_second: float | None = None,
+):
     """The ASGI app. The model loads when the app starts (lifespan), once: the workers are
     threads sharing it (with llama.cpp their calls run batched, each on its own KV sequence).
 
     `classifier_factory(worker_index, threads)` makes the Classifier (called once, index 0;
     default: load `settings.model` with a prefix cache made here unless `prefix_cache` is given).
+    `tokens_per_second` seeds the engine's measured rate (server/budget.py); default: one short
+    call at start-up measures it when the model is loaded here, and a given factory's engine is
+    measured by its first requests.
     """
     fastapi = require("fastapi", "serve")
     from fastapi import Request
@@ -175,17 +185,22 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
         # Loading is blocking work: keep the loop free.
         try:
             classifier = await asyncio.to_thread(factory, 0, threads)
+            seed, seed_seconds = tokens_per_second, 1.0
+            if seed is None and classifier_factory is None:
+                seed, seed_seconds = await asyncio.to_thread(calibrate, classifier)
         except WildGuardLiteError as exc:
             state["startup_error"] = exc
             raise
         classifiers = [classifier] * settings.workers
-        state["pool"] = WorkerPool(classifiers, settings.max_queue, cache)
+        limits = (settings.client_max_requests, settings.client_max_tokens)
+        state["pool"] = WorkerPool(classifiers, settings.max_queue, cache, seed, limits, seed_seconds)
         log.info(
-            "wildguard-lite serve: %d worker(s) sharing one model (%d engine threads), queue %d, model %s",
+            "wildguard-lite serve: %d worker(s) sharing one model (%d engine threads), queue %d, model %s, %s tokens/s",
             settings.workers,
             threads,
             settings.max_queue,
             settings.model_name,
+            "unmeasured" if seed is None else f"{seed:.0f}",
         )
         try:
             yield
@@ -247,10 +262,6 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    async def until_disconnect(request) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
     async def run_items(request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pool: WorkerPool | None = state["pool"]
         if pool is None:
@@ -260,41 +271,7 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
                 "unavailable",
                 headers={"Retry-After": "1"},
             )
-        job = pool.try_submit(items)
-        if job is None:
-            seconds = pool.retry_after()
-            raise APIError(
-                429,
-                f"all {pool.size} worker(s) busy and the queue ({settings.max_queue}) is full; retry after {seconds} s",
-                "rate_limit_exceeded",
-                headers={"Retry-After": str(seconds)},
-            )
-        # A client that leaves while its request waits frees its place in the queue.
-        watcher = asyncio.ensure_future(until_disconnect(request))
-        try:
-            done, _ = await asyncio.wait(
-                {job.future, watcher}, timeout=settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            watcher.cancel()
-        if job.future in done:
-            try:
-                return job.future.result()
-            except InputTooLongError as exc:
-                raise APIError(413, str(exc), "input_too_long", n_tokens=exc.n_tokens, limit=exc.limit) from None
-            except InvalidInputError as exc:
-                raise APIError(422, str(exc)) from None
-        # Nobody will read the answer: stop the work so the worker is free for the next request.
-        pool.abandon(job, "client_closed" if watcher in done else "timeout")
-        if watcher in done:
-            raise APIError(CLIENT_CLOSED, "the client closed the connection before the answer", "client_closed")
-        raise APIError(
-            504,
-            f"classification did not finish within {settings.request_timeout_s:g} s "
-            "(queue wait included); retry later, send fewer or shorter items, or start "
-            "serve with a larger --timeout",
-            "timeout",
-        )
+        return await judge(request, items, pool, settings)
 
     @app.post("/v1/moderations", openapi_extra=moderation_operation(settings))
     async def moderations(request: Request):
@@ -389,6 +366,7 @@ def serve(settings: ServeSettings) -> None:
     A model that cannot load, or an address that cannot be listened on, is raised as its
     one-line error."""
     uvicorn = require("uvicorn", "serve")
+    tame_allocator()  # before any thread starts: each would keep its own heap (server/memory.py)
     check_address(settings.host, settings.port)  # before the model loads (seconds at 7B)
     lower_priority(settings.nice)  # before any thread starts: the engine's threads inherit it
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")

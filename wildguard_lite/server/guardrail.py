@@ -172,7 +172,15 @@ def parse_guardrail(
     if messages is not None and not isinstance(messages, list):
         raise APIError(422, "'structured_messages' must be a list of chat messages", param="structured_messages")
     call_id = body.get("litellm_call_id")
-    call_id = call_id if isinstance(call_id, str) and 0 < len(call_id) <= CALL_ID_MAX_CHARS else None
+    if call_id is not None and (not isinstance(call_id, str) or len(call_id) > CALL_ID_MAX_CHARS):
+        got = f"{len(call_id)} characters" if isinstance(call_id, str) else type(call_id).__name__
+        raise APIError(
+            422,
+            f"'litellm_call_id' must be a string of at most {CALL_ID_MAX_CHARS} characters, got {got} "
+            "(LiteLLM sends a UUID; it pairs a reply's check with its request's)",
+            param="litellm_call_id",
+        )
+    call_id = call_id or None
     new_turn, last_turn = user_turns(messages)
     # The turn a reply answers: the new one, or (a tool result, a prefill) the latest one.
     turn = new_turn if new_turn is not None else last_turn
@@ -253,7 +261,9 @@ def guardrail_reply(
                 ),
             )
         )
-        if result.get("is_parsing_error"):
+        if result.get("not_judged"):  # too long or too late to judge within --timeout (server/budget.py)
+            reasons.append(f"{where}: not judged: {result['not_judged']['message']}")
+        elif result.get("is_parsing_error"):
             reasons.append(f"{where}: the WildGuard verdict could not be read; blocked to fail closed")
             continue
         if with_prompt:

@@ -94,6 +94,13 @@ class Metrics:
                 [("", pool.parsing_errors)],
             )
             metric(
+                "wildguard_not_judged_total",
+                "counter",
+                "Exchanges answered fail-closed without a verdict because they could not be judged within "
+                "--timeout, by reason (too_long, queue_too_deep: decided up front; deadline: passed mid-way).",
+                [(f'{{reason="{r}"}}', pool.not_judged.get(r, 0)) for r in ("too_long", "queue_too_deep", "deadline")],
+            )
+            metric(
                 "wildguard_tokens_evaluated_total",
                 "counter",
                 "Tokens the model evaluated.",
