@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..contract import LABEL_VALUES
+from ..contract import LABEL_KEYS, LABEL_VALUES
 from .errors import APIError, check_count, check_text
 from .guard_memory import CallState, JudgedMemory, PromptMemory, message_key
 from .settings import ServeSettings
@@ -62,8 +62,9 @@ TAIL_SHARE = 4
 BODY_COPIES = 2
 # Messages that instruct the model ("developer": OpenAI's newer name for system): judged as prompts.
 SYSTEM_ROLES = ("system", "developer")
-HARMLESS = LABEL_VALUES["prompt_harmfulness"]["no"]
-HARMFUL = LABEL_VALUES["response_harmfulness"]["yes"]
+PROMPT_KEY, _, RESPONSE_KEY = LABEL_KEYS
+HARMLESS = LABEL_VALUES[PROMPT_KEY]["no"]
+HARMFUL = LABEL_VALUES[RESPONSE_KEY]["yes"]
 
 
 def memory_for(settings: ServeSettings) -> PromptMemory:
@@ -227,7 +228,7 @@ def add_prompt(check: GuardrailCheck, text: str, label: str, key: bytes, judged:
 def undecided(result: dict[str, Any]) -> bool:
     """A reply verdict the model did not make: n/a (resolved from P(yes), or not), or P(yes)
     inside UNDECIDED_BAND."""
-    key = "response_harmfulness"
+    key = RESPONSE_KEY
     score = (result.get("scores") or {}).get(key)
     return (
         result.get(key) is None
@@ -250,10 +251,10 @@ def guardrail_reply(
     holdback: list[int] = []
     for i, (result, with_prompt, where) in enumerate(zip(results, check.paired, check.labels)):
         key, what = (
-            ("response_harmfulness", "harmful response")
+            (RESPONSE_KEY, "harmful response")
             if with_prompt
             else (
-                "prompt_harmfulness",
+                PROMPT_KEY,
                 (
                     "harmful request"
                     if check.input_type == "request"
