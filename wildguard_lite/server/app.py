@@ -19,6 +19,7 @@ from typing import Any
 from ..contract import ITEM_FIELDS, check_fields
 from ..defaults import lower_priority
 from ..errors import InputTooLongError, InvalidInputError, WildGuardLiteError, require
+from .affinity import route_key
 from .errors import APIError, check_count, validated_item
 from .guardrail import GUARDRAIL_PATH, guardrail_reply, memory_for, parse_guardrail
 from .metrics import CLIENT_CLOSED, ENDPOINTS, Metrics, MetricsMiddleware
@@ -73,7 +74,8 @@ async def read_json(request, settings: ServeSettings) -> Any:
     if not raw.strip():
         raise APIError(400, "request body is empty; send a JSON object", "invalid_json")
     try:
-        return json.loads(raw)
+        request.state.json = json.loads(raw)  # server/affinity.py reads LiteLLM's ids from it
+        return request.state.json
     except UnicodeDecodeError:
         raise APIError(400, "request body is not UTF-8 text; send UTF-8 JSON", "invalid_json") from None
     except json.JSONDecodeError as exc:
@@ -141,12 +143,18 @@ class StartupErrors:
         return await self.app(scope, receive, send_clean)
 
 
-def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | None = None, prefix_cache=None):
+def create_app(
+    settings: ServeSettings,
+    classifier_factory: ClassifierFactory | None = None,
+    prefix_cache=None,
+    pool_class=WorkerPool,
+):
     """The ASGI app. The model loads when the app starts (lifespan), once: the workers are
     threads sharing it (with llama.cpp their calls run batched, each on its own KV sequence).
 
     `classifier_factory(worker_index, threads)` makes the Classifier (called once, index 0;
-    default: load `settings.model` with a prefix cache made here unless `prefix_cache` is given).
+    default: load `settings.model` with a prefix cache made here unless `prefix_cache` is given);
+    `pool_class` runs the workers (a fleet's sends each job to a replica: server/fleet.py).
     """
     fastapi = require("fastapi", "serve")
     from fastapi import Request
@@ -171,7 +179,7 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
             state["startup_error"] = exc
             raise
         classifiers = [classifier] * settings.workers
-        state["pool"] = WorkerPool(classifiers, settings.max_queue, cache)
+        state["pool"] = pool_class(classifiers, settings.max_queue, cache)
         log.info(
             "wildguard-lite serve: %d worker(s) sharing one model (%d engine threads), queue %d, model %s",
             settings.workers,
@@ -252,7 +260,7 @@ def create_app(settings: ServeSettings, classifier_factory: ClassifierFactory | 
                 "unavailable",
                 headers={"Retry-After": "1"},
             )
-        job = pool.try_submit(items)
+        job = pool.try_submit(items, route_key(request.headers, getattr(request.state, "json", None), items))
         if job is None:
             seconds = pool.retry_after()
             raise APIError(
@@ -375,7 +383,7 @@ def check_address(host: str, port: int) -> None:
             raise InvalidInputError(f"could not listen on {host}:{port}: {reason}") from None
 
 
-def serve(settings: ServeSettings) -> None:
+def serve(settings: ServeSettings, app=None) -> None:
     """Run the app with uvicorn until SIGINT/SIGTERM; requests in flight are finished first.
     A model that cannot load, or an address that cannot be listened on, is raised as its
     one-line error."""
@@ -383,7 +391,7 @@ def serve(settings: ServeSettings) -> None:
     check_address(settings.host, settings.port)  # before the model loads (seconds at 7B)
     lower_priority(settings.nice)  # before any thread starts: the engine's threads inherit it
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    app = create_app(settings)
+    app = create_app(settings) if app is None else app  # a fleet's front brings its own (server/fleet.py)
     server = uvicorn.Server(uvicorn_config(app, settings))
     try:
         server.run()

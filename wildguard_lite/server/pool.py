@@ -30,6 +30,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     abandoned: bool = False  # the request timed out or its client left: skip or stop its work
     reason: str | None = None  # why it was abandoned (ABORT_REASONS)
+    key: str | None = None  # the affinity key (server/affinity.py); a fleet routes by it
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -71,14 +72,15 @@ class WorkerPool:
             backlog = self.queued + self.running
         return max(1, min(60, math.ceil(self._job_seconds * backlog / self.size)))
 
-    def try_submit(self, items: list[dict[str, Any]]) -> Job | None:
-        """Queue a request, or None when the pool and queue are full (the caller answers 429)."""
+    def try_submit(self, items: list[dict[str, Any]], key: str | None = None) -> Job | None:
+        """Queue a request, or None when the pool and queue are full (the caller answers 429).
+        `key`: its affinity key, which a fleet's pool routes by (one box ignores it)."""
         with self._lock:
             if self.queued + self.running >= self.capacity:
                 return None
             self.queued += 1
         loop = asyncio.get_running_loop()
-        job = Job(items, loop.create_future(), loop)
+        job = Job(items, loop.create_future(), loop, key=key)
         self._jobs.put(job)
         return job
 
@@ -109,7 +111,7 @@ class WorkerPool:
                 self.running += 1
             start = time.perf_counter()
             try:
-                outcome: tuple[bool, Any] = (True, clf.classify(job.items, cancel=job.cancel))
+                outcome: tuple[bool, Any] = (True, self.run(clf, job))
             except BaseException as exc:  # handed to the request; the worker lives on
                 outcome = (False, exc)
             seconds = time.perf_counter() - start
@@ -124,6 +126,10 @@ class WorkerPool:
                     self.items_done += len(job.items)
                     self.parsing_errors += sum(bool(r.get("is_parsing_error")) for r in outcome[1])
             job.loop.call_soon_threadsafe(settle, job.future, outcome)
+
+    def run(self, clf: Classifier, job: Job) -> list[dict[str, Any]]:
+        """One job's classification (a fleet's pool sends it to a replica by its key)."""
+        return clf.classify(job.items, cancel=job.cancel)
 
     def _count_abort(self, job: Job, stage: str) -> None:
         key = (job.reason or "client_closed", stage)

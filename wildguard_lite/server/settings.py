@@ -26,6 +26,8 @@ from ..thresholds import parse_threshold_specs, validate_thresholds
 
 # How a harmful verdict shows in OpenAI's category names (see docs/serving.md).
 OPENAI_CATEGORY_MODES = ("all", "illicit", "none")
+# --affinity with --ray: "on" keeps a conversation on one replica, "off" round-robins (docs/cluster.md).
+AFFINITY_MODES = ("on", "off")
 _RUNTIME_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RuntimeConfig)}
 
 
@@ -192,6 +194,29 @@ class ServeSettings:
         repr=False,
     )
 
+    ray: str | None = option(
+        None,
+        "--ray",
+        "serve with model replicas on a Ray cluster (pip install 'wildguard-lite[ray]'): its address "
+        "(HOST:PORT of its head), 'auto' (the cluster this machine joined with 'ray start') or 'local' "
+        "(start one in this process); this process stays the HTTP front (docs/cluster.md)",
+        show_default=False,
+    )
+    replicas: int = option(
+        1,
+        "--replicas",
+        "with --ray: model replicas, each loading the model with --threads engine threads and --slots slots",
+        type=int,
+        check=in_range(1, 4096, "from 1 to 4096"),
+    )
+    affinity: str = option(
+        "on",
+        "--affinity",
+        "with --ray: 'on' sends every call of a conversation to the replica holding its KV "
+        "(bounded-load consistent hashing), 'off' spreads calls round-robin",
+        choices=AFFINITY_MODES,
+    )
+
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value, check = getattr(self, f.name), f.metadata.get("check")
@@ -211,6 +236,9 @@ class ServeSettings:
                 self.openai_categories in OPENAI_CATEGORY_MODES,
                 f"--openai-categories must be one of {', '.join(OPENAI_CATEGORY_MODES)}, got '{self.openai_categories}'",
             ),
+            (self.ray is None or self.ray.strip() != "", "--ray needs an address, 'auto' or 'local'"),
+            (self.ray is not None or self.replicas == 1, "--replicas needs --ray (one serve process is one replica)"),
+            (self.affinity in AFFINITY_MODES, f"--affinity must be one of {', '.join(AFFINITY_MODES)}"),
             (
                 self.api_key is None or len(self.api_key) >= 16,
                 "the API key must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
