@@ -162,6 +162,11 @@ class FleetPool(WorkerPool):
     def run(self, clf, job: Job) -> list[dict[str, Any]]:
         return clf.classify(job.items, cancel=job.cancel, key=job.key)
 
+    def extra_metrics(self) -> list[tuple[str, str, int]]:
+        """/metrics lines of a fleet (server/metrics.py renders them)."""
+        resent = sum(c.resent for c in self.unique_classifiers())
+        return [("wildguard_fleet_resent_total", "Requests sent again because their replica died.", resent)]
+
 
 def connect(address: str) -> bool:
     """Join (or, for 'local', start) the Ray cluster; True when this process started it."""
