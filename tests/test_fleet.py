@@ -64,6 +64,34 @@ def test_ray_missing_names_the_extra(monkeypatch):
         fleet.connect("local")
 
 
+def test_replica_errors_keep_their_type_and_message():
+    from wildguard_lite.errors import InputTooLongError
+    from wildguard_lite.server import fleet
+
+    report = (
+        "The deployment failed to start 3 times in a row. Error:\n  File ...\n"
+        "wildguard_lite.errors.ModelFileError: /m.gguf: not a GGUF file (bad magic); pass a .gguf"
+    )
+    assert fleet.replica_error(report) == "/m.gguf: not a GGUF file (bad magic); pass a .gguf"
+    assert fleet.replica_error("RuntimeError: boom\n") == "RuntimeError: boom"
+    original = InputTooLongError(5000, 4096, "items[0]")
+    rebuilt = fleet.rebuilt_error(("InputTooLongError", str(original), 5000, 4096))
+    assert isinstance(rebuilt, InputTooLongError) and str(rebuilt) == str(original)
+    assert (rebuilt.n_tokens, rebuilt.limit) == (5000, 4096)
+    assert type(fleet.rebuilt_error(("InvalidInputError", "bad"))) is InvalidInputError
+
+
+def test_fleet_counters_sum_the_latest_count_of_each_replica():
+    from wildguard_lite.server.fleet import FleetCounters
+
+    counters = FleetCounters()
+    counters.record("a", 100)
+    counters.record("b", 40)
+    counters.record("a", 90)  # a reply that overtook a later one: counts never go back
+    counters.record("a", 130)
+    assert counters.tokens_evaluated == 170
+
+
 ray = pytest.importorskip("ray", reason="the [fleet] extra is not installed")
 fleet = pytest.importorskip("wildguard_lite.server.fleet")
 

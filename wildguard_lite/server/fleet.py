@@ -181,7 +181,10 @@ def connect(address: str) -> bool:
     if address == "local":
         from ..defaults import available_cores
 
-        ray.init(num_cpus=available_cores(), include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(num_cpus=available_cores(), include_dashboard=False, log_to_driver=False)
+        except Exception as exc:  # Ray gives its raylet 30 s to start: a very busy machine misses that
+            raise WildGuardLiteError(f"--ray local: could not start a Ray instance here ({exc}); retry") from None
         return True
     host, _, port = address.rpartition(":")
     if host and port.isdigit():  # a head's address: say at once when nothing answers there
