@@ -20,7 +20,6 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 import zlib
@@ -33,8 +32,10 @@ from wildguard_lite.backends.base import Backend, common_prefix_length
 from wildguard_lite.contract import LABEL_KEYS, LABEL_VALUES, validate_item
 from wildguard_lite.defaults import DEFAULT_N_CTX, default_threads
 from wildguard_lite.flags import add_runtime_flags
+from wildguard_lite.runtime import PlannedItem
 
 from .data import N_CTX
+from wildguard_lite.utils import python_command
 
 TARGETS = {
     "evaluated_over_unique": 1.05,
@@ -67,23 +68,27 @@ class EchoBackend(Backend):
 
 class HashClassifier:
     """Stands in for a Classifier in memory runs over 10^6 rows: ids from the text's bytes and a
-    result from its checksum; no tokenizer, no engine (the tokenizer alone costs ~0.3 ms a row
-    here), so what is measured is the batch job's own reading, windows and writing."""
+    result from their checksum; no tokenizer, no engine (the tokenizer alone costs ~0.3 ms a row
+    here), so what is measured is the batch job's own reading, windows and writing. It offers
+    what batch jobs use of a Classifier: `plan_item`, `classify_planned` and `backend`."""
 
-    backend = None
+    class _NoEngine:
+        tokens_evaluated = 0
 
-    def encode(self, item: dict[str, Any], index: int | None = None) -> tuple[list[int], bool]:
+    backend = _NoEngine()
+
+    def plan_item(self, item: dict[str, Any], index: int | None = None) -> PlannedItem:
         prompt, response = validate_item(item, index)
-        return list((prompt + "\n" + (response or "")).encode("utf-8")), not response
+        return PlannedItem(((list((prompt + "\n" + (response or "")).encode("utf-8")), not response),))
 
-    def classify(self, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    def classify_planned(self, plans: Sequence[PlannedItem]) -> list[dict[str, Any]]:
         results = []
-        for item in items:
-            p = zlib.crc32(item["prompt"].encode("utf-8")) % 1000 / 1000
-            full = bool(item.get("response"))
+        for plan in plans:
+            ids, prompt_only = plan.inputs[0]
+            p = zlib.crc32(bytes(ids)) % 1000 / 1000
             # "yes" above a per-label cut (0.5, 0.3, 0.7); labels of the response only with one.
             answers = {
-                key: (p > cut) if key == LABEL_KEYS[0] or full else None
+                key: (p > cut) if key == LABEL_KEYS[0] or not prompt_only else None
                 for key, cut in zip(LABEL_KEYS, (0.5, 0.3, 0.7))
             }
             results.append(
@@ -258,7 +263,7 @@ def _child(kind: str, *args: Any) -> dict[str, Any]:
         f"print('RESULT ' + json.dumps(b.{kind}(*json.loads(sys.argv[1]))))"
     )
     args = [str(a) if isinstance(a, Path) else a for a in args]
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
+    proc = subprocess.run(python_command("-c", code, json.dumps(args)), capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{kind} failed: {proc.stderr[-2000:]}")

@@ -1,6 +1,6 @@
 """One llama.cpp batch of several sequences against one after another (`wildguard-lite bench batching`).
 
-    wildguard-lite bench batching --model toy-q8_0.gguf --sequences 4
+    wildguard-lite bench batching --model toy-wildguard-q8_0.gguf --sequences 4
 
 For the shapes score mode produces (a whole exchange; a few answer/cue tokens), K sequences
 decoded in one `llama_decode` (K sequence ids) against K decodes in a row, straight through

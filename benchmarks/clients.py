@@ -1,6 +1,6 @@
 """One timed call through each real moderation client (`wildguard-lite bench clients`).
 
-    wildguard-lite bench clients --model toy-q8_0.gguf --litellm
+    wildguard-lite bench clients --model toy-wildguard-q8_0.gguf --litellm
 
 Against a `serve` child process: plain HTTP, the OpenAI SDK, openai-guardrails and, with
 `--litellm`, LiteLLM's proxy with our guardrails (`pip install 'wildguard-lite[test-clients]'`):

@@ -24,7 +24,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 from wildguard_lite.defaults import DEFAULT_MAX_THREADS, available_cores
 from wildguard_lite.errors import InvalidInputError
 from wildguard_lite.flags import add_runtime_flags
+from wildguard_lite.utils import python_command
 
 from .data import write_json
 
@@ -100,7 +100,7 @@ def setting_threads(name: str) -> tuple[int | None, int, str]:
 
 
 def start_competitor(core: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", COMPETITOR, str(core)], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(python_command("-c", COMPETITOR, str(core)), stdout=subprocess.PIPE, text=True)
 
 
 def stop_competitor(proc: subprocess.Popen) -> float:
@@ -118,7 +118,7 @@ def run_setting(model: str, name: str, items: int, n_ctx: int, competitor_core: 
         config = {"model": model, "threads": threads, "nice": nice, "n_ctx": n_ctx, "prompts": prompts(items)}
         env = {**os.environ, "OMP_WAIT_POLICY": wait_policy}  # read once, when llama.cpp's libgomp loads
         proc = subprocess.run(
-            [sys.executable, "-c", CHILD, json.dumps(config)], capture_output=True, text=True, timeout=3600, env=env
+            python_command("-c", CHILD, json.dumps(config)), capture_output=True, text=True, timeout=3600, env=env
         )
     finally:
         rate = stop_competitor(competitor) if competitor is not None else None

@@ -1,6 +1,6 @@
 """N streamed conversations against one `serve` process (`wildguard-lite bench http-streams`).
 
-    wildguard-lite bench http-streams --model toy-q8_0.gguf --conversations 8 32 --out report.json
+    wildguard-lite bench http-streams --model toy-wildguard-q8_0.gguf --conversations 8 32 --out report.json
 
 Each conversation's answer grows by ~16 tokens per round; every round, all conversations post
 their answer so far to `/v1/classify` at once (the gateway recipe of docs/streaming.md: a
@@ -17,13 +17,13 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from wildguard_lite.utils import python_command
 from .data import write_json
 from wildguard_lite.flags import add_runtime_flags
 
@@ -41,7 +41,7 @@ class Server:
         self.base = f"http://127.0.0.1:{port}"
         code = "import sys; from wildguard_lite.cli import main; sys.exit(main(sys.argv[1:]))"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "serve", "--port", str(port), *argv],
+            [*python_command("-c", code), "serve", "--port", str(port), *argv],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=dict(os.environ),

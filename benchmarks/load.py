@@ -1,6 +1,6 @@
 """Load test of `wildguard-lite serve` (`wildguard-lite bench load`).
 
-    wildguard-lite bench load --model toy-q8_0.gguf --workers 2 --clients 8 --seconds 60
+    wildguard-lite bench load --model toy-wildguard-q8_0.gguf --workers 2 --clients 8 --seconds 60
 
 Starts the server (a child process on loopback; or `--url` for a running one), runs N
 concurrent asyncio clients for T seconds (each waits for its answer before sending the next

@@ -30,6 +30,7 @@ from wildguard_lite.errors import InvalidInputError, WildGuardLiteError
 from wildguard_lite.flags import add_runtime_flags
 
 from .data import N_CTX, load_rows, write_json
+from wildguard_lite.utils import python_command
 
 TARGETS = {"speedup_prompt_only": 2.5, "speedup_full_exchange": 1.15, "score_over_limit": 1.10, "rss_over_file": 1.15}
 
@@ -259,7 +260,7 @@ def measure(config: SpeedConfig, timeout: float = 3600) -> dict[str, Any]:
     """Run measure_one in a child process (its own load time and peak RSS)."""
     config = SpeedConfig(**{**asdict(config), "model": str(Path(config.model).resolve())})
     proc = subprocess.run(
-        [sys.executable, "-m", "wildguard_lite.benchmarks.speed", json.dumps(asdict(config))],
+        python_command("-m", "wildguard_lite.benchmarks.speed", json.dumps(asdict(config))),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -1,6 +1,6 @@
 """Streaming moderation: cost per check, the output rate it keeps up with, and flag delay.
 
-    wildguard-lite bench streaming --model toy-f16.gguf --rows heldout.jsonl --out report.json
+    wildguard-lite bench streaming --model toy-wildguard-f16.gguf --rows heldout.jsonl --out report.json
 
 A response of ~400 tokens is fed in chunks of 8-16 tokens and checked every 16 tokens, three
 ways, at the same check points:
@@ -31,6 +31,7 @@ from wildguard_lite.flags import add_runtime_flags
 from wildguard_lite.streaming import DEFAULT_INTERVAL_TOKENS, StreamRule
 
 from .data import N_CTX, load_rows, to_item, write_json
+from wildguard_lite.utils import python_command
 
 TARGETS = {"stream_over_raw_prefill": 1.10, "stream_total_over_scratch": 0.20}
 FILLER = (
@@ -355,7 +356,7 @@ def measure_http(model: Path, prompt: str, texts: list[str], threads: int | None
         *threads_args(threads),
     ]
     code = f"import sys; from wildguard_lite.cli import main; sys.exit(main({argv!r}))"
-    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(python_command("-c", code), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def get(path: str) -> str:
         with urllib.request.urlopen(base + path, timeout=30) as r:

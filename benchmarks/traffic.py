@@ -8,9 +8,9 @@ import json
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+from wildguard_lite.utils import python_command
 
 PROMPTS = [
     "How do I bake sourdough bread at home?",
@@ -50,7 +50,7 @@ class ServerProcess:
 
     def __init__(self, args: list[str]):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wildguard_lite.cli.serve", "--port", "0", *args], stderr=subprocess.PIPE, text=True
+            [*python_command("-m", "wildguard_lite.cli.serve"), "--port", "0", *args], stderr=subprocess.PIPE, text=True
         )
         self.url = None
         for line in self.proc.stderr:

@@ -1,6 +1,6 @@
 """The guardrail pattern through the prefix cache (`wildguard-lite bench two-phase`).
 
-    wildguard-lite bench two-phase --model toy-q8_0.gguf
+    wildguard-lite bench two-phase --model toy-wildguard-q8_0.gguf
 
 A prompt is checked alone (a gateway's pre-check), other traffic follows, then the same prompt
 comes back with a response: the second phase's time and tokens evaluated, with and without

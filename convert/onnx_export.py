@@ -13,7 +13,6 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
@@ -23,7 +22,7 @@ import numpy as np
 
 from wildguard_lite.defaults import DEFAULT_N_CTX
 from wildguard_lite.errors import MissingDependencyError, WildGuardLiteError
-from wildguard_lite.utils import publishable, sha256_file
+from wildguard_lite.utils import publishable, python_command, sha256_file
 from wildguard_lite.convert.tempfiles import forget, make_temp_dir, reap, register, spawn, temp_prefix
 from wildguard_lite.convert.verify import available_bytes, compare_logits
 
@@ -122,7 +121,7 @@ def run_optimum_export(folder: Path, out: Path) -> dict:
     t0 = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = spawn(
-        [sys.executable, "-c", _EXPORT_SCRIPT, str(folder), str(out)],
+        python_command("-c", _EXPORT_SCRIPT, str(folder), str(out)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

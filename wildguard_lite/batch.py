@@ -17,14 +17,17 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .errors import InvalidInputError, WildGuardLiteError
-from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, DEFAULT_OVER_CONTEXT
+from .config import RuntimeConfig, make_config
 from .io import InputRow, check_input, item_digest, iter_rows
 from .results import ResumableWriter, result_row
+
+if TYPE_CHECKING:
+    from .runtime import Classifier, PlannedItem
 
 DEFAULT_WINDOW = 512  # rows in flight: enough for a prompt's responses from several models
 BAD_ROW_POLICIES = ("stop", "record")  # stop: a clear error naming the row; record: an error row
@@ -96,32 +99,33 @@ def unique_prefix_tokens(sorted_ids: Sequence[Sequence[int]]) -> int:
 
 @dataclass
 class WindowPlan:
-    """A window's items encoded, and the order to run them in."""
+    """A window's items planned by the classifier (`Classifier.plan_item`: tokenized once,
+    windows for items longer than the context), and the order to run them in."""
 
-    ids: list[list[int] | None]  # None where the classifier refused the item
-    refused: dict[int, str]  # position -> why (too long, ...)
+    plans: list[PlannedItem | None]  # None where the classifier refused the item
+    refused: dict[int, str]  # position -> why (too long with over_context="error", ...)
     order: list[int]  # positions to run
     tokens_unique: int  # nodes of the prefix tree of the window's accepted items
 
 
-def plan_window(clf, items: Sequence[dict[str, Any]], sort: bool = True) -> WindowPlan:
-    ids: list[list[int] | None] = []
+def plan_window(clf: Classifier, items: Sequence[Mapping[str, Any]], sort: bool = True) -> WindowPlan:
+    plans: list[PlannedItem | None] = []
     refused: dict[int, str] = {}
     for position, item in enumerate(items):
         try:
-            ids.append(clf.encode(item)[0])
+            plans.append(clf.plan_item(item))
         except InvalidInputError as exc:
-            ids.append(None)
+            plans.append(None)
             refused[position] = str(exc)
-    good = [p for p, seq in enumerate(ids) if seq is not None]
-    accepted = [seq for seq in ids if seq is not None]  # the ids at `good`, in the same order
+    good = [p for p, plan in enumerate(plans) if plan is not None]
+    accepted = [plan.ids for plan in plans if plan is not None]  # the ids at `good`, in the same order
     order = prefix_order(accepted)
     by_prefix = [good[k] for k in order]
-    return WindowPlan(ids, refused, by_prefix if sort else good, unique_prefix_tokens([accepted[k] for k in order]))
+    return WindowPlan(plans, refused, by_prefix if sort else good, unique_prefix_tokens([accepted[k] for k in order]))
 
 
 def classify_file(
-    clf,
+    clf: Classifier,
     input: str | os.PathLike,
     output: str | os.PathLike,
     *,
@@ -133,7 +137,7 @@ def classify_file(
     """Classify every row of `input` into `output` with a loaded `Classifier`.
 
     Args:
-        clf (`Classifier`): from `wildguard_lite.load` (or any with `encode`/`classify`).
+        clf (`Classifier`): from `wildguard_lite.load`.
         input: .jsonl, .csv or .parquet with a `prompt` and optionally `response` and `id`.
         output: .jsonl or .parquet; resumable (a rerun skips the rows done and checks they
             were made from the same input).
@@ -156,8 +160,7 @@ def classify_file(
     try:
         report.resumed = check_resumed(writer, rows, input)
         report.rows = report.resumed
-        backend = getattr(clf, "backend", None)
-        evaluated_before = getattr(backend, "tokens_evaluated", 0)
+        evaluated_before = clf.backend.tokens_evaluated
         stop_error: str | None = None
         file_error: str | None = None  # the rest of the file cannot be read (a quote never closed, ...)
         while stop_error is None and file_error is None:
@@ -178,7 +181,7 @@ def classify_file(
             stop_error = (
                 _run_window(clf, batch, writer, report, on_bad_row, order == "prefix", start, progress) or stop_error
             )
-            report.tokens_evaluated = getattr(backend, "tokens_evaluated", 0) - evaluated_before
+            report.tokens_evaluated = clf.backend.tokens_evaluated - evaluated_before
         report.seconds = time.perf_counter() - start
         error = stop_error if stop_error is not None else file_error
         if error is not None:
@@ -222,7 +225,7 @@ def check_resumed(writer: ResumableWriter, rows: Iterator[InputRow], input: Any)
 
 
 def _run_window(
-    clf,
+    clf: Classifier,
     batch: list[InputRow],
     writer: ResumableWriter,
     report: BatchReport,
@@ -271,8 +274,10 @@ def _run_window(
         k = good[position]
         if k > first_refused:
             continue  # not needed: the run stops at the refused row
-        pending[k] = result_row(batch[k], clf.classify([batch[k].item])[0])
-        report.tokens_input += len(plan.ids[position] or ())
+        planned = plan.plans[position]
+        assert planned is not None  # refused items are not in plan.order
+        pending[k] = result_row(batch[k], clf.classify_planned([planned])[0])
+        report.tokens_input += planned.tokens
         stop = flush()
         if stop is not None:
             return stop
@@ -283,28 +288,27 @@ def run_batch(
     input: str | os.PathLike,
     output: str | os.PathLike,
     model: str | os.PathLike,
+    config: RuntimeConfig | None = None,
     *,
-    mode: str = DEFAULT_MODE,
-    threads: int | None = None,
-    n_ctx: int = DEFAULT_N_CTX,
     window: int = DEFAULT_WINDOW,
     order: str = "prefix",
     on_bad_row: str = "stop",
-    thresholds: Mapping[str, float] | None = None,
-    over_context: str = DEFAULT_OVER_CONTEXT,
     progress: Callable[[BatchReport], None] | None = None,
+    **options: Any,
 ) -> BatchReport:
-    """Load `model` and classify `input` into `output` on this machine (see `classify_file`).
+    """Load `model` with `config` (and `options`, RuntimeConfig's fields: `threads=8`, ...)
+    and classify `input` into `output` on this machine (see `classify_file`).
 
     The same job on Ray actors is `wildguard_lite.ray_data.classify_file_on_ray` (the CLI picks
     it for `--ray`); it builds on this module, never the other way round.
     """
     check_options(window, order, on_bad_row)
+    config = make_config(config, **options)
     from .loading import load
 
     # Refuse a bad input or output before the model loads (seconds at 7B).
     check_job(input, output)
-    with load(model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds, over_context=over_context) as clf:
+    with load(model, config) as clf:
         return classify_file(clf, input, output, window=window, order=order, on_bad_row=on_bad_row, progress=progress)
 
 

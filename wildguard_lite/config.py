@@ -1,11 +1,18 @@
-"""RuntimeConfig: how a Classifier runs, checked once when it is made."""
+"""RuntimeConfig: how a Classifier runs, checked once when it is made.
+
+Every entry point takes one (`load`, batch jobs, Ray actors, `serve`'s settings hold one; the
+CLI builds it from the shared runtime flags, `flags.runtime_config`), and each bound has one
+check and one message here (`check_threads`, `check_slots`, `check_kv_tokens`), which the
+engines reuse when made without `load`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .backends.base import check_threads
 from .defaults import (
     DEFAULT_MODE,
     DEFAULT_N_CTX,
@@ -13,6 +20,7 @@ from .defaults import (
     DEFAULT_SLOTS,
     MAX_N_CTX,
     MAX_SLOTS,
+    MAX_THREADS,
     MIN_N_CTX,
     MODES,
     OVER_CONTEXT_MODES,
@@ -26,6 +34,29 @@ def _check_int(name: str, value: Any, low: int, high: int, hint: str) -> None:
         raise InvalidInputError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     if not low <= value <= high:
         raise InvalidInputError(f"{name} must be between {low} and {high}, got {value}; {hint}")
+
+
+def check_threads(threads: int | None) -> None:
+    """None (the default: the cores) or 1..MAX_THREADS (llama.cpp's own cap, GGML_MAX_N_THREADS:
+    above it llama.cpp dies instead of refusing); refused before any engine starts."""
+    if threads is not None:
+        _check_int(
+            "threads",
+            threads,
+            1,
+            MAX_THREADS,
+            f"use at most the number of CPU cores ({os.cpu_count()} here), or leave it unset",
+        )
+
+
+def check_slots(slots: int) -> None:
+    _check_int("slots", slots, 1, MAX_SLOTS, "each slot holds one stream's KV cache (n_ctx tokens of memory)")
+
+
+def check_kv_tokens(kv_tokens: int | None, n_ctx: int) -> None:
+    """None (the default: defaults.default_kv_tokens) or n_ctx..MAX_N_CTX cells."""
+    if kv_tokens is not None:
+        _check_int("kv_tokens", kv_tokens, n_ctx, MAX_N_CTX, "at least n_ctx: one full context must fit")
 
 
 @dataclass(frozen=True)
@@ -70,7 +101,26 @@ class RuntimeConfig:
             f"the default {DEFAULT_N_CTX} fits WildGuard's inputs; at most the model's trained context",
         )
         check_threads(self.threads)
-        _check_int("slots", self.slots, 1, MAX_SLOTS, "each slot holds one stream's KV cache (n_ctx tokens of memory)")
-        if self.kv_tokens is not None:
-            _check_int("kv_tokens", self.kv_tokens, self.n_ctx, MAX_N_CTX, "at least n_ctx: one full context must fit")
+        check_slots(self.slots)
+        check_kv_tokens(self.kv_tokens, self.n_ctx)
         _check_int("max_new_tokens", self.max_new_tokens, 1, self.n_ctx, "the answer needs about 17")
+        for name in ("flash_attn", "use_mmap", "repack", "one_pass"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeConfig))
+
+
+def make_config(config: RuntimeConfig | None = None, **options: Any) -> RuntimeConfig:
+    """`config` (default: RuntimeConfig()) with `options` (RuntimeConfig's fields) replaced,
+    checked once: what `load`, batch jobs and Ray actors do with their arguments."""
+    if config is not None and not isinstance(config, RuntimeConfig):
+        raise InvalidInputError(f"config must be a wildguard_lite.RuntimeConfig, got {type(config).__name__}")
+    unknown = sorted(set(options) - set(RUNTIME_FIELDS))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown runtime option(s) {', '.join(unknown)}; RuntimeConfig's fields are {', '.join(RUNTIME_FIELDS)}"
+        )
+    base = config if config is not None else RuntimeConfig()
+    return dataclasses.replace(base, **options) if options else base

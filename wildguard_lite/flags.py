@@ -1,26 +1,34 @@
-"""The runtime's command-line flags (--threads, --n-ctx, --mode, --threshold), declared once.
+"""The runtime's command-line flags, one per `RuntimeConfig` field, declared once.
 
 Every command that runs a model (classify, serve, demo, convert, each `bench` benchmark) adds
-the ones it takes with `add_runtime_flags`; their defaults are the library's (defaults.py), so
-a default changed there shows in every --help and every entry point. argparse only: cheap to
-import, and below the CLI, the server and the benchmarks alike.
+the ones it takes with `add_runtime_flags` and turns them back into a `RuntimeConfig` with
+`runtime_config`; their defaults are the library's (RuntimeConfig, defaults.py), so a default
+changed there shows in every --help and every entry point. argparse and config.py only: cheap
+to import, and below the CLI, the server and the benchmarks alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
+from .config import RuntimeConfig, make_config
 from .contract import LABEL_KEYS
 from .defaults import (
+    DEFAULT_KV_CONTEXTS,
     DEFAULT_MAX_THREADS,
     DEFAULT_MODE,
     DEFAULT_N_CTX,
     DEFAULT_OVER_CONTEXT,
     MAX_NICE,
+    MAX_SLOTS,
     MODES,
     OVER_CONTEXT_MODES,
 )
+from .thresholds import parse_threshold_specs
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RuntimeConfig)}
 
 # dest -> (flag, argparse keywords). The dest is RuntimeConfig's field name.
 FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -68,8 +76,67 @@ FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
             "argmax)",
         },
     ),
+    "slots": (
+        "--slots",
+        {
+            "type": int,
+            "default": _DEFAULTS["slots"],
+            "help": f"llama.cpp: KV sequences the model keeps at once, 1-{MAX_SLOTS} (streams and concurrent "
+            "calls each keep their KV cache in one; memory: docs/serving.md) (default %(default)s)",
+        },
+    ),
+    "kv_tokens": (
+        "--kv-tokens",
+        {
+            "type": int,
+            "default": _DEFAULTS["kv_tokens"],
+            "help": f"llama.cpp: KV cache cells the slots share, at least --n-ctx (default: {DEFAULT_KV_CONTEXTS} "
+            "contexts, or one per slot when fewer)",
+        },
+    ),
+    "max_new_tokens": (
+        "--max-new-tokens",
+        {
+            "type": int,
+            "default": _DEFAULTS["max_new_tokens"],
+            "help": "generate mode: the most tokens generated for the answer (default %(default)s)",
+        },
+    ),
+    "flash_attn": (
+        "--flash-attn",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "default": _DEFAULTS["flash_attn"],
+            "help": "llama.cpp: flash attention (default %(default)s)",
+        },
+    ),
+    "use_mmap": (
+        "--mmap",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "default": _DEFAULTS["use_mmap"],
+            "help": "llama.cpp: map the model file instead of reading it into memory (default %(default)s)",
+        },
+    ),
+    "repack": (
+        "--repack",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "default": _DEFAULTS["repack"],
+            "help": "llama.cpp: the CPU backend's repacked weight copies (a second copy of the weights in "
+            "memory; docs/decisions.md) (default %(default)s)",
+        },
+    ),
+    "one_pass": (
+        "--one-pass",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "default": _DEFAULTS["one_pass"],
+            "help": "score mode: the three cues and guessed answers in one engine call (default %(default)s)",
+        },
+    ),
 }
-RUNTIME_FLAGS = tuple(FLAGS)
+RUNTIME_FLAGS = tuple(FLAGS)  # one per RuntimeConfig field (tests/test_runtime_options.py)
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser | Any, *names: str, **defaults: Any) -> None:
@@ -89,6 +156,15 @@ def add_runtime_flags(parser: argparse.ArgumentParser | Any, *names: str, **defa
         if name in defaults:
             kwargs["default"] = defaults[name]
         parser.add_argument(flag, **kwargs)
+
+
+def runtime_config(args: argparse.Namespace, **overrides: Any) -> RuntimeConfig:
+    """The `RuntimeConfig` of the runtime flags in `args` (those the command added; the others
+    keep the library's defaults), `overrides` replacing them; checked once, by RuntimeConfig."""
+    values = {name: getattr(args, name) for name in RUNTIME_FLAGS if hasattr(args, name)}
+    if "thresholds" in values:
+        values["thresholds"] = parse_threshold_specs(values["thresholds"])
+    return make_config(None, **{**values, **overrides})
 
 
 # Not a runtime setting but the process's (classify's flag; serve's is its settings field).

@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import RuntimeConfig
-from .defaults import DEFAULT_MODE, DEFAULT_N_CTX
+from .config import RuntimeConfig, make_config
 from .errors import InvalidInputError, ModelFileError
 from .runtime import Classifier
 from .tokenization import WildGuardTokenizer
@@ -15,9 +14,8 @@ from .tokenization import WildGuardTokenizer
 
 def load(
     path: str | os.PathLike,
-    mode: str = DEFAULT_MODE,
-    threads: int | None = None,
-    n_ctx: int = DEFAULT_N_CTX,
+    config: RuntimeConfig | None = None,
+    *,
     prefix_cache: Any = None,
     quant: str | None = None,
     revision: str | None = None,
@@ -29,9 +27,8 @@ def load(
     Args:
         path (`str` or `os.PathLike`): a `.gguf` file made by `wildguard-lite convert`, or an
             ONNX variant it made (`model.onnx`, or the folder holding it with the tokenizer files).
-        mode (`str`): "score" (default) or "generate".
-        threads (`int`, *optional*): CPU threads; default: all cores, at most 8.
-        n_ctx (`int`): context length in tokens (input plus answer); longer input is refused.
+        config (`RuntimeConfig`, *optional*): how to run (mode, threads, n_ctx, slots, ...);
+            default `RuntimeConfig()`.
         prefix_cache (`PrefixStateCache`, *optional*): a KV-state cache shared by several
             classifiers (llama.cpp only: the ONNX backend keeps its last sequence only).
         quant (`str`, *optional*): with "hf://owner/name[@revision]": the artifact to pull
@@ -40,19 +37,26 @@ def load(
         revision (`str`, *optional*): with "hf://": branch, tag or commit.
         legacy (`bool`, *optional*): only for a GGUF made by llama.cpp's converter (no embedded
             tokenizer): the slow tokenizer's `legacy` flag (default: gguf_vocab.LEGACY_DEFAULT).
-        **options: more `RuntimeConfig` fields (`slots`, `kv_tokens`, `max_new_tokens`, `flash_attn`,
-            `use_mmap`, `repack`, `thresholds`).
+        **options: `RuntimeConfig` fields, replacing `config`'s (`mode="generate"`, `threads=4`,
+            `n_ctx`, `thresholds`, `over_context`, `slots`, `kv_tokens`, `max_new_tokens`,
+            `flash_attn`, `use_mmap`, `repack`, `one_pass`).
 
     Returns:
         `Classifier`
     """
-    config = RuntimeConfig(mode=mode, threads=threads, n_ctx=n_ctx, **options)
+    config = make_config(config, **options)
     if str(path).startswith("hf://"):
         from .hub import DEFAULT_PULL_QUANT, pull
 
         path = pull(str(path), quant or DEFAULT_PULL_QUANT, revision)
     elif quant is not None or revision is not None:
         raise InvalidInputError("quant= and revision= apply to hf://owner/name only; pass the local file itself")
+    return open_model(Path(path), config, prefix_cache, legacy)
+
+
+def open_model(path: Path, config: RuntimeConfig, prefix_cache: Any = None, legacy: bool | None = None) -> Classifier:
+    """A local model file (or ONNX folder) opened with `config`: the one place every entry
+    point's `RuntimeConfig` reaches an engine."""
     path = Path(path)
     if path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file()):
         return _load_onnx(path, config)

@@ -17,6 +17,7 @@ fails the job, and a file job run through `classify_file_on_ray` keeps every row
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -25,9 +26,9 @@ from typing import Any, Callable
 
 from .batch import BatchReport, check_job, check_resumed, plan_window
 from .contract import LABEL_KEYS, validate_item
-from .backends.base import check_threads
 from .errors import InvalidInputError, WildGuardLiteError, require
-from .defaults import DEFAULT_MODE, DEFAULT_N_CTX, available_cores, default_threads
+from .config import RuntimeConfig, make_config
+from .defaults import available_cores, default_threads
 from .io import check_encodable, item_digest, iter_rows
 from .results import ResumableWriter
 
@@ -35,7 +36,7 @@ DEFAULT_BATCH_SIZE = 64  # rows per actor call: the window each actor reorders b
 DEFAULT_MAX_RESTARTS = -1  # restart a dead actor as often as needed (nodes come and go)
 DEFAULT_MAX_TASK_RETRIES = 3  # a batch that kills its actor 4 times fails the job
 READ_BLOCK_ROWS = 1024  # rows per block read from a batch file
-RESULT_COLUMNS = (*LABEL_KEYS, "is_parsing_error", "scores", "error")
+RESULT_COLUMNS = (*LABEL_KEYS, "is_parsing_error", "scores", "windows", "error")
 
 
 def _result_schema():
@@ -43,6 +44,7 @@ def _result_schema():
     return [(key, pa.string()) for key in LABEL_KEYS] + [
         ("is_parsing_error", pa.bool_()),
         ("scores", pa.struct([(key, pa.float64()) for key in LABEL_KEYS])),
+        ("windows", pa.int64()),  # set for an item longer than the context judged in windows
         ("error", pa.string()),
     ]
 
@@ -54,17 +56,10 @@ class WildGuardPredictor:
     already known to be bad); returns them with the result columns added (`RESULT_COLUMNS`).
     """
 
-    def __init__(
-        self,
-        model: str,
-        mode: str = DEFAULT_MODE,
-        threads: int | None = None,
-        n_ctx: int = DEFAULT_N_CTX,
-        thresholds: dict[str, float] | None = None,
-    ):
+    def __init__(self, model: str, config: RuntimeConfig | None = None):
         from .loading import load
 
-        self.clf = load(model, mode=mode, threads=threads, n_ctx=n_ctx, thresholds=thresholds)
+        self.clf = load(model, config)
 
     def __call__(self, batch):
         pa = require("pyarrow", "ray")
@@ -90,8 +85,10 @@ class WildGuardPredictor:
         for position, message in plan.refused.items():
             outcomes[positions[position]] = message
         for position in plan.order:
+            planned = plan.plans[position]
+            assert planned is not None  # refused items are not in plan.order
             try:
-                outcomes[positions[position]] = self.clf.classify([items[position]])[0]
+                outcomes[positions[position]] = self.clf.classify_planned([planned])[0]
             except Exception as exc:  # an engine failure on one row must not fail the job
                 outcomes[positions[position]] = f"classification failed ({type(exc).__name__}: {exc})"
         return _with_results(pa, batch, outcomes)
@@ -111,6 +108,7 @@ def _with_results(pa, batch, outcomes):
                     **{key: outcome.get(key) for key in LABEL_KEYS},
                     "is_parsing_error": bool(outcome.get("is_parsing_error")),
                     "scores": outcome.get("scores"),
+                    "windows": outcome.get("windows"),
                     "error": None,
                 }
             )
@@ -120,6 +118,7 @@ def _with_results(pa, batch, outcomes):
                     **{key: None for key in LABEL_KEYS},
                     "is_parsing_error": False,
                     "scores": {key: None for key in LABEL_KEYS},
+                    "windows": None,
                     "error": outcome or "no result",
                 }
             )
@@ -130,11 +129,10 @@ def _with_results(pa, batch, outcomes):
     )
 
 
-def check_ray_options(actors: int, threads: int | None, batch_size: int) -> None:
+def check_ray_options(actors: int, batch_size: int) -> None:
     for name, value in (("actors", actors), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidInputError(f"{name} must be an integer of at least 1, got {value!r}")
-    check_threads(threads)  # 0 was taken as "the default" silently
 
 
 def actor_threads(actors: int, threads: int | None) -> int:
@@ -160,28 +158,26 @@ def check_cpus(actors: int, threads: int, cpus: float, node_cpus: float, where: 
 
 def map_batches_options(
     model: str | os.PathLike,
+    config: RuntimeConfig | None = None,
     *,
     actors: int = 1,
     threads_per_actor: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    mode: str = DEFAULT_MODE,
-    n_ctx: int = DEFAULT_N_CTX,
-    thresholds: dict[str, float] | None = None,
     max_restarts: int = DEFAULT_MAX_RESTARTS,
     max_task_retries: int = DEFAULT_MAX_TASK_RETRIES,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Keyword arguments for `Dataset.map_batches(WildGuardPredictor, **options)`."""
-    check_ray_options(actors, threads_per_actor, batch_size)
+    """Keyword arguments for `Dataset.map_batches(WildGuardPredictor, **options)`: each actor
+    loads `model` with `config` (and `options`, RuntimeConfig's fields), its threads
+    `threads_per_actor` (else `config.threads`, else the cores shared by the actors)."""
+    check_ray_options(actors, batch_size)
+    if threads_per_actor is not None:
+        options["threads"] = threads_per_actor
+    config = make_config(config, **options)  # every runtime option checked here, before Ray starts
     ray_data = require("ray.data", "ray")
-    threads = actor_threads(actors, threads_per_actor)
+    threads = actor_threads(actors, config.threads)
     return {
-        "fn_constructor_kwargs": {
-            "model": str(model),
-            "mode": mode,
-            "threads": threads,
-            "n_ctx": n_ctx,
-            "thresholds": thresholds,
-        },
+        "fn_constructor_kwargs": {"model": str(model), "config": dataclasses.replace(config, threads=threads)},
         "batch_size": batch_size,
         "batch_format": "pyarrow",
         "compute": ray_data.ActorPoolStrategy(size=actors),
@@ -193,20 +189,21 @@ def map_batches_options(
     }
 
 
-def classify_dataset(ds, model: str | os.PathLike, **options: Any):
+def classify_dataset(ds, model: str | os.PathLike, config: RuntimeConfig | None = None, **options: Any):
     """The dataset with the result columns added, rows kept one for one (bad rows get `error`).
 
     Args:
         ds (`ray.data.Dataset`): a `prompt` column and optionally `response`.
         model: a converted model's path, readable on every node (shared storage).
-        **options: `actors`, `threads_per_actor`, `batch_size`, `mode`, `n_ctx`,
-            `max_restarts`, `max_task_retries` (see `map_batches_options`).
+        config (`RuntimeConfig`, *optional*): how each actor runs the model.
+        **options: `actors`, `threads_per_actor`, `batch_size`, `max_restarts`,
+            `max_task_retries`, and RuntimeConfig's fields (see `map_batches_options`).
     """
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        return ds.map_batches(WildGuardPredictor, **map_batches_options(model, **options))
+        return ds.map_batches(WildGuardPredictor, **map_batches_options(model, config, **options))
 
 
 def _datasource(path: str, skip: int):
@@ -277,33 +274,31 @@ def classify_file_on_ray(
     input: str | os.PathLike,
     output: str | os.PathLike,
     model: str | os.PathLike,
+    config: RuntimeConfig | None = None,
     *,
     address: str = "local",
     actors: int = 1,
-    threads: int | None = None,
     batch_size: int | None = None,
-    mode: str = DEFAULT_MODE,
-    n_ctx: int = DEFAULT_N_CTX,
     on_bad_row: str = "stop",
-    thresholds: dict[str, float] | None = None,
     progress: Callable[[BatchReport], None] | None = None,
+    **options: Any,
 ) -> BatchReport:
     """`batch.classify_file` with the rows spread over Ray actors; same output and resume.
+    Each actor loads `model` with `config` (and `options`, RuntimeConfig's fields); `threads`
+    are each actor's.
 
     The input is read on this machine and streamed to the actors; results come back in input
     order and are written here. A bad row becomes an error record on the actor; with
     `on_bad_row="stop"` the job stops at the first one (the rows before it are kept).
     """
     ray = require("ray", "ray")
-    options: dict[str, Any] = {
+    config = make_config(config, **options)
+    threads = config.threads
+    job: dict[str, Any] = {
         "actors": actors,
-        "threads_per_actor": threads,
         "batch_size": DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
-        "mode": mode,
-        "n_ctx": n_ctx,
-        "thresholds": thresholds,
     }
-    map_batches_options(model, **options)  # refuses bad options before any work
+    map_batches_options(model, config, **job)  # refuses bad options before any work
     if address == "local" and not ray.is_initialized():  # the local instance gets these cores
         check_cpus(actors, actor_threads(actors, threads), available_cores(), available_cores(), "this machine")
     check_job(input, output)
@@ -333,7 +328,7 @@ def classify_file_on_ray(
         context.enable_progress_bars = False
         # The read task takes no CPU from the actors: parsing rows is light next to a model.
         source = ray.data.read_datasource(_datasource(str(Path(input).resolve()), report.resumed), num_cpus=0)
-        ds = classify_dataset(source, model, **options)
+        ds = classify_dataset(source, model, config, **job)
         stop_error = None
         try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -391,6 +386,8 @@ def _output_row(row: dict[str, Any]) -> dict[str, Any]:
     out.update({key: row[key] for key in LABEL_KEYS})
     out["is_parsing_error"] = row["is_parsing_error"]
     out["scores"] = row["scores"]
+    if row.get("windows") is not None:
+        out["windows"] = row["windows"]
     if row["error"]:
         out["error"] = f"{row['where']}: {row['error']}"
     return out

@@ -48,6 +48,7 @@ def _parquet_schema():
             *[(key, pa.string()) for key in LABEL_KEYS],
             ("is_parsing_error", pa.bool_()),
             ("scores", score),
+            ("windows", pa.int64()),  # set for an item longer than the context judged in windows
             ("error", pa.string()),
         ]
     )
@@ -55,7 +56,8 @@ def _parquet_schema():
 
 def _parquet_record(row: dict[str, Any]) -> dict[str, Any]:
     record = {
-        name: row.get(name) for name in ("index", "item_sha256", *LABEL_KEYS, "is_parsing_error", "scores", "error")
+        name: row.get(name)
+        for name in ("index", "item_sha256", *LABEL_KEYS, "is_parsing_error", "scores", "windows", "error")
     }
     # Parquet needs one type per column: ids that are not strings keep their JSON text.
     ident = row.get("id")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
 import numpy as np
@@ -17,6 +18,26 @@ from .errors import ClassifierClosedError, InputTooLongError
 from .thresholds import apply_thresholds
 from .tokenization import WildGuardTokenizer
 from .windows import ContextTooSmall, Window, merge_results, plan_windows
+
+
+@dataclass(frozen=True)
+class PlannedItem:
+    """An item ready for the engine (`Classifier.plan`): its inputs (ids, prompt_only), one,
+    or one per window for an item longer than the context judged in windows (`windows` set)."""
+
+    inputs: tuple[tuple[list[int], bool], ...]
+    windows: tuple[Window, ...] | None = None
+
+    @property
+    def ids(self) -> list[int]:
+        """The first input's ids: the key batch jobs order items by (shared prefixes)."""
+        return self.inputs[0][0]
+
+    @property
+    def tokens(self) -> int:
+        """Input ids the engine is given, windows summed."""
+        return sum(len(ids) for ids, _ in self.inputs)
+
 
 if TYPE_CHECKING:
     from .aio import AsyncResponseStream
@@ -87,23 +108,79 @@ class Classifier:
             `ClassificationCancelled` / `ClassificationTimeout`: `cancel` was set / `timeout`
             passed; the classifier stays usable.
         """
-        interrupt = Interrupt.make(cancel, timeout)
         with self._call():
-            plans = [self._plan(item, i) for i, item in enumerate(items)]
-            results = []
-            for i, (windows, inputs) in enumerate(plans):
-                parts = [
-                    self._generate(ids, interrupt, prompt_only)
-                    if self.config.mode == "generate"
-                    else self.score_ids(ids, prompt_only, interrupt=interrupt)[0]
-                    for ids, prompt_only in inputs
-                ]
-                result = parts[0] if windows is None else merge_results(windows, parts)
-                apply_thresholds(result, self.config.thresholds)
-                results.append(result)
-                if on_result is not None:
-                    on_result(i, result)
-            return results
+            return self._run(self.plan(items), on_result, Interrupt.make(cancel, timeout))
+
+    def plan(self, items: Sequence[Mapping[str, Any]]) -> list[PlannedItem]:
+        """Validate and tokenize items into what the engine runs (`PlannedItem`), without
+        running them: the one planning path of `classify`, streams, batch files and Ray.
+
+        Raises:
+            `InvalidInputError`: an item is malformed, or too long for the context with
+            `over_context="error"` (the message names the item's index).
+        """
+        return [self.plan_item(item, i) for i, item in enumerate(items)]
+
+    def plan_item(self, item: Mapping[str, Any], index: int | None = None, *, split: bool | None = None) -> PlannedItem:
+        """One item's plan: its ids, or for an item longer than the context with
+        over_context="split" (or `split=True`) its overlapping windows (wildguard_lite/windows.py).
+        `index` names the item in errors."""
+        self._check_open()
+        prompt, response = validate_item(item, index)
+        ids = self.tokenizer.encode_exchange(prompt, response)
+        budget = self._budget(bool(response))
+        if len(ids) + budget <= self.backend.n_ctx:
+            return PlannedItem(((ids, not response),))
+        exc = InputTooLongError(len(ids) + budget, self.backend.n_ctx, "" if index is None else f"item {index}")
+        if not (self.config.over_context == "split" if split is None else split):
+            raise exc
+        n = self.backend.n_ctx
+        try:
+            windows = plan_windows(self.tokenizer, prompt, response, n - self._budget(False), n - self._budget(True))
+        except ContextTooSmall:
+            raise exc from None
+        return PlannedItem(tuple((w.ids, w.prompt_only) for w in windows), tuple(windows))
+
+    def classify_planned(
+        self,
+        plans: Sequence[PlannedItem],
+        on_result: Callable[[int, dict[str, Any]], None] | None = None,
+        *,
+        cancel: threading.Event | None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """`classify` of items already planned by this classifier's `plan`/`plan_item` (batch
+        jobs plan a window of rows, order them by their ids, then run them: tokenized once).
+        An item judged in windows carries `windows` (their count) in its result."""
+        with self._call():
+            return self._run(plans, on_result, Interrupt.make(cancel, timeout))
+
+    def _run(
+        self,
+        plans: Sequence[PlannedItem],
+        on_result: Callable[[int, dict[str, Any]], None] | None,
+        interrupt: Interrupt | None,
+    ) -> list[dict[str, Any]]:
+        results = []
+        for i, plan in enumerate(plans):
+            parts = [
+                self._generate(ids, interrupt, prompt_only)
+                if self.config.mode == "generate"
+                else self.score_ids(ids, prompt_only, interrupt=interrupt)[0]
+                for ids, prompt_only in plan.inputs
+            ]
+            result = parts[0] if plan.windows is None else merge_results(plan.windows, parts)
+            apply_thresholds(result, self.config.thresholds)
+            results.append(result)
+            if on_result is not None:
+                on_result(i, result)
+        return results
+
+    def _budget(self, with_response: bool) -> int:
+        """Context room the answer needs after the input."""
+        if self.config.mode != "score":
+            return self.config.max_new_tokens
+        return self._score_budget if with_response else self._score_budget_prompt
 
     async def aclassify(
         self,
@@ -128,46 +205,15 @@ class Classifier:
 
         return AsyncResponseStream(self.stream(prompt, rule=rule, interval=interval))
 
-    def _plan(self, item: Mapping[str, Any], index: int) -> tuple[list[Window] | None, list[tuple[list[int], bool]]]:
-        """(None, [(ids, prompt_only)]), or for an item longer than the context with
-        over_context="split" (windows, their inputs): see wildguard_lite/windows.py."""
-        try:
-            return None, [self.encode(item, index=index)]
-        except InputTooLongError as exc:
-            if self.config.over_context != "split":
-                raise
-            prompt, response = validate_item(item, index)
-            n, score = self.backend.n_ctx, self.config.mode == "score"
-            try:
-                windows = plan_windows(
-                    self.tokenizer,
-                    prompt,
-                    response,
-                    n - (self._score_budget_prompt if score else self.config.max_new_tokens),
-                    n - (self._score_budget if score else self.config.max_new_tokens),
-                )
-            except ContextTooSmall:
-                raise exc from None
-            return windows, [(w.ids, w.prompt_only) for w in windows]
-
     def classify_one(self, prompt: str, response: str | None = None) -> dict[str, Any]:
         """Classify one exchange; see `classify`."""
         item = {"prompt": prompt} if response is None else {"prompt": prompt, "response": response}
         return self.classify([item])[0]
 
     def encode(self, item: Mapping[str, Any], index: int | None = None) -> tuple[list[int], bool]:
-        """Validate an item and return (ids, prompt_only), checking it fits the context."""
-        self._check_open()
-        prompt, response = validate_item(item, index)
-        ids = self.tokenizer.encode_exchange(prompt, response)
-        if self.config.mode == "score":
-            budget = self._score_budget_prompt if not response else self._score_budget
-        else:
-            budget = self.config.max_new_tokens
-        if len(ids) + budget > self.backend.n_ctx:
-            where = "" if index is None else f"item {index}"
-            raise InputTooLongError(len(ids) + budget, self.backend.n_ctx, where)
-        return ids, not response
+        """Validate an item and return (ids, prompt_only), checking it fits one context
+        (`plan_item` without windows)."""
+        return self.plan_item(item, index, split=False).inputs[0]
 
     def stream(self, prompt: str, rule: "StreamRule | None" = None, interval: int | None = None) -> "ResponseStream":
         """Moderate a response while it streams: feed it text as it arrives.
@@ -193,10 +239,11 @@ class Classifier:
         guess: Sequence[Sequence[int]] | None = None,
         interrupt: Interrupt | None = None,
     ) -> tuple[dict[str, Any], list[tuple[int, ...]], int]:
-        """One check of a stream: validate, encode and score (thresholds applied), counted as a
-        call in flight. Returns (result, answers for the next `guess`, exchange length in ids)."""
+        """One check of a stream: plan (one window: a stream that outgrows the context is
+        refused, nothing is cut) and score (thresholds applied), counted as a call in flight.
+        Returns (result, answers for the next `guess`, exchange length in ids)."""
         with self._call():
-            ids, prompt_only = self.encode({"prompt": prompt, "response": response})
+            ids, prompt_only = self.plan_item({"prompt": prompt, "response": response}, split=False).inputs[0]
             result, answers = self.score_ids(ids, prompt_only, guess=guess, interrupt=interrupt)
             apply_thresholds(result, self.config.thresholds)
             return result, answers, len(ids)

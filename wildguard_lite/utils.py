@@ -1,11 +1,12 @@
 """Small shared helpers with no heavy imports: process-level stderr capture, files left empty,
-file modes and digests."""
+file modes and digests, and the command line of a child Python."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -113,3 +114,20 @@ def publishable(folder: Path) -> None:
     os.chmod(folder, 0o777 & ~mask)
     for path in folder.iterdir():
         os.chmod(path, 0o666 & ~mask)
+
+
+def python_command(*args: str) -> list[str]:
+    """`[sys.executable, *args]` for a child Python (`-m module ...` or `-c code ...`) that
+    imports the installed package, never a `wildguard_lite/` in the working directory: run
+    from a checkout after a non-editable install, `python -m` and `-c` put the working
+    directory first on sys.path, and the checkout's folder (without the convert/ and
+    benchmarks/ the install maps into it) shadowed the install. Python 3.11+ has `-P` for
+    this; on 3.10 the child drops that first entry itself, before any import."""
+    if len(args) < 2 or args[0] not in ("-m", "-c"):
+        raise ValueError(f"python_command takes '-m MODULE' or '-c CODE', got {list(args[:1])}")
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", *args]
+    if args[0] == "-m":
+        code = f"import runpy, sys; del sys.path[0]; runpy.run_module({args[1]!r}, run_name='__main__', alter_sys=True)"
+        return [sys.executable, "-c", code, *args[2:]]
+    return [sys.executable, "-c", "import sys; del sys.path[0]\n" + args[1], *args[2:]]

@@ -2,30 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from typing import Sequence
 
 import numpy as np
-
-from ..errors import InvalidInputError
-
-# llama.cpp's own cap on threads (GGML_MAX_N_THREADS in ggml.h); far more than any CPU this runs
-# on has cores, and above it llama.cpp dies (std::bad_alloc at 50000) instead of refusing.
-from ..defaults import MAX_THREADS
-
-
-def check_threads(threads: int | None) -> None:
-    """None (the default: the cores) or 1..MAX_THREADS; refused before any engine starts."""
-    if threads is None:
-        return
-    if isinstance(threads, bool) or not isinstance(threads, int):
-        raise InvalidInputError(f"threads must be an integer, got {type(threads).__name__} {threads!r}")
-    if not 1 <= threads <= MAX_THREADS:
-        raise InvalidInputError(
-            f"threads must be between 1 and {MAX_THREADS}, got {threads}; "
-            f"use at most the number of CPU cores ({os.cpu_count()} here), or leave it unset"
-        )
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

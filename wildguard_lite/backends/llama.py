@@ -28,18 +28,17 @@ import numpy as np
 from ..defaults import DEFAULT_OMP_WAIT_POLICY, DEFAULT_SLOTS, default_kv_tokens, default_threads
 from ..errors import (
     EngineError,
-    InvalidInputError,
     ModelFileError,
     require,
 )
 from ..utils import capture_stderr
-from .base import Backend, check_positions, check_threads
+from ..config import check_kv_tokens, check_slots, check_threads
+from .base import Backend, check_positions
 from .prefix_cache import PrefixStateCache  # noqa: F401 (re-exported: the server imports it from here)
 from .llama_parts import (
     Aborted,
     EngineStats,
     SlotSequence,
-    check_slots,
     common_prefix,
     interrupt_error,
     llama_default_params,
@@ -90,9 +89,8 @@ class LlamaCppBackend(Backend):
         read_gguf_info(path)
         check_threads(threads)
         check_slots(slots)
+        check_kv_tokens(kv_tokens, n_ctx)
         kv_tokens = default_kv_tokens(n_ctx, slots) if kv_tokens is None else kv_tokens
-        if isinstance(kv_tokens, bool) or not isinstance(kv_tokens, int) or kv_tokens < n_ctx:
-            raise InvalidInputError(f"kv_tokens must be an integer of at least n_ctx ({n_ctx}), got {kv_tokens!r}")
         threads = threads or default_threads()
         # verbose=True only while loading, into a captured stderr: with verbose=False
         # llama-cpp-python sends llama.cpp's load log to /dev/null, and a failed load would say

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..defaults import MAX_SLOTS
-from ..errors import ClassificationCancelled, ClassificationTimeout, InvalidInputError
+from ..errors import ClassificationCancelled, ClassificationTimeout
 from .scheduler import Interrupt
 
 _PARAMS_LOCK = threading.Lock()
@@ -49,14 +48,6 @@ def quiet_logging() -> None:
     from llama_cpp._logger import set_verbose
 
     set_verbose(False)
-
-
-def check_slots(slots: int) -> None:
-    if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
-        raise InvalidInputError(
-            f"slots must be an integer from 1 to {MAX_SLOTS}, got {slots!r}; each slot holds one "
-            "stream's or call's KV cache (memory: n_ctx tokens per slot)"
-        )
 
 
 @dataclass

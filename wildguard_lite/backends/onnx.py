@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from ..defaults import default_threads
-from .base import Backend, check_positions, check_threads, common_prefix_length
+from ..config import check_threads
+from .base import Backend, check_positions, common_prefix_length
 
 MODEL_FILE = "model.onnx"
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)$")

@@ -12,7 +12,7 @@ from ..batch import BAD_ROW_POLICIES, DEFAULT_WINDOW, ORDERS
 from ..ray_data import DEFAULT_BATCH_SIZE
 from ..contract import CUES, LABEL_KEYS
 from ..defaults import DEFAULT_NICE, lower_priority
-from ..flags import NICE_HELP, add_runtime_flags
+from ..flags import NICE_HELP, RUNTIME_FLAGS, add_runtime_flags, runtime_config
 from . import run
 
 _ANSWER = {"harmful": "yes", "unharmful": "no", "refusal": "yes", "compliance": "no", None: "n/a"}
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch output, .jsonl or .parquet, in input order (resumable: a rerun skips done rows)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object (single exchange)")
-    add_runtime_flags(p, "mode", "threads", "n_ctx", "over_context", "thresholds")
+    add_runtime_flags(p, *RUNTIME_FLAGS)
     p.add_argument("--nice", type=int, default=DEFAULT_NICE, help=NICE_HELP + " (default %(default)s)")
     b = p.add_argument_group("batch (--input/--output)")
     b.add_argument(
@@ -93,7 +93,7 @@ def _single(args, clf) -> int:
     return 0
 
 
-def _batch(args, thresholds) -> int:
+def _batch(args, config) -> int:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -101,19 +101,17 @@ def _batch(args, thresholds) -> int:
 
     check_options(args.window, args.order, args.on_bad_row)
     console = Console(stderr=True)
-    options: dict[str, Any] = dict(
-        mode=args.mode, threads=args.threads, n_ctx=args.n_ctx, on_bad_row=args.on_bad_row, thresholds=thresholds
-    )
+    options: dict[str, Any] = dict(on_bad_row=args.on_bad_row)
     job: Callable[..., Any] = run_batch
     if args.ray is None:
-        options.update(window=args.window, order=args.order, over_context=args.over_context)
+        options.update(window=args.window, order=args.order)
     else:  # the same job on Ray actors (ray_data builds on batch, not the other way round)
         from ..ray_data import classify_file_on_ray
 
         job = classify_file_on_ray
         options.update(address=args.ray, actors=args.actors, batch_size=args.batch_size)
     if not console.is_terminal:  # logs and pipes get the summary alone
-        report = job(args.input, args.output, args.model, **options)
+        report = job(args.input, args.output, args.model, config, **options)
     else:
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
@@ -127,7 +125,7 @@ def _batch(args, thresholds) -> int:
                     f"({report.classified} classified now)",
                 )
 
-            report = job(args.input, args.output, args.model, progress=progress, **options)
+            report = job(args.input, args.output, args.model, config, progress=progress, **options)
     if report.resumed:
         console.print(f"resuming: {report.resumed} of {report.rows} rows already in {args.output}")
     console.print(report.summary(), highlight=False)
@@ -163,7 +161,6 @@ def _classify(args) -> int:
     from ..contract import check_text
     from ..errors import InvalidInputError
     from ..loading import load
-    from ..thresholds import parse_threshold_specs
 
     single = args.prompt is not None
     if single == (args.input is not None):
@@ -183,19 +180,12 @@ def _classify(args) -> int:
         raise InvalidInputError("--ray goes with --input/--output (a batch)")
     if args.ray is None and (args.actors != 1 or args.batch_size is not None):
         raise InvalidInputError("--actors and --batch-size go with --ray (a batch on Ray)")
-    thresholds = parse_threshold_specs(args.thresholds)
+    config = runtime_config(args)  # every runtime option checked before any work
     lower_priority(args.nice)  # before the engine starts its threads
     if not single:
         # The batch writes nothing before its first result: a refusal up front leaves no file.
-        return _batch(args, thresholds)
-    with load(
-        args.model,
-        mode=args.mode,
-        threads=args.threads,
-        n_ctx=args.n_ctx,
-        thresholds=thresholds,
-        over_context=args.over_context,
-    ) as clf:
+        return _batch(args, config)
+    with load(args.model, config) as clf:
         return _single(args, clf)
 
 

@@ -40,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="wildguard-lite demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", type=Path, help="where to put the toy's GGUF files (default: the cache)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="where to put the toy's GGUF files (default: the cache's demo-toy-vN/ folder, "
+        "~/.cache/wildguard-lite/ unless $WILDGUARD_LITE_CACHE or $XDG_CACHE_HOME says otherwise)",
+    )
     add_runtime_flags(p, "threads")
     return p
 
@@ -56,6 +61,11 @@ def _cell(result: dict, key: str) -> str:
     if value is None:
         return "parse error" if result["is_parsing_error"] else "n/a"
     return f"{value} ({score:.2f})"
+
+
+# The demo's GGUF files: DEMO_NAME-{f16,q8_0,q4_k_m}.gguf in the cache's demo-toy-vN/ folder
+# (or --out); the docs name them so (tests/test_doc_snippets.py checks).
+DEMO_NAME = "toy-wildguard"
 
 
 def _demo(args) -> int:
@@ -78,7 +88,7 @@ def _demo(args) -> int:
     have = {a["quant"]: out / a["file"] for a in (manifest or {}).get("artifacts", []) if (out / a["file"]).is_file()}
     if manifest is None or not all(q in have for q in quants):
         manifest = convert_checkpoint(
-            ConvertOptions(source=str(toy), out_dir=out, quants=quants, threads=args.threads, name="toy-wildguard")
+            ConvertOptions(source=str(toy), out_dir=out, quants=quants, threads=args.threads, name=DEMO_NAME)
         )
         have = {a["quant"]: out / a["file"] for a in manifest["artifacts"]}
     console.print(f"[bold]GGUF files[/bold]: {out} (verification: {manifest['verification']['status']})")

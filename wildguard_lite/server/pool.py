@@ -170,16 +170,6 @@ def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
     def make(index: int, threads: int) -> Classifier:
         from ..loading import load
 
-        return load(
-            settings.model,
-            mode=settings.mode,
-            threads=threads,
-            n_ctx=settings.n_ctx,
-            slots=settings.slots,
-            kv_tokens=settings.kv_tokens,
-            prefix_cache=prefix_cache,
-            thresholds=settings.thresholds,
-            over_context=settings.over_context,
-        )
+        return load(settings.model, settings.runtime, prefix_cache=prefix_cache, threads=threads)
 
     return make

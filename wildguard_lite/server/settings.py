@@ -1,9 +1,11 @@
 """`ServeSettings`: every option of `serve`, declared once.
 
 Each field carries its default and its help; `add_arguments` derives the argparse flags from
-the fields and `from_args` builds the settings back, so a new option is one field here. The
-model-loading options (`threads`, `n_ctx`, `mode`, `thresholds`) take the runtime flags every
-command shares (`wildguard_lite.flags`) and `RuntimeConfig`'s defaults, their one place.
+the fields and `from_args` builds the settings back, so a new option is one field here. How the
+model runs is one field, `runtime` (a `RuntimeConfig`: mode, threads, n_ctx, slots, kv_tokens,
+thresholds, over_context, ...), whose flags are the runtime flags every command shares
+(`wildguard_lite.flags`) and whose checks are RuntimeConfig's own; `ServeSettings(n_ctx=512)`
+and `settings.n_ctx` reach it too.
 No web framework is imported here: `wildguard-lite serve --help` stays light.
 """
 
@@ -18,11 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InvalidInputError
-from ..backends.base import check_threads
-from ..config import RuntimeConfig
-from ..defaults import DEFAULT_NICE, MAX_NICE, MAX_SLOTS, MODES, OVER_CONTEXT_MODES, default_threads
-from ..flags import NICE_HELP, add_runtime_flags
-from ..thresholds import parse_threshold_specs, validate_thresholds
+from ..config import RUNTIME_FIELDS, RuntimeConfig, make_config
+from ..defaults import DEFAULT_NICE, MAX_NICE, default_threads
+from ..flags import NICE_HELP, RUNTIME_FLAGS, add_runtime_flags, runtime_config
 
 # How a harmful verdict shows in OpenAI's category names (see docs/serving.md).
 OPENAI_CATEGORY_MODES = ("all", "illicit", "none")
@@ -90,15 +90,11 @@ def option(
     return field(default=default, metadata=meta, **kwargs)
 
 
-def runtime_option(default: Any, name: str, *, convert: Callable | None = None, **kwargs) -> Any:
-    """A settings field whose flag is the shared runtime flag `name` (wildguard_lite.flags)."""
-    return field(default=default, metadata={"runtime_flag": name, "convert": convert}, **kwargs)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ServeSettings:
-    """Everything `serve` needs; `threads` are the one shared engine's (default: the library's,
-    `defaults.default_threads()`)."""
+    """Everything `serve` needs. `runtime` is how the one shared model runs (its `threads`
+    default to the library's, `defaults.default_threads()`); RuntimeConfig's fields are also
+    accepted as keywords (`ServeSettings(n_ctx=512)`) and read as attributes."""
 
     model: Path | None = option(
         None,
@@ -118,22 +114,7 @@ class ServeSettings:
         type=int,
         check=at_least(1),
     )
-    slots: int = option(
-        _RUNTIME_DEFAULTS["slots"],
-        "--slots",
-        "KV sequences the model keeps: conversations "
-        "whose growing answers are checked incrementally at once (memory: see docs/serving.md)",
-        type=int,
-        check=in_range(1, MAX_SLOTS, f"from 1 to {MAX_SLOTS}"),
-    )
-    kv_tokens: int | None = option(
-        None,
-        "--kv-tokens",
-        "KV cache cells the slots share (default: two contexts, 2 x --n-ctx); at least --n-ctx",
-        type=int,
-        show_default=False,
-    )
-    threads: int | None = runtime_option(None, "threads")
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"runtime": True})
     nice: int = option(
         DEFAULT_NICE,
         "--nice",
@@ -165,9 +146,6 @@ class ServeSettings:
         1 << 20, "--max-body-bytes", "request body limit in bytes, 413 beyond", type=int, check=at_least(1024)
     )
     max_items: int = option(64, "--max-items", "items per request, 413 beyond", type=int, check=at_least(1))
-    n_ctx: int = runtime_option(_RUNTIME_DEFAULTS["n_ctx"], "n_ctx")
-    mode: str = runtime_option(_RUNTIME_DEFAULTS["mode"], "mode")
-    over_context: str = runtime_option(_RUNTIME_DEFAULTS["over_context"], "over_context")
     prefix_cache_mb: float = option(
         256.0,
         "--prefix-cache-mb",
@@ -183,7 +161,6 @@ class ServeSettings:
         "'illicit', 'none' leaves them false (only 'flagged' and the WildGuard keys carry it)",
         choices=OPENAI_CATEGORY_MODES,
     )
-    thresholds: dict[str, float] | None = runtime_option(None, "thresholds", convert=parse_threshold_specs, hash=False)
     api_key: str | None = option(
         None,
         "--api-key-file",
@@ -193,11 +170,10 @@ class ServeSettings:
         show_default=False,
         repr=False,
     )
-
     ray: str | None = option(
         None,
         "--ray",
-        "serve with model replicas on a Ray cluster (pip install 'wildguard-lite[ray]'): its address "
+        "serve with model replicas on a Ray cluster (pip install 'wildguard-lite[fleet]'): its address "
         "(HOST:PORT of its head), 'auto' (the cluster this machine joined with 'ray start') or 'local' "
         "(start one in this process); this process stays the HTTP front (docs/cluster.md)",
         show_default=False,
@@ -217,21 +193,37 @@ class ServeSettings:
         choices=AFFINITY_MODES,
     )
 
+    def __init__(self, runtime: RuntimeConfig | None = None, **values: Any):
+        # RuntimeConfig's fields given as keywords join `runtime` (checked there, once).
+        object.__setattr__(
+            self, "runtime", make_config(runtime, **{k: values.pop(k) for k in RUNTIME_FIELDS if k in values})
+        )
+        for f in dataclasses.fields(self):
+            if f.name == "runtime":
+                continue
+            if f.name in values:
+                value = values.pop(f.name)
+            elif f.default is not dataclasses.MISSING:
+                value = f.default
+            else:
+                value = f.default_factory()  # type: ignore[misc]
+            object.__setattr__(self, f.name, value)
+        if values:
+            raise TypeError(f"ServeSettings got unknown option(s) {', '.join(sorted(values))}")
+        self.__post_init__()
+
+    def __getattr__(self, name: str) -> Any:
+        """RuntimeConfig's fields read through (`settings.n_ctx` is `settings.runtime.n_ctx`)."""
+        if name in RUNTIME_FIELDS:
+            return getattr(self.runtime, name)
+        raise AttributeError(f"'ServeSettings' object has no attribute '{name}'")
+
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value, check = getattr(self, f.name), f.metadata.get("check")
             if check is not None and value is not None and not check[0](value):
                 raise InvalidInputError(f"{f.metadata['flag']} {check[1]}, got {value!r}")
         checks = [
-            (
-                self.kv_tokens is None or self.kv_tokens >= self.n_ctx,
-                f"--kv-tokens must be at least --n-ctx ({self.n_ctx}), got {self.kv_tokens}",
-            ),
-            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got '{self.mode}'"),
-            (
-                self.over_context in OVER_CONTEXT_MODES,
-                f"--over-context must be one of {', '.join(OVER_CONTEXT_MODES)}, got '{self.over_context}'",
-            ),
             (
                 self.openai_categories in OPENAI_CATEGORY_MODES,
                 f"--openai-categories must be one of {', '.join(OPENAI_CATEGORY_MODES)}, got '{self.openai_categories}'",
@@ -247,12 +239,10 @@ class ServeSettings:
         for ok, message in checks:
             if not ok:
                 raise InvalidInputError(message)
-        check_threads(self.threads)
-        object.__setattr__(self, "thresholds", validate_thresholds(self.thresholds))
 
     @property
     def engine_threads(self) -> int:
-        return self.threads or default_threads()
+        return self.runtime.threads or default_threads()
 
     @property
     def model_name(self) -> str:
@@ -263,8 +253,8 @@ def add_arguments(parser: argparse.ArgumentParser, required: tuple[str, ...] = (
     """One flag per settings field, with the field's default and help."""
     for f in dataclasses.fields(ServeSettings):
         meta = f.metadata
-        if "runtime_flag" in meta:
-            add_runtime_flags(parser, meta["runtime_flag"])
+        if "runtime" in meta:
+            add_runtime_flags(parser, *RUNTIME_FLAGS)
             continue
         help_ = meta["help"] + (f" (default {f.default})" if meta["show_default"] else "")
         kwargs: dict[str, Any] = {"dest": f.name, "help": help_}
@@ -285,8 +275,11 @@ def add_arguments(parser: argparse.ArgumentParser, required: tuple[str, ...] = (
 
 def from_args(args: argparse.Namespace) -> ServeSettings:
     """The settings from parsed flags (converting those that say how, e.g. the key file)."""
-    values = {}
+    values: dict[str, Any] = {}
     for f in dataclasses.fields(ServeSettings):
+        if "runtime" in f.metadata:
+            values[f.name] = runtime_config(args)
+            continue
         value = getattr(args, f.name)
         convert = f.metadata["convert"]
         values[f.name] = convert(value) if convert is not None and value is not None else value
