@@ -160,7 +160,24 @@ def fleet_args(model: Path, address: str, replicas: int, n: int, affinity: str =
         str(n),
         "--affinity",
         affinity,
+        "--timeout",
+        "900",  # a busy machine: a slow call is measured, not refused
     ]
+
+
+def start_ray(cpus: int, tries: int = 3) -> None:
+    """A local Ray instance; Ray gives its raylet 30 s to register, which a busy machine can miss."""
+    import ray
+
+    for attempt in range(tries):
+        try:
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            return
+        except Exception as exc:
+            ray.shutdown()
+            if attempt + 1 == tries:
+                raise
+            print(f"Ray did not start ({exc}); trying again", flush=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -178,9 +195,9 @@ def run(args: argparse.Namespace) -> int:
 
     n = args.conversations
     chats = conversations(args.model, n, args.tokens)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_ray(args.cpus)
     address = ray.get_runtime_context().gcs_address
-    one_box = ["--model", str(args.model), "--workers", str(n), "--slots", str(n)]
+    one_box = ["--model", str(args.model), "--workers", str(n), "--slots", str(n), "--timeout", "900"]
     report: dict[str, Any] = {"model": str(args.model), "cpus": args.cpus, "load_before": os.getloadavg()}
     try:
         server = Server(wait_s=WAIT_S, argv=[*one_box, "--threads", "2"])

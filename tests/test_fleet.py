@@ -150,7 +150,7 @@ def test_a_model_the_replicas_cannot_load_fails_with_its_error(ray_cluster, sett
     assert time.monotonic() - start < 240  # Ray tries a failing replica 3 times, then gives up
 
 
-def conversation(clf, rounds: int, words: int = 12):
+def conversation(rounds: int, words: int = 30):
     """A prompt and its answer growing by `words` words a round."""
     prompt = "How do I look after a sourdough starter through the winter?"
     text = "Keep it somewhere warm and feed it flour and water every day until it bubbles. " * 20
@@ -180,7 +180,7 @@ def test_affinity_keeps_a_conversation_on_its_replica(ray_cluster, settings, fro
     assertion fails when affinity is broken."""
     rounds = 7
     with wildguard_lite.load(toy_gguf["q8_0"], threads=1, slots=4) as clf:
-        prompt, answers = conversation(clf, rounds)
+        prompt, answers = conversation(rounds)
         one_box = []
         for answer in answers:
             before = clf.backend.tokens_evaluated

@@ -288,7 +288,12 @@ def stop(settings: ServeSettings, started: bool) -> None:
     if not ray.is_initialized():
         return
     try:
-        serve.delete(app_name(settings)) if not started else serve.shutdown()
+        if started:
+            serve.shutdown()
+        else:
+            serve.delete(app_name(settings))
+    except ValueError:  # Serve never started (e.g. the CPU check refused): nothing to remove
+        pass
     finally:
         if started:
             ray.shutdown()
