@@ -284,6 +284,7 @@ def stop(settings: ServeSettings, started: bool) -> None:
     """Remove the replicas; stop Ray when this process started it."""
     import ray
     from ray import serve
+    from ray.serve.exceptions import RayServeException
 
     if not ray.is_initialized():
         return
@@ -292,7 +293,7 @@ def stop(settings: ServeSettings, started: bool) -> None:
             serve.shutdown()
         else:
             serve.delete(app_name(settings))
-    except ValueError:  # Serve never started (e.g. the CPU check refused): nothing to remove
+    except (ValueError, RayServeException):  # Serve never started (the CPU check refused): nothing to remove
         pass
     finally:
         if started:
