@@ -200,8 +200,8 @@ def connect(address: str) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidInputError(
-            f"--ray {address}: could not join a Ray cluster ({first}); start one with 'ray start --head' "
-            "or use --ray local"
+            f"--ray {address}: could not join a Ray cluster ({first}); start one with 'ray start --head', "
+            "give this machine the head's token (~/.ray/auth_token or RAY_AUTH_TOKEN), or use --ray local"
         ) from None
     return False
 
