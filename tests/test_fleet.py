@@ -147,7 +147,8 @@ def test_a_model_the_replicas_cannot_load_fails_with_its_error(ray_cluster, sett
     start = time.monotonic()
     with pytest.raises(WildGuardLiteError, match=r"the replicas could not start: .*bad\.gguf: not a GGUF file"):
         fleet.start(dataclasses.replace(settings, model=bad, replicas=1))
-    assert time.monotonic() - start < 240  # Ray tries a failing replica 3 times, then gives up
+    # Ray tries a failing replica 3 times, then gives up: minutes on a busy machine, never for ever.
+    assert time.monotonic() - start < 900
 
 
 def conversation(rounds: int, words: int = 30):
