@@ -7,6 +7,7 @@ Every option here is refused before a model loads, so the rows need no model.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import socket
 import subprocess
@@ -17,6 +18,10 @@ import pytest
 from wildguard_lite.defaults import available_cores
 
 CORES = available_cores()
+# The rows that get as far as binding a socket need uvicorn (the [serve] extra).
+needs_uvicorn = pytest.mark.skipif(
+    importlib.util.find_spec("uvicorn") is None, reason="the [serve] extra (uvicorn) is not installed"
+)
 CLI = "import sys; from wildguard_lite.cli import main; sys.exit(main())"
 
 
@@ -53,11 +58,16 @@ SERVE_ROWS = [
     # a port beyond 65535 (already refused, as above)
     (["--port", "70000"], r"--port must be 0-65535"),
     # an address that is not this machine's (TEST-NET-3): was "could not listen (in use, or ...)"
-    (["--host", "203.0.113.7", "--port", "0"], r"could not listen on 203\.0\.113\.7:0: not an address of this machine"),
+    pytest.param(
+        ["--host", "203.0.113.7", "--port", "0"],
+        r"could not listen on 203\.0\.113\.7:0: not an address of this machine",
+        marks=needs_uvicorn,
+    ),
     # a host name that does not resolve
-    (
+    pytest.param(
         ["--host", "no-such-host.invalid", "--port", "0"],
         r"--host no-such-host\.invalid: not an address or a known host",
+        marks=needs_uvicorn,
     ),
 ]
 
@@ -69,6 +79,7 @@ def test_serve_refuses_bad_options(tmp_path, args, message):
     assert_one_line_error(child(["-m", "wildguard_lite.cli.serve", "--model", str(model), *args], tmp_path), message)
 
 
+@needs_uvicorn
 def test_serve_on_a_port_in_use_says_so(tmp_path):
     # A real EADDRINUSE: the one case that says "in use", and before the model loads.
     model = tmp_path / "model.gguf"
@@ -96,6 +107,7 @@ sys.exit(run(lambda: app.serve(ServeSettings(model=Path(sys.argv[1]), port=0))))
 """
 
 
+@needs_uvicorn
 def test_unexpected_startup_error_is_not_reported_as_a_busy_port(tmp_path):
     # Was: uvicorn's traceback, then "could not listen on 127.0.0.1:0 (in use, ...)".
     model = tmp_path / "model.gguf"

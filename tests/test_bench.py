@@ -257,6 +257,8 @@ def test_toy_tokenizer_alone_equals_the_toys(toy_dir, tmp_path):
 
 def test_standin_shape_converts_and_runs(tmp_path):
     """The stand-in builder at a tiny size: padded vocab, bf16 safetensors, convert, classify."""
+    for module, extra in (("google.protobuf", "convert"), ("safetensors", "convert"), ("llama_cpp", "gguf")):
+        pytest.importorskip(module, reason=f"the [{extra}] extra is not installed")
     import wildguard_lite
     from rich.console import Console
 

@@ -1,7 +1,9 @@
 """The layering docs/architecture.md states, read from the code's imports (ast, no import run).
 
-Every `import` counts, at module level or inside a function; those under `if TYPE_CHECKING:`
-do not (they never run). The folders setuptools maps into the package (`package-dir` in
+Every `import` counts, at module level or inside a function. Those under `if TYPE_CHECKING:`
+never run: they count for import circles (a type-level circle is still two modules that each
+need the other; mypy and readers follow it) but not for what the core loads (heavy libraries).
+The folders setuptools maps into the package (`package-dir` in
 pyproject.toml: convert/, benchmarks/) are read under their installed names.
 """
 
@@ -49,16 +51,19 @@ def _modules() -> dict[str, Path]:
 
 
 class _Imports(ast.NodeVisitor):
-    """The dotted names a module imports, with their line; TYPE_CHECKING blocks skipped."""
+    """The dotted names a module imports, with their line; TYPE_CHECKING blocks skipped unless
+    `type_level`."""
 
-    def __init__(self, module: str, is_package: bool):
+    def __init__(self, module: str, is_package: bool, type_level: bool = False):
         self.base = module.split(".") if is_package else module.split(".")[:-1]
         self.found: list[tuple[str, int]] = []
+        self.type_level = type_level
 
     def visit_If(self, node: ast.If) -> None:
         test = node.test
-        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-            isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+        if not self.type_level and (
+            (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+            or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
         ):
             for child in node.orelse:
                 self.visit(child)
@@ -78,8 +83,8 @@ class _Imports(ast.NodeVisitor):
         self.found += [(f"{source}.{alias.name}", node.lineno) for alias in node.names]
 
 
-def imports_of(source: str, module: str, is_package: bool = False) -> list[tuple[str, int]]:
-    visitor = _Imports(module, is_package)
+def imports_of(source: str, module: str, is_package: bool = False, type_level: bool = False) -> list[tuple[str, int]]:
+    visitor = _Imports(module, is_package, type_level)
     visitor.visit(ast.parse(source))
     return visitor.found
 
@@ -93,14 +98,15 @@ def _resolve(name: str, modules: dict[str, Path]) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def graph() -> tuple[dict[str, set[str]], dict[str, list[tuple[str, int]]]]:
-    """Edges between the package's modules, and every import of each module (external ones too)."""
+@functools.lru_cache(maxsize=2)
+def graph(type_level: bool = True) -> tuple[dict[str, set[str]], dict[str, list[tuple[str, int]]]]:
+    """Edges between the package's modules, and every import of each module (external ones
+    too); with `type_level`, the imports under TYPE_CHECKING as well."""
     modules = _modules()
     edges: dict[str, set[str]] = {m: set() for m in modules}
     raw: dict[str, list[tuple[str, int]]] = {}
     for module, path in modules.items():
-        raw[module] = imports_of(path.read_text(encoding="utf-8"), module, path.name == "__init__.py")
+        raw[module] = imports_of(path.read_text(encoding="utf-8"), module, path.name == "__init__.py", type_level)
         for name, _ in raw[module]:
             target = _resolve(name, modules) if name.startswith(PACKAGE) else None
             if target is not None and target != module:
@@ -193,8 +199,15 @@ def test_the_mapped_folders_are_read_under_their_installed_names():
     assert modules["wildguard_lite.runtime"] == ROOT / "wildguard_lite" / "runtime.py"
 
 
+def test_type_level_imports_are_read_when_asked():
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .runtime import Classifier\n"
+    names = [name for name, _ in imports_of(source, "wildguard_lite.aio", type_level=True)]
+    assert names == ["typing.TYPE_CHECKING", "wildguard_lite.runtime.Classifier"]
+
+
 def test_no_import_circles():
-    edges, _ = graph()
+    """Counting imports under TYPE_CHECKING: a circle there is still two modules that need each other."""
+    edges, _ = graph(type_level=True)
     assert cycles(edges) == [], "modules that import each other (docs/architecture.md: imports point down)"
 
 
@@ -218,7 +231,7 @@ def test_upper_layers_import_only_downwards():
 
 
 def test_the_core_imports_no_web_framework_torch_or_transformers():
-    _, raw = graph()
+    _, raw = graph(type_level=False)  # what runs: a TYPE_CHECKING import loads nothing
     bad = sorted(
         f"{m}:{line} imports {name}"
         for m, names in raw.items()
@@ -227,3 +240,12 @@ def test_the_core_imports_no_web_framework_torch_or_transformers():
         if name.split(".")[0] in HEAVY
     )
     assert bad == [], "the core loads these through errors.require (an install hint), never an import statement"
+
+
+def test_architecture_md_names_every_module():
+    """docs/architecture.md's map names each module (by its last name: `slots`, `pool`, ...)."""
+    import re
+
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [m for m in _modules() if not re.search(rf"(?<!\w){re.escape(m.rsplit('.', 1)[-1])}(?!\w)", doc)]
+    assert missing == [], "add these modules to docs/architecture.md's map"

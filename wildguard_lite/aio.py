@@ -24,27 +24,23 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from .defaults import DEFAULT_SLOTS
 from .errors import ClassificationCancelled
+from .protocols import ClassifierLike
 
 if TYPE_CHECKING:
-    from .runtime import Classifier
     from .streaming import ResponseStream
 
-_POOLS: "weakref.WeakKeyDictionary[Classifier, concurrent.futures.ThreadPoolExecutor]" = weakref.WeakKeyDictionary()
+_POOLS: "weakref.WeakKeyDictionary[ClassifierLike, concurrent.futures.ThreadPoolExecutor]" = weakref.WeakKeyDictionary()
 _POOLS_LOCK = threading.Lock()
 
 
-def engine_threads_for(clf: "Classifier") -> int:
-    """How many calls can usefully run at once: a concurrent engine batches up to its slots
-    per round; any other engine is entered by one call at a time."""
-    backend = clf.backend
-    if not getattr(backend, "concurrent", False):
-        return 1
-    return max(1, int(getattr(backend, "slots", DEFAULT_SLOTS)))
+def engine_threads_for(clf: ClassifierLike) -> int:
+    """How many calls can usefully run at once: the engine's slots (llama.cpp batches up to
+    that many per round; a serial engine is entered by one call at a time)."""
+    return max(1, clf.engine.slots)
 
 
-def _pool(clf: "Classifier") -> concurrent.futures.ThreadPoolExecutor:
+def _pool(clf: ClassifierLike) -> concurrent.futures.ThreadPoolExecutor:
     # One pool per classifier, dropped with it (idle threads then exit).
     with _POOLS_LOCK:
         pool = _POOLS.get(clf)
@@ -54,7 +50,7 @@ def _pool(clf: "Classifier") -> concurrent.futures.ThreadPoolExecutor:
         return pool
 
 
-async def run_cancellable(clf: "Classifier", fn: Callable[[threading.Event], Any]) -> Any:
+async def run_cancellable(clf: ClassifierLike, fn: Callable[[threading.Event], Any]) -> Any:
     """Run `fn(cancel)` in the classifier's thread pool; cancelling the awaiting task sets
     `cancel`, then waits for `fn` to return before raising CancelledError."""
     cancel = threading.Event()
@@ -84,7 +80,7 @@ async def _settle(waiter: asyncio.Future) -> None:
 
 
 async def aclassify(
-    clf: "Classifier",
+    clf: ClassifierLike,
     items: Sequence[Mapping[str, Any]],
     on_result: Callable[[int, dict[str, Any]], None] | None = None,
     *,

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 from .contract import LABEL_KEYS
 from .errors import InvalidInputError, WildGuardLiteError, require
@@ -91,7 +91,7 @@ class ResumableWriter:
             raise WildGuardLiteError(f"{output.parent}: cannot create the output folder ({exc.strerror})") from None
         if not os.access(output.parent, os.W_OK):
             raise WildGuardLiteError(f"{output.parent}: output folder is not writable")
-        self._file = None
+        self._file: IO[str] | None = None
         self.written = 0
         if self.partial.exists():
             self._drop_cut_line()

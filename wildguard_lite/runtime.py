@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .backends.base import Backend
-from .backends.scheduler import Interrupt
+from .backends.base import Backend, Engine, Interrupt, as_engine
 from .config import RuntimeConfig
-from .contract import LABEL_KEYS, LABEL_VALUES, parse_output, validate_item
+from .contract import LABEL_KEYS, LABEL_VALUES, validate_item
 from .errors import ClassifierClosedError, InputTooLongError
+from .generation import generate, p_yes, resolve_na
 from .thresholds import apply_thresholds
 from .tokenization import WildGuardTokenizer
 from .windows import ContextTooSmall, Window, merge_results, plan_windows
@@ -44,17 +43,15 @@ if TYPE_CHECKING:
     from .streaming import ResponseStream, StreamRule
 
 
-def p_yes(logits: np.ndarray, yes_id: int, no_id: int) -> float:
-    """P(yes) renormalised over the two answers: sigmoid(l_yes - l_no)."""
-    d = float(logits[yes_id]) - float(logits[no_id])
-    return 1.0 / (1.0 + math.exp(-d)) if d > -700 else 0.0
-
-
 class Classifier:
     """Classifies chat exchanges with WildGuard's exact template and labels."""
 
-    def __init__(self, backend: Backend, tokenizer: WildGuardTokenizer, config: RuntimeConfig | None = None):
-        self.backend = backend
+    def __init__(self, backend: Engine | Backend, tokenizer: WildGuardTokenizer, config: RuntimeConfig | None = None):
+        self.backend = backend  # as given (its own counters and settings)
+        # What every call goes through: thread-safe and interruptible. A concurrent engine
+        # (llama.cpp: one sequence per caller, calls batched into rounds) takes calls from any
+        # thread; a serial Backend (ONNX) is adapted, entered by one call at a time.
+        self.engine = as_engine(backend)
         self.tokenizer = tokenizer
         self.config = config or RuntimeConfig()
         tok = tokenizer
@@ -65,13 +62,8 @@ class Classifier:
         self._score_budget_prompt = len(self._cues[0])
         self._score_budget = sum(len(c) for c in self._cues) + 1 + max(1, len(tok.na_ids))
         self._is_answer = {tok.yes_id, tok.no_id}
-        if hasattr(backend, "extension_slack"):
-            backend.extension_slack = self._extension_slack()
-        # Thread safety. A concurrent engine (llama.cpp: one sequence per caller, calls batched
-        # into rounds) takes calls from any thread; any other engine is entered by one thread at
-        # a time (llama.cpp crashed with SIGSEGV when two threads evaluated in one context
-        # without this). close() waits for the calls in flight and refuses new ones.
-        self._engine_lock = threading.Lock()
+        self.engine.extension_slack = self._extension_slack()
+        # close() waits for the calls in flight and refuses new ones.
         self._state = threading.Condition()
         self._active = 0
         self._closed = False
@@ -129,12 +121,12 @@ class Classifier:
         prompt, response = validate_item(item, index)
         ids = self.tokenizer.encode_exchange(prompt, response)
         budget = self._budget(bool(response))
-        if len(ids) + budget <= self.backend.n_ctx:
+        if len(ids) + budget <= self.engine.n_ctx:
             return PlannedItem(((ids, not response),))
-        exc = InputTooLongError(len(ids) + budget, self.backend.n_ctx, "" if index is None else f"item {index}")
+        exc = InputTooLongError(len(ids) + budget, self.engine.n_ctx, "" if index is None else f"item {index}")
         if not (self.config.over_context == "split" if split is None else split):
             raise exc
-        n = self.backend.n_ctx
+        n = self.engine.n_ctx
         try:
             windows = plan_windows(self.tokenizer, prompt, response, n - self._budget(False), n - self._budget(True))
         except ContextTooSmall:
@@ -164,7 +156,7 @@ class Classifier:
         results = []
         for i, plan in enumerate(plans):
             parts = [
-                self._generate(ids, interrupt, prompt_only)
+                generate(self.engine, self.tokenizer, ids, self.config.max_new_tokens, interrupt, prompt_only)
                 if self.config.mode == "generate"
                 else self.score_ids(ids, prompt_only, interrupt=interrupt)[0]
                 for ids, prompt_only in plan.inputs
@@ -290,7 +282,7 @@ class Classifier:
         # An engine without its own logits_at would evaluate each position anyway: ask it for
         # one cue at a time (the sequential path), so no position is evaluated on a wrong guess.
         # one_pass=False asks for the same path (benchmarks compare the two).
-        batched = self.config.one_pass and type(self.backend).logits_at is not Backend.logits_at
+        batched = self.config.one_pass and self.engine.multi_position
         while done < len(keys) and not error:
             batch, positions = list(seq), []
             last = len(keys) if batched else done + 1
@@ -299,7 +291,9 @@ class Classifier:
                 positions.append(len(batch) - 1)
                 if k < last - 1:
                     batch += guesses[k]
-            for k, logits in zip(range(done, done + len(positions)), self._logits_at(batch, positions, interrupt)):
+            for k, logits in zip(
+                range(done, done + len(positions)), self.engine.logits_at(batch, positions, interrupt)
+            ):
                 key = keys[k]
                 answer, label, score = self.read_answer(key, logits)
                 if label is None and answer is not None and not prompt_only:
@@ -322,8 +316,7 @@ class Classifier:
         return result, answers
 
     def _resolve_na(self, key: str, logits: np.ndarray) -> tuple[str, float]:
-        score = p_yes(logits, self.tokenizer.yes_id, self.tokenizer.no_id)
-        return LABEL_VALUES[key]["yes" if score >= 0.5 else "no"], score
+        return resolve_na(self.tokenizer, key, logits)
 
     def read_answer(self, key: str, logits: np.ndarray) -> tuple[tuple[int, ...] | None, str | None, float | None]:
         """What greedy generation writes after a cue: (answer ids, label, P(yes)); answer ids
@@ -346,7 +339,7 @@ class Classifier:
             self._closed = True
             while self._active:
                 self._state.wait()
-        self.backend.close()
+        self.engine.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -368,22 +361,6 @@ class Classifier:
                 self._active -= 1
                 self._state.notify_all()
 
-    def _logits_at(self, ids: list[int], positions: list[int], interrupt: Interrupt | None) -> list[np.ndarray]:
-        if self.backend.concurrent:
-            return cast(Any, self.backend).logits_at(ids, positions, interrupt=interrupt)
-        with self._engine_lock:
-            if interrupt is not None:
-                interrupt.check()
-            return self.backend.logits_at(ids, positions)
-
-    def _next_logits(self, ids: list[int], interrupt: Interrupt | None) -> np.ndarray:
-        if self.backend.concurrent:
-            return cast(Any, self.backend).next_logits(ids, interrupt=interrupt)
-        with self._engine_lock:
-            if interrupt is not None:
-                interrupt.check()
-            return self.backend.next_logits(ids)
-
     def __enter__(self) -> "Classifier":
         return self
 
@@ -399,54 +376,3 @@ class Classifier:
         while tail < min(len(a), len(b)) and a[-1 - tail] == b[-1 - tail]:
             tail += 1
         return tail + len(self._cues[0]) + 2
-
-    # -- modes -------------------------------------------------------------------------------
-    def _generate(self, ids: list[int], interrupt: Interrupt | None = None, prompt_only: bool = True) -> dict[str, Any]:
-        tok = self.tokenizer
-        seq = list(ids)
-        generated: list[int] = []
-        answer_logits: dict[int, np.ndarray] = {}  # step -> logits where a yes/no or n/a was chosen
-        for step in range(self.config.max_new_tokens):
-            if len(seq) >= self.backend.n_ctx:
-                break
-            logits = self._next_logits(seq, interrupt)
-            token = int(np.argmax(logits))
-            if token == tok.eos_id:
-                break
-            if token in self._is_answer or token == tok.na_ids[0]:
-                answer_logits[step] = logits
-            generated.append(token)
-            seq.append(token)
-        # Only the generated ids are decoded and parsed: the input can never be the verdict.
-        result = parse_output(tok.decode(generated))
-        result["scores"] = self._generated_scores(result, generated, answer_logits, prompt_only)
-        return result
-
-    def _generated_scores(
-        self, result: dict[str, Any], generated: list[int], answer_logits: dict[int, np.ndarray], prompt_only: bool
-    ) -> dict[str, float | None]:
-        """P(yes) at the positions right after each cue, where the model answered yes/no; an
-        n/a for a response label with a response present is resolved as in score mode."""
-        tok = self.tokenizer
-        scores: dict[str, float | None] = {key: None for key in LABEL_KEYS}
-        pos = 0
-        for key, cue in zip(LABEL_KEYS, self._cues):
-            end = _find(generated, cue, pos)
-            if end is None:
-                break
-            logits = answer_logits.get(end)
-            if logits is not None and int(np.argmax(logits)) in self._is_answer:
-                scores[key] = p_yes(logits, tok.yes_id, tok.no_id)
-            elif logits is not None and not prompt_only and key != LABEL_KEYS[0] and result.get(key) is None:
-                result[key], scores[key] = self._resolve_na(key, logits)
-                result.setdefault("na_resolved", []).append(key)
-            pos = end
-        return scores
-
-
-def _find(seq: list[int], sub: list[int], start: int) -> int | None:
-    """Index just after the first occurrence of `sub` in `seq[start:]`."""
-    for i in range(start, len(seq) - len(sub) + 1):
-        if seq[i : i + len(sub)] == sub:
-            return i + len(sub)
-    return None

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .backends.scheduler import Interrupt
+from .backends.base import Interrupt
 from .contract import LABEL_KEYS, LABEL_VALUES, check_text, validate_item
 from .errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from .runtime import Classifier
+from .protocols import ClassifierLike
 
 # A check runs once this many new response tokens have arrived (docs/streaming.md: the
 # cost of a check is this plus a constant ~30 tokens; 16 keeps the flag within one or two
@@ -97,7 +95,7 @@ class ResponseStream:
     """
 
     def __init__(
-        self, classifier: "Classifier", prompt: str, rule: StreamRule | None = None, interval: int | None = None
+        self, classifier: ClassifierLike, prompt: str, rule: StreamRule | None = None, interval: int | None = None
     ):
         validate_item({"prompt": prompt})
         interval = DEFAULT_INTERVAL_TOKENS if interval is None else interval

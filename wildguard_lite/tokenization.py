@@ -181,9 +181,16 @@ def _split_on(text: str, tokens: dict[str, AddedToken]) -> list[str | AddedToken
     return parts
 
 
+def _text(part: str | AddedToken) -> str:
+    """A template piece that must be text (beside user text, or the answer's context)."""
+    if not isinstance(part, str):
+        raise ModelFileError(f"tokenizer: the template ends in control token {part.content!r} where text belongs")
+    return part
+
+
 def _join(left: list[str | AddedToken], text: str, right: list[str | AddedToken]) -> list[str | AddedToken]:
     """Insert user text between two split template pieces (both end/start with text)."""
-    return [*left[:-1], left[-1] + text + right[0], *right[1:]]
+    return [*left[:-1], _text(left[-1]) + text + _text(right[0]), *right[1:]]
 
 
 class WildGuardTokenizer:
@@ -227,16 +234,16 @@ class WildGuardTokenizer:
         if (self.spec.add_bos and self.bos_id < 0) or self.eos_id < 0:
             raise ModelFileError("tokenizer: the SentencePiece model has no BOS/EOS token; WildGuard's needs both")
         for content in TEMPLATE_CONTROL_TOKENS:
-            token = self._template_tokens.get(content)
-            if token is None:
+            control = self._template_tokens.get(content)
+            if control is None:
                 raise ModelFileError(
                     f"tokenizer: no added token for WildGuard's control token {content!r}, so the "
                     f"template would be encoded as plain text; {fix}"
                 )
-            if self._sp.id_to_piece(token.id) != content or not self._sp.is_control(token.id):
+            if self._sp.id_to_piece(control.id) != content or not self._sp.is_control(control.id):
                 raise ModelFileError(
-                    f"tokenizer: {content!r} maps to id {token.id} "
-                    f"({self._sp.id_to_piece(token.id)!r}), which is not that control token of "
+                    f"tokenizer: {content!r} maps to id {control.id} "
+                    f"({self._sp.id_to_piece(control.id)!r}), which is not that control token of "
                     f"the SentencePiece model; {fix}"
                 )
 
@@ -257,10 +264,12 @@ class WildGuardTokenizer:
         # Added tokens with lstrip/rstrip eat the whitespace beside them.
         for i, part in enumerate(parts):
             if isinstance(part, AddedToken):
-                if part.rstrip and i + 1 < len(parts) and isinstance(parts[i + 1], str):
-                    parts[i + 1] = parts[i + 1].lstrip()
-                if part.lstrip and i > 0 and isinstance(parts[i - 1], str):
-                    parts[i - 1] = parts[i - 1].rstrip()
+                after = parts[i + 1] if i + 1 < len(parts) else None
+                before = parts[i - 1] if i > 0 else None
+                if part.rstrip and isinstance(after, str):
+                    parts[i + 1] = after.lstrip()
+                if part.lstrip and isinstance(before, str):
+                    parts[i - 1] = before.rstrip()
         ids: list[int] = []
         pieces_first: list[int] | None = None
         for i, part in enumerate(parts):
@@ -314,9 +323,9 @@ class WildGuardTokenizer:
         # in that chunk's context: the last control token, then the chunk, never first.
         last = max((i for i, p in enumerate(self._tail) if isinstance(p, AddedToken)), default=None)
         if last is None:
-            parts: list[str | AddedToken] = [self._tail[-1] + answer]
+            parts: list[str | AddedToken] = [_text(self._tail[-1]) + answer]
             return self._encode_parts(parts, first=False)
-        parts = [*self._tail[last:-1], self._tail[-1] + answer]
+        parts = [*self._tail[last:-1], _text(self._tail[-1]) + answer]
         return self._encode_parts(parts, first=False)[1:]
 
     def _answer_ids(self) -> tuple[int, int, tuple[tuple[int, ...], ...]]:
@@ -347,7 +356,9 @@ class WildGuardTokenizer:
                 # " n/a" (several pieces) is what the response labels get for a prompt alone.
                 self.na_ids = tuple(self._tail_ids(text + cue_text + " n/a")[len(after) :])
             text += cue_text + " yes"
-        return words["yes"], words["no"], tuple(cues)
+        yes, no = words["yes"], words["no"]
+        assert yes is not None and no is not None  # set for each cue above
+        return yes, no, tuple(cues)
 
     def answer_ids(self, answers: list[str]) -> list[int]:
         """Ids the model would generate for `answers` (yes/no/n/a per label, joined lines)."""

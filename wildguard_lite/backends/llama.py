@@ -21,6 +21,7 @@ import ctypes
 import os
 import threading
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -33,19 +34,17 @@ from ..errors import (
 )
 from ..utils import capture_stderr
 from ..config import check_kv_tokens, check_slots, check_threads
-from .base import Backend, check_positions
+from .base import Engine, EngineStats, Interrupt, check_positions
 from .prefix_cache import PrefixStateCache  # noqa: F401 (re-exported: the server imports it from here)
-from .llama_parts import (
+from .llama_glue import (
     Aborted,
-    EngineStats,
-    SlotSequence,
-    common_prefix,
     interrupt_error,
     llama_default_params,
     quiet_logging,
     strlen_abort_callback,
 )
-from .scheduler import Interrupt, Request, RoundScheduler
+from .scheduler import Request, RoundScheduler
+from .slots import Placement, SlotRequest, SlotSequence, evictions, place
 
 # A request continues a sequence when their common prefix reaches this close to where the
 # sequence's last request started reading logits (its "stem"). The Classifier sets the
@@ -58,8 +57,25 @@ DEFAULT_EXTENSION_SLACK = 16
 UBATCH = 128
 
 
-class LlamaCppBackend(Backend):
-    concurrent = True
+@dataclass(eq=False)
+class LlamaRequest(Request):
+    """A request with its round state: where it runs, and the logits read so far."""
+
+    placement: Placement | None = None
+    # A request on a new sequence: its state goes to the shared prefix cache once evaluated.
+    save_to_cache: bool = False
+    logits: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def where(self) -> Placement:
+        assert self.placement is not None  # placed when its round starts
+        return self.placement
+
+
+class LlamaCppBackend(Engine):
+    """The llama.cpp engine (see the module docstring): thread-safe, requests batched into rounds."""
+
+    stats: EngineStats  # always kept
 
     def __init__(
         self,
@@ -141,14 +157,16 @@ class LlamaCppBackend(Backend):
         # libc's strlen over a one-byte flag buffer answers "abort" (1) or "go on" (0) in C.
         self._abort_flag = ctypes.create_string_buffer(2)
         self._abort_lock = threading.Lock()
-        self._round: list[Request] | None = None
+        self._round: list[LlamaRequest] | None = None
         self._abort_fn = strlen_abort_callback(llama_cpp)
         if self._abort_fn is not None:  # without it, calls stop between rounds only
             llama_cpp.llama_set_abort_callback(
                 self._ctx, self._abort_fn, ctypes.cast(self._abort_flag, ctypes.c_void_p)
             )
         self.stats = EngineStats()
-        self._scheduler = RoundScheduler(self._run_round, max_round=slots, abort=self._request_abort)
+        self._scheduler: RoundScheduler[LlamaRequest] = RoundScheduler(
+            self._run_round, max_round=slots, abort=self._request_abort
+        )
         # Opt-in; may be assigned after construction and shared between backends of one model.
         self.prefix_cache = prefix_cache
         self.tokens_evaluated = 0  # a counter for benchmarks and metrics
@@ -160,13 +178,7 @@ class LlamaCppBackend(Backend):
         head_dim = cpp.llama_model_n_embd(model) // n_head
         return cpp.llama_model_n_layer(model) * 2 * cpp.llama_model_n_head_kv(model) * head_dim * 2
 
-    # -- the Backend API -----------------------------------------------------------------------
-    def next_logits(self, ids: Sequence[int], interrupt: Interrupt | None = None) -> np.ndarray:
-        ids = [int(i) for i in ids]
-        if not ids:
-            raise ValueError("next_logits needs at least one token")
-        return self.logits_at(ids, [len(ids) - 1], interrupt=interrupt)[0]
-
+    # -- the Engine API -----------------------------------------------------------------------
     def logits_at(
         self, ids: Sequence[int], positions: Sequence[int], interrupt: Interrupt | None = None
     ) -> list[np.ndarray]:
@@ -176,7 +188,7 @@ class LlamaCppBackend(Backend):
         positions = check_positions(ids, positions)
         if len(ids) > self.n_ctx:
             raise ValueError(f"{len(ids)} tokens exceed the context of {self.n_ctx}")
-        return self._scheduler.submit(Request(ids, positions, interrupt))
+        return self._scheduler.submit(LlamaRequest(ids, positions, interrupt))
 
     def reset(self) -> None:
         """Drop every sequence's KV cache: the next calls evaluate from their first token
@@ -187,52 +199,35 @@ class LlamaCppBackend(Backend):
                 seq.tokens = []
 
     # -- rounds ----------------------------------------------------------------------------------
-    def _request_abort(self, batch: list[Request]) -> None:
+    def _request_abort(self, batch: list[LlamaRequest]) -> None:
         with self._abort_lock:  # a late watchdog must not stop the next round
             if self._round is batch:
                 self._abort_flag[0] = b"x"
 
-    def _assign(self, batch: list[Request]) -> None:
-        """Give each request its own sequence and set how many of its tokens are kept.
-
-        A request that extends what a sequence holds (its common prefix reaches within
-        `extension_slack` tokens of that sequence's stem: a stream's next check, a generation
-        step, a gateway's growing answer) continues there. Any other request takes an empty
-        sequence, else the least recently used one, and first copies into it the longest prefix
-        any sequence shares with it (llama_memory_seq_cp: in the unified pool the cells are
-        shared, nothing is evaluated), so it neither evaluates that prefix again nor destroys
-        another stream's state.
-        """
+    def _assign(self, batch: list[LlamaRequest]) -> None:
+        """Place each request on its own sequence (backends/slots.py: the rules) and apply the
+        placement: a copied prefix is shared from the donor (llama_memory_seq_cp: in the
+        unified pool the cells are shared, nothing is evaluated); a request on a new sequence
+        may restore a longer prefix from the shared prefix cache."""
         cpp, mem = self._llama_cpp, self._mem
-        free = list(self._sequences)
-        for request in batch:
-            query = np.asarray(request.ids, dtype=np.int64)
-            common = {id(seq): common_prefix(seq.tokens, query) for seq in self._sequences}
-            extending = [s for s in free if s.tokens and common[id(s)] >= s.stem - self.extension_slack]
-            if extending:
-                target = max(extending, key=lambda s: common[id(s)])
-                keep = common[id(target)]
-            else:
-                target = min(free, key=lambda s: (bool(s.tokens), s.last_used))
-                donors = [s for s in self._sequences if s is target or s in free]
-                donor = max(donors, key=lambda s: common[id(s)])
-                keep = common[id(donor)]
-                if donor is not target:
-                    cpp.llama_memory_seq_rm(mem, target.seq_id, 0, -1)
-                    if keep:
-                        cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, 0, keep)
-                    target.tokens, target.stem = donor.tokens[:keep], 0
-                    self.stats.prefix_copies += 1
-            free.remove(target)
+        wanted = [SlotRequest(r.ids, r.positions[0]) for r in batch]
+        for request, placement in zip(batch, place(self._sequences, wanted, self.extension_slack)):
+            target = placement.sequence
+            if placement.copy_from is not None:
+                cpp.llama_memory_seq_rm(mem, target.seq_id, 0, -1)
+                if placement.keep:
+                    cpp.llama_memory_seq_cp(mem, placement.copy_from.seq_id, target.seq_id, 0, placement.keep)
+                target.tokens, target.stem = placement.copy_from.tokens[: placement.keep], 0
+                self.stats.prefix_copies += 1
             self._clock += 1
             target.last_used = self._clock
-            keep = min(keep, request.positions[0])  # every asked position is evaluated now
-            request.extra.update(seq=target, keep=keep, saved=False, extends=bool(extending))
-            if self.prefix_cache is not None and not extending:
-                request.extra["keep"] = self._restore_longest(target, request, keep)
-                request.extra["saved"] = True  # a new sequence: saved to the cache once evaluated
+            if self.prefix_cache is not None and not placement.extends:
+                keep = self._restore_longest(target, request, placement.keep)
+                placement = Placement(target, keep, placement.copy_from, placement.extends)
+                request.save_to_cache = True  # a new sequence: saved to the cache once evaluated
+            request.placement = placement
 
-    def _run_round(self, batch: list[Request]) -> None:
+    def _run_round(self, batch: list[LlamaRequest]) -> None:
         # A round must fit the KV pool whole; if its requests alone are too long, halve it.
         if len(batch) > 1 and sum(len(r.ids) for r in batch) > self.kv_tokens:
             half = len(batch) // 2
@@ -241,22 +236,15 @@ class LlamaCppBackend(Backend):
             return
         self._run_fitting_round(batch)
 
-    def _make_room(self, batch: list[Request]) -> None:
-        """Evict the least recently used sequences outside the round until the round's tokens
-        fit the pool beside what stays cached."""
-        in_round = {id(r.extra["seq"]) for r in batch}
-        need = sum(len(r.ids) - r.extra["keep"] for r in batch)
-        held = sum(len(s.tokens) for s in self._sequences)
-        for seq in sorted(self._sequences, key=lambda s: s.last_used):
-            if held + need <= self.kv_tokens:
-                break
-            if id(seq) not in in_round and seq.tokens:
-                held -= len(seq.tokens)
-                self._llama_cpp.llama_memory_seq_rm(self._mem, seq.seq_id, 0, -1)
-                seq.tokens = []
-                self.stats.evictions += 1
+    def _make_room(self, batch: list[LlamaRequest]) -> None:
+        """Evict idle sequences until the round's tokens fit the pool beside what stays."""
+        need = sum(len(r.ids) - r.where.keep for r in batch)
+        for seq in evictions(self._sequences, [r.where.sequence for r in batch], need, self.kv_tokens):
+            self._llama_cpp.llama_memory_seq_rm(self._mem, seq.seq_id, 0, -1)
+            seq.tokens = []
+            self.stats.evictions += 1
 
-    def _run_fitting_round(self, batch: list[Request]) -> None:
+    def _run_fitting_round(self, batch: list[LlamaRequest]) -> None:
         cpp, mem = self._llama_cpp, self._mem
         with self._abort_lock:
             self._round = batch
@@ -264,14 +252,13 @@ class LlamaCppBackend(Backend):
         self._assign(batch)
         rows: list[tuple[int, int]] = []  # (request index, position) per token in the round
         for request in batch:
-            seq, keep = request.extra["seq"], request.extra["keep"]
+            seq, keep = request.where.sequence, request.where.keep
             cpp.llama_memory_seq_rm(mem, seq.seq_id, keep, -1)
             seq.tokens = request.ids[:keep]
-            request.result = {}
+            request.logits = {}
         self._make_room(batch)
         for index, request in enumerate(batch):
-            keep = request.extra["keep"]
-            rows.extend((index, pos) for pos in range(keep, len(request.ids)))
+            rows.extend((index, pos) for pos in range(request.where.keep, len(request.ids)))
         wanted = [set(r.positions) for r in batch]
         try:
             for start in range(0, len(rows), self.n_batch):
@@ -279,7 +266,7 @@ class LlamaCppBackend(Backend):
                 self._decode(batch, chunk, wanted)
         except BaseException as exc:
             for request in batch:  # what was decoded before the failure is not trusted
-                seq = request.extra["seq"]
+                seq = request.where.sequence
                 cpp.llama_memory_seq_rm(mem, seq.seq_id, 0, -1)
                 seq.tokens = []
             if not isinstance(exc, Aborted):
@@ -295,26 +282,26 @@ class LlamaCppBackend(Backend):
         self.stats.rounds += 1
         self.stats.requests += len(batch)
         for request in batch:
-            seq = request.extra["seq"]
+            seq, keep = request.where.sequence, request.where.keep
             # A request that reads on after the stem (score mode's second call, a generation
             # step) continues the same exchange: the stem stays where that exchange ends.
-            if not (request.extra["extends"] and request.extra["keep"] >= seq.stem):
+            if not (request.where.extends and keep >= seq.stem):
                 seq.stem = request.positions[0]
             seq.tokens = list(request.ids)
-            self.tokens_evaluated += len(request.ids) - request.extra["keep"]
-            request.result = [request.result[p] for p in request.positions]
-            if request.extra["saved"] and self.prefix_cache is not None:
+            self.tokens_evaluated += len(request.ids) - keep
+            request.result = [request.logits[p] for p in request.positions]
+            if request.save_to_cache and self.prefix_cache is not None:
                 self.prefix_cache.put(request.ids, self._save_sequence(seq.seq_id))
             request.done = True
 
-    def _decode(self, batch: list[Request], chunk: list[tuple[int, int]], wanted: list[set[int]]) -> None:
+    def _decode(self, batch: list[LlamaRequest], chunk: list[tuple[int, int]], wanted: list[set[int]]) -> None:
         cpp, b = self._llama_cpp, self._batch
         for j, (index, pos) in enumerate(chunk):
             request = batch[index]
             b.token[j] = request.ids[pos]
             b.pos[j] = pos
             b.n_seq_id[j] = 1
-            b.seq_id[j][0] = request.extra["seq"].seq_id
+            b.seq_id[j][0] = request.where.sequence.seq_id
             b.logits[j] = pos in wanted[index]
         b.n_tokens = len(chunk)
         self.stats.decode_calls += 1
@@ -329,12 +316,12 @@ class LlamaCppBackend(Backend):
         for j, (index, pos) in enumerate(chunk):
             if pos in wanted[index]:
                 ptr = cpp.llama_get_logits_ith(self._ctx, j)
-                batch[index].result[pos] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(
+                batch[index].logits[pos] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(
                     np.float32, copy=True
                 )
 
     # -- the shared prefix cache ------------------------------------------------------------------
-    def _restore_longest(self, seq: SlotSequence, request: Request, keep: int) -> int:
+    def _restore_longest(self, seq: SlotSequence, request: LlamaRequest, keep: int) -> int:
         """Load the cached state sharing the longest prefix with the request into `seq` if it
         beats what `seq` holds; returns how many tokens need no evaluation."""
         cache = self.prefix_cache

@@ -16,11 +16,11 @@ every few milliseconds while such a round runs.
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
 
-from ..errors import ClassificationCancelled, ClassificationTimeout, ClassifierClosedError
+from ..errors import ClassifierClosedError
+from .base import Interrupt, interrupted
 
 # How often a waiting caller or the watchdog looks at cancel events and deadlines (seconds).
 POLL_S = 0.005
@@ -31,43 +31,10 @@ POLL_S = 0.005
 LINGER_S = 0.002
 
 
-@dataclass(frozen=True)
-class Interrupt:
-    """Why a call may stop early: `cancel` (a threading.Event set by the caller) and/or
-    `deadline` (a time.monotonic() value)."""
-
-    cancel: threading.Event | None = None
-    deadline: float | None = None
-
-    @classmethod
-    def make(cls, cancel: threading.Event | None = None, timeout: float | None = None) -> "Interrupt | None":
-        if cancel is None and timeout is None:
-            return None
-        return cls(cancel, None if timeout is None else time.monotonic() + timeout)
-
-    def reason(self) -> str | None:
-        if self.cancel is not None and self.cancel.is_set():
-            return "cancelled"
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return "timeout"
-        return None
-
-    def check(self) -> None:
-        """Raise the matching error when interrupted."""
-        why = self.reason()
-        if why == "cancelled":
-            raise ClassificationCancelled("the call was cancelled; the engine stopped its work")
-        if why == "timeout":
-            raise ClassificationTimeout("the call ran past its deadline; the engine stopped its work")
-
-
-def interrupted(interrupt: Interrupt | None) -> bool:
-    return interrupt is not None and interrupt.reason() is not None
-
-
 @dataclass(eq=False)
 class Request:
-    """One engine call: logits of `ids` at `positions`."""
+    """One engine call: logits of `ids` at `positions` (an engine subclasses it for its own
+    per-request state); `result` is set once, when the round has its answer."""
 
     ids: list[int]
     positions: list[int]
@@ -75,31 +42,33 @@ class Request:
     result: Any = None
     error: BaseException | None = None
     done: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # the engine's own per-request notes
 
 
-class RoundScheduler:
+R = TypeVar("R", bound=Request)
+
+
+class RoundScheduler(Generic[R]):
     """Runs requests from many threads in rounds; see the module docstring."""
 
     def __init__(
         self,
-        run_round: Callable[[list[Request]], None],
+        run_round: Callable[[list[R]], None],
         max_round: int,
-        abort: Callable[[list[Request]], None] | None = None,
+        abort: Callable[[list[R]], None] | None = None,
     ):
         self._run_round = run_round
         self.max_round = max_round
         self._abort = abort
         self._cv = threading.Condition()
-        self._pending: list[Request] = []
-        self._current: list[Request] = []
+        self._pending: list[R] = []
+        self._current: list[R] = []
         self._running = False
         self._closed = False
         self.rounds = 0  # engine rounds run (a round is one batched engine call)
         self.requests = 0
         self._last_round = 1
 
-    def submit(self, request: Request) -> Any:
+    def submit(self, request: R) -> Any:
         """Queue `request`, wait for (or run) its round, and return its result."""
         with self._cv:
             if self._closed:
@@ -151,7 +120,7 @@ class RoundScheduler:
             self._running, self._current = False, []
             self._cv.notify_all()
 
-    def _watch(self, batch: list[Request], finished: threading.Event) -> None:
+    def _watch(self, batch: list[R], finished: threading.Event) -> None:
         while not finished.wait(POLL_S):
             if all(interrupted(r.interrupt) for r in batch) and self._abort is not None:
                 self._abort(batch)

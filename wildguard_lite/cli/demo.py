@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..contract import LABEL_KEYS
 from ..defaults import MODES
-from ..flags import add_runtime_flags
+from ..flags import add_runtime_flags, runtime_config
 
 from . import run
 
@@ -97,7 +97,7 @@ def _demo(args) -> int:
     timing = {}
     for q in ("f16", "q4_k_m"):
         for mode in MODES:
-            with load(have[q], mode=mode, threads=args.threads) as clf:
+            with load(have[q], runtime_config(args, mode=mode)) as clf:
                 tokenizer = clf.tokenizer
                 t = time.perf_counter()
                 results[q, mode] = clf.classify(EXCHANGES)

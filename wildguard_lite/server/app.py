@@ -1,7 +1,7 @@
 """The FastAPI app and `serve()`.
 
-Models load in the app's lifespan, one per worker (the only loading path); shutdown lets the
-requests in flight finish before the workers stop.
+The model loads in the app's lifespan, once, and the workers share it (the only loading path);
+shutdown lets the requests in flight finish before the workers stop.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations at run time.

@@ -103,7 +103,7 @@ class Metrics:
                     for s in ("queued", "running")
                 ],
             )
-            rounds = [c.backend.stats.aborted for c in pool.unique_classifiers() if hasattr(c.backend, "stats")]
+            rounds = [c.engine.stats.aborted for c in pool.unique_classifiers() if c.engine.stats is not None]
             if rounds:
                 metric(
                     "wildguard_engine_aborted_rounds_total",

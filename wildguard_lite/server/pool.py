@@ -165,11 +165,13 @@ def make_prefix_cache(settings: ServeSettings):
 
 
 def default_factory(settings: ServeSettings, prefix_cache) -> ClassifierFactory:
-    """Load `settings.model` once per worker, every worker sharing one prefix cache."""
+    """Load `settings.model` with `settings.runtime` (called once: the workers share the
+    classifier) with the shared prefix cache."""
 
     def make(index: int, threads: int) -> Classifier:
         from ..loading import load
 
+        assert settings.model is not None  # serve requires --model
         return load(settings.model, settings.runtime, prefix_cache=prefix_cache, threads=threads)
 
     return make

@@ -206,7 +206,8 @@ class ServeSettings:
             elif f.default is not dataclasses.MISSING:
                 value = f.default
             else:
-                value = f.default_factory()  # type: ignore[misc]
+                factory: Callable[[], Any] = f.default_factory  # type: ignore[assignment]
+                value = factory()
             object.__setattr__(self, f.name, value)
         if values:
             raise TypeError(f"ServeSettings got unknown option(s) {', '.join(sorted(values))}")

@@ -1,5 +1,6 @@
-"""The llama.cpp engine's small parts: constructor defaults, slot bookkeeping, counters, the
-GIL-free abort callback (backends/llama.py uses them)."""
+"""The llama-cpp-python glue of the llama.cpp engine: constructor parameters Llama() takes no
+argument for, logging, the GIL-free abort callback and its outcome.
+backends/llama.py runs rounds with them; backends/slots.py decides where requests run."""
 
 from __future__ import annotations
 
@@ -7,12 +8,9 @@ import contextlib
 import ctypes
 import os
 import threading
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from ..errors import ClassificationCancelled, ClassificationTimeout
-from .scheduler import Interrupt
+from .base import Interrupt
 
 _PARAMS_LOCK = threading.Lock()
 
@@ -50,26 +48,6 @@ def quiet_logging() -> None:
     set_verbose(False)
 
 
-@dataclass
-class SlotSequence:
-    seq_id: int
-    tokens: list[int] = field(default_factory=list)  # what the KV cache holds for this sequence
-    stem: int = 0  # the first position the last request read logits at
-    last_used: int = 0
-
-
-@dataclass
-class EngineStats:
-    """Public counters (benchmarks, /metrics)."""
-
-    decode_calls: int = 0  # llama_decode calls
-    rounds: int = 0  # batched rounds (one per group of coinciding requests)
-    requests: int = 0
-    aborted: int = 0  # rounds stopped inside the engine by cancellation or a deadline
-    evictions: int = 0  # idle sequences dropped to make room in the KV pool
-    prefix_copies: int = 0  # prefixes shared from another sequence instead of evaluated
-
-
 def strlen_abort_callback(llama_cpp):
     """The C library's strlen as a ggml_abort_callback, or None where it cannot be found."""
     try:
@@ -90,11 +68,3 @@ def interrupt_error(interrupt: Interrupt | None) -> BaseException:
     except (ClassificationCancelled, ClassificationTimeout) as exc:
         return exc
     return ClassificationCancelled("the call was stopped with the others of its round")
-
-
-def common_prefix(tokens: list[int], query: np.ndarray) -> int:
-    n = min(len(tokens), len(query))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(tokens[:n], dtype=np.int64) != query[:n])
-    return int(diff[0]) if diff.size else n
