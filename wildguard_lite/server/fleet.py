@@ -34,10 +34,7 @@ from .settings import ServeSettings
 log = logging.getLogger("wildguard_lite.server")
 
 DEPLOYMENT = "classifier"
-ROUTERS = {
-    "on": "wildguard_lite.server.fleet_router:BoundedHashRouter",
-    "off": "ray.serve.experimental.round_robin_router:RoundRobinRouter",
-}
+ROUTER = "wildguard_lite.server.fleet_router:BoundedHashRouter"  # --affinity off: its round-robin
 SEND_ATTEMPTS = 4  # a job is sent again after its replica died, at most this often in all
 POLL_S = 0.25  # how often a waiting worker looks at its job's cancel event
 CONNECT_TIMEOUT_S = 5.0  # a head's port that does not answer within this is unreachable
@@ -99,6 +96,8 @@ class FleetCounters:
     """What the front's /metrics reads as its engine: tokens evaluated over every replica that
     ever answered (each reply carries its replica's running count)."""
 
+    stats = None  # no engine rounds here: each replica has its own
+
     def __init__(self):
         self._lock = threading.Lock()
         self.per_replica: dict[str, int] = {}
@@ -118,7 +117,7 @@ class RemoteClassifier:
 
     def __init__(self, handle):
         self.handle = handle
-        self.backend = FleetCounters()
+        self.backend = self.engine = FleetCounters()  # what /metrics reads of a classifier
         self.resent = 0  # jobs sent again because their replica died
 
     def classify(self, items, cancel: threading.Event | None = None, key: str | None = None):
@@ -233,7 +232,9 @@ def deploy(settings: ServeSettings, name: str):
         num_replicas=settings.replicas,
         max_ongoing_requests=settings.workers,
         ray_actor_options={"num_cpus": settings.engine_threads},
-        request_router_config=RequestRouterConfig(request_router_class=ROUTERS[settings.affinity]),
+        request_router_config=RequestRouterConfig(
+            request_router_class=ROUTER, request_router_kwargs={"round_robin": settings.affinity == "off"}
+        ),
     )
     try:
         return serve.run(deployment.bind(replica_settings), name=name, route_prefix=None)

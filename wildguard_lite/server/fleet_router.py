@@ -20,9 +20,12 @@ from .affinity import DEFAULT_LOAD_FACTOR, DEFAULT_VIRTUAL_NODES, Ring
 
 
 class BoundedHashRouter(ConsistentHashRouter):
-    """Kwargs (`request_router_kwargs`): `load_factor` (1.25), `virtual_nodes` (100)."""
+    """Kwargs (`request_router_kwargs`): `load_factor` (1.25), `virtual_nodes` (100),
+    `round_robin` (False; True: no affinity, the replicas in turn, for comparison)."""
 
     def initialize_state(self, **kwargs: Any) -> None:
+        self._round_robin = bool(kwargs.get("round_robin", False))
+        self._turn = 0
         self._load_factor = float(kwargs.get("load_factor", DEFAULT_LOAD_FACTOR))
         self._ring = Ring(virtual_nodes=int(kwargs.get("virtual_nodes", DEFAULT_VIRTUAL_NODES)))
         self._ring.update(r.unique_id for r in self._replica_id_set)
@@ -50,7 +53,11 @@ class BoundedHashRouter(ConsistentHashRouter):
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         loads = self.loads()
         key = pending_request.metadata.session_id if pending_request is not None else ""
-        if key:
+        if self._round_robin:  # strictly in turn over the replicas' ids (Ray's own lists vary in order)
+            ids = sorted(by_id)
+            self._turn = (self._turn + 1) % len(ids)
+            order = ids[self._turn :] + ids[: self._turn]
+        elif key:
             order = self._ring.ranked(key, loads, self._load_factor)
         else:  # nothing to keep together: the least loaded first
             order = sorted(by_id, key=lambda uid: loads.get(uid, 0))
