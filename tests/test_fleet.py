@@ -198,7 +198,7 @@ def test_affinity_keeps_a_conversation_on_its_replica(ray_cluster, settings, fro
                     url, counter, prompt + " (2)", answers, headers={"X-Session-Id": uuid.uuid4().hex}
                 ),
             }
-        fleet.stop(settings, False)
+        fleet.stop(dataclasses.replace(settings, affinity=affinity), False)
     steady = statistics.mean(one_box[1:])
     for source in ("derived", "session"):
         assert statistics.mean(measured["on"][source][1:]) <= 1.1 * steady + 2, (source, measured, one_box)

@@ -256,7 +256,9 @@ def replica_error(text: str) -> str:
 
 
 def app_name(settings: ServeSettings) -> str:
-    return f"wildguard-lite-{settings.model_name}"
+    """The Serve application: one per model and routing (Ray shares a deployment's router between
+    the handles of one process, so a round-robin front must not reuse an affinity front's name)."""
+    return f"wildguard-lite-{settings.model_name}" + ("-round-robin" if settings.affinity == "off" else "")
 
 
 def start(settings: ServeSettings):
