@@ -85,9 +85,12 @@ RUN groupadd --system --gid 10001 wildguard \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin wildguard
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=app /opt/wildguard-lite /opt/wildguard-lite
+# MALLOC_ARENA_MAX=2: glibc's per-thread heaps kept hundreds of MiB after large requests
+# (docs/long-inputs.md, "Memory"); serve also sets it at start-up, this covers every process.
 ENV PATH=/opt/wildguard-lite/bin:/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    MALLOC_ARENA_MAX=2
 USER 10001:10001
 VOLUME ["/models"]
 EXPOSE 8000

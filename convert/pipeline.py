@@ -14,8 +14,8 @@ from wildguard_lite.convert.gguf_export import FLOAT_TYPES, check_checkpoint, wr
 from wildguard_lite.convert.hub import resolve_source
 from wildguard_lite.convert.manifest import update_manifest
 from wildguard_lite.utils import sha256_file
-from wildguard_lite.convert.quantize import QUANTS, quantize
-from wildguard_lite.convert.tempfiles import make_temp_file, remove_stale_temps
+from wildguard_lite.convert.quantize import QUANTS, check_quant, quantize
+from wildguard_lite.convert.tempfiles import forget, make_temp_file, remove_stale_temps
 
 FORMATS = ("gguf", "onnx")
 DEFAULT_QUANTS = ("f16", "q8_0", "q4_k_m")
@@ -37,6 +37,9 @@ class ConvertOptions:
     token: str | None = None  # hub token for the source download and --push-to-hub
     push_to_hub: str | None = None  # repo id to publish the GGUF artifacts, manifest and card to
     accuracy_report: Path | None = None  # a `bench accuracy` JSON report for the model card
+    # Importance matrix for the quantized GGUF types: None (none), "" (computed on the toy's
+    # calibration exchanges), a JSONL file of exchanges, or a saved imatrix .gguf.
+    imatrix: str | None = None
 
 
 def parse_quants(text: str, formats: tuple[str, ...] = ("gguf",)) -> tuple[str, ...]:
@@ -92,7 +95,7 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
         read_accuracy_report(options.accuracy_report)  # refuse a bad report before converting
     remove_stale_temps(out_dir)  # left by earlier runs that were killed
     folder, source_info = resolve_source(options.source, options.revision, options.token)
-    check_checkpoint(folder)  # refuse unsupported or inconsistent checkpoints before any work
+    config = check_checkpoint(folder)  # refuse unsupported or inconsistent checkpoints before any work
     base = _base_name(options, folder, source_info)
     from wildguard_lite.convert.onnx_export import ONNX_QUANTS
 
@@ -104,6 +107,9 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
         if "gguf" not in options.formats:
             return manifest
     floats = [q for q in quants if q in FLOAT_TYPES]
+    for q in quants:
+        if q not in FLOAT_TYPES:
+            check_quant(q, config, options.imatrix is not None)  # shapes, imatrix: before any work
     # The quantizer reads a full-precision GGUF: the first float type asked for, else f16
     # written to a temp file and removed afterwards.
     master_type = floats[0] if floats else "f16"
@@ -112,8 +118,13 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
     temps: list[Path] = []
     verification: dict = {"status": "skipped", "reason": "--no-verify"}
 
+    imatrix, imatrix_record = None, None
+    if options.imatrix is not None and any(q in QUANTS for q in quants):
+        imatrix, imatrix_record = _importance_matrix(options, folder, config, out_dir, base, console)
+
     def final(q: str) -> Path:
-        return out_dir / f"{base}-{q}.gguf"
+        # A quantized file made with the importance matrix is named apart from one made without.
+        return out_dir / f"{base}-{q}{'-imat' if imatrix is not None and q in QUANTS else ''}.gguf"
 
     def temp(q: str) -> Path:
         temps.append(make_temp_file(out_dir, f"{base}-{q}", ".gguf"))  # umask mode, removed on a kill
@@ -128,6 +139,7 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
                 "bytes": path.stat().st_size,
                 "sha256": sha256_file(path),
                 "seconds": round(seconds, 2),
+                **({"imatrix": imatrix_record["file"]} if imatrix_record and q in QUANTS else {}),
             }
         )
         console.print(f"[green]wrote[/green] {path} ({path.stat().st_size / 2**20:.1f} MiB, {seconds:.1f} s)")
@@ -178,7 +190,7 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
                     write_gguf(folder, tmp, q, source_info)
                 else:
                     tmp = temp(q)
-                    quantize(master, tmp, q, options.threads)
+                    quantize(master, tmp, q, options.threads, imatrix)
             os.replace(tmp, final(q))
             temps.remove(tmp)
             record(final(q), q, time.perf_counter() - t0)
@@ -201,12 +213,48 @@ def convert_checkpoint(options: ConvertOptions, console=None) -> dict:
                 "peak_rss_bytes": _peak_rss(),
                 "master_type": master_type,
             },
+            **({"imatrix": imatrix_record} if imatrix_record else {}),
             **options.extra,
         },
     )
     if options.push_to_hub:
         _publish(options, out_dir, manifest, console)
     return manifest
+
+
+def _importance_matrix(options: ConvertOptions, folder: Path, config: dict, out_dir: Path, base: str, console):
+    """The matrix (computed, or read from a saved .gguf), saved beside the GGUFs; returns the
+    per-tensor means llama_model_quantize takes and the manifest's record of it."""
+    from wildguard_lite.convert.imatrix import (
+        calibration_rows,
+        check_imatrix,
+        compute_imatrix,
+        load_imatrix,
+        save_imatrix,
+    )
+
+    source = Path(options.imatrix) if options.imatrix else None
+    if source is not None and source.suffix.lower() == ".gguf":
+        matrix = load_imatrix(source)
+    else:
+        rows, dataset = calibration_rows(source)
+        t0 = time.perf_counter()
+        with console.status(f"importance matrix: {len(rows)} calibration exchanges through transformers"):
+            matrix = compute_imatrix(folder, rows, dataset, options.threads)
+        console.print(
+            f"[green]importance matrix[/green] {matrix.exchanges} exchanges, {matrix.tokens} tokens "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+    check_imatrix(matrix, config)
+    path = out_dir / f"{base}.imatrix.gguf"
+    tmp = make_temp_file(out_dir, path.name, ".gguf")
+    try:
+        save_imatrix(matrix, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        forget(tmp)
+    return matrix.means(), {**matrix.record(path.name), "sha256": sha256_file(path)}
 
 
 def _publish(options: ConvertOptions, out_dir: Path, manifest: dict, console) -> None:

@@ -17,6 +17,7 @@ from wildguard_lite.server import ServeSettings, create_app
 HARMFUL = "HARMFUL-MARKER"  # in the prompt: a harmful request; in the response: a harmful response
 REFUSE = "REFUSAL-MARKER"  # in the response: a refusal
 UNREADABLE = "UNREADABLE-MARKER"  # in the prompt: the model answers neither yes nor no
+UNDECIDED = "UNDECIDED-MARKER"  # in the response: the model answers n/a on response harm (P(yes) 0.73)
 
 
 def build_tokenizer(folder):
@@ -48,8 +49,11 @@ class MarkerBackend(Backend):
     """Answers each cue from the markers in the exchange, through the real Classifier: the
     verdicts are decided by the test, not by a model."""
 
-    def __init__(self, tokenizer, n_ctx: int = 4096):
+    def __init__(self, tokenizer, n_ctx: int = 4096, na_below_chars: int = 0):
+        """`na_below_chars`: a response shorter than this (stripped) gets n/a on response harm,
+        as a real model answers the first characters of a streamed reply."""
         self.tokenizer, self.n_ctx, self.n_vocab = tokenizer, n_ctx, tokenizer.vocab_size
+        self.na_below_chars = na_below_chars
         answers = {tokenizer.yes_id, tokenizer.no_id, tokenizer.na_ids[0], tokenizer.eos_id}
         self.other_id = next(i for i in range(3, self.n_vocab) if i not in answers)
 
@@ -62,18 +66,23 @@ class MarkerBackend(Backend):
         if UNREADABLE in prompt:
             logits[self.other_id] = 5.0
             return logits
+        if cue == 2 and (UNDECIDED in response or len(response.strip()) < self.na_below_chars):
+            logits[self.tokenizer.na_ids[0]], logits[self.tokenizer.yes_id] = 5.0, 1.0
+            return logits
         yes = (HARMFUL in prompt, REFUSE in response, HARMFUL in response)[cue]
         logits[self.tokenizer.yes_id if yes else self.tokenizer.no_id] = 4.0
         return logits
 
 
-def marker_app(tokenizer, **settings):
+def marker_app(tokenizer, na_below_chars: int = 0, **settings):
     """The real app over MarkerBackend workers (its context `n_ctx`, long input per `over_context`)."""
     serve = ServeSettings(**settings)
     return create_app(
         serve,
         classifier_factory=lambda index, threads: Classifier(
-            MarkerBackend(tokenizer, n_ctx=serve.n_ctx), tokenizer, RuntimeConfig(over_context=serve.over_context)
+            MarkerBackend(tokenizer, n_ctx=serve.n_ctx, na_below_chars=na_below_chars),
+            tokenizer,
+            RuntimeConfig(over_context=serve.over_context),
         ),
     )
 

@@ -79,7 +79,19 @@ def test_batch_bad_input(toy_gguf, tmp_path, capsys, lines, message):
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
     code, _, err = run(
-        ["classify", "--model", str(toy_gguf["q8_0"]), "--input", str(src), "--output", str(out)], capsys
+        # --over-context error: the long row is refused (the default judges it in windows)
+        [
+            "classify",
+            "--model",
+            str(toy_gguf["q8_0"]),
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--over-context",
+            "error",
+        ],
+        capsys,
     )
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert __import__("re").search(message, err), err

@@ -29,6 +29,18 @@ def test_cli_md_is_the_live_help(command):
     assert DOCUMENTED[command] == REGEN.live_help(command), "run python docs/regen_cli.py"
 
 
+def test_serving_md_options_are_serve_help():
+    """docs/serving.md's option table is generated from serve's parser: every flag, its default
+    and its help, as `serve --help` prints them."""
+    text = (ROOT / "docs" / "serving.md").read_text(encoding="utf-8")
+    assert REGEN.regenerate_serving(text) == text, "run python docs/regen_cli.py"
+    help_ = " ".join(REGEN.live_help("serve").split())
+    table = REGEN.serve_options()
+    for line in table.splitlines()[2:]:
+        flag = line.split("`")[1]
+        assert flag in help_ and line.count("|") >= 4, line
+
+
 def test_cli_md_documents_nothing_else():
     assert sorted(DOCUMENTED) == sorted(REGEN.commands())
 

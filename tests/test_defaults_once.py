@@ -26,7 +26,6 @@ LABEL_LITERALS_LEFT = {
     "wildguard_lite/runtime.py": 1,
     "wildguard_lite/streaming.py": 1,
     "wildguard_lite/server/moderation.py": 3,
-    "wildguard_lite/server/guardrail.py": 2,
 }
 
 

@@ -34,7 +34,10 @@ VALUES = {
     "slots": (3, ["--slots", "3"]),
     "kv_tokens": (5000, ["--kv-tokens", "5000"]),
     "over_context": ("error", ["--over-context", "error"]),
+    "kv_type": ("q8_0", ["--kv-type", "q8_0"]),
 }
+# Fields whose values above cannot all be set at once: a q8_0 KV cache needs flash attention.
+TOGETHER = [name for name in VALUES if name != "kv_type"]
 DEFAULTS = RuntimeConfig()
 
 
@@ -150,11 +153,11 @@ def test_cli_ray_hands_its_flags_to_the_actors(opened, tmp_path, monkeypatch):
         return BatchReport()
 
     monkeypatch.setattr(ray_data, "classify_file_on_ray", classify_file_on_ray)
-    argv = [arg for _, flags in VALUES.values() for arg in flags]
+    argv = [arg for name in TOGETHER for arg in VALUES[name][1]]
     src, out = _input(tmp_path), tmp_path / "o.jsonl"
     _cli(["classify", "--model", str(tmp_path / "m.gguf"), "--input", str(src), "--output", str(out), "--ray", *argv])
     (config,) = opened
-    assert {name: getattr(config, name) for name in VALUES} == {name: value for name, (value, _) in VALUES.items()}
+    assert {name: getattr(config, name) for name in TOGETHER} == {name: VALUES[name][0] for name in TOGETHER}
 
 
 # -- one check and one message per bound, whichever path it came by -------------------------------
@@ -163,6 +166,11 @@ BOUNDS = [
     ({"slots": 0}, ["--slots", "0"], r"slots must be between 1 and 64, got 0"),
     ({"slots": 65}, ["--slots", "65"], r"slots must be between 1 and 64, got 65"),
     ({"kv_tokens": 100}, ["--kv-tokens", "100"], r"kv_tokens must be between 4096 and \d+, got 100"),
+    (
+        {"kv_type": "q8_0", "flash_attn": False},
+        ["--kv-type", "q8_0", "--no-flash-attn"],
+        r"kv_type 'q8_0' needs flash_attn",
+    ),
 ]
 
 

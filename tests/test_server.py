@@ -287,7 +287,8 @@ def test_full_queue_answers_429_with_retry_after(tokenizer):
     assert [r.status_code for r in replies] == [200, 200]  # the admitted ones finish
 
 
-def test_request_timeout_answers_504_and_frees_the_slot(tokenizer):
+def test_request_timeout_fails_closed_and_frees_the_slot(tokenizer):
+    # Past --timeout the answer is a flagged verdict (fail closed, server/budget.py), not a 504.
     gate = threading.Event()
     app, _ = fake_app(tokenizer, gate=gate, workers=1, max_queue=0, request_timeout_s=0.2)
     with TestClient(app) as client:
@@ -295,8 +296,11 @@ def test_request_timeout_answers_504_and_frees_the_slot(tokenizer):
         gate.set()
         wait_until(lambda: app.state.runtime["pool"].running == 0)
         after = client.post("/v1/classify", json={"items": [{"prompt": "a"}]})
-    assert slow.status_code == 504 and "within 0.2 s" in slow.json()["error"]["message"]
-    assert after.status_code == 200
+    assert slow.status_code == 200
+    (result,) = slow.json()["results"]
+    assert result["is_parsing_error"] and result["not_judged"]["reason"] == "deadline"
+    assert "within 0.2 s" in result["not_judged"]["message"]
+    assert after.status_code == 200 and "not_judged" not in after.json()["results"][0]
 
 
 def test_metrics_count_requests_errors_and_queue(tokenizer):
@@ -442,7 +446,7 @@ def test_prefix_cache_stays_under_its_memory_cap(model_path, toy_tokenizer):
     "args, message",
     [
         (["--model", "missing.gguf"], "no such model file"),  # the model is not there
-        (["--model", "{model}", "--workers", "0"], "--workers must be at least 1"),  # no workers
+        (["--model", "{model}", "--workers", "0"], "--workers must be from 1 to 256"),  # no workers
         (["--model", "{model}", "--api-key-file", "{empty}"], "the file is empty"),  # empty key file
         (["--model", "{model}", "--max-queue", "-1"], "--max-queue must be 0 or more"),  # negative queue
         (["--model", "{model}", "--threads", "50000"], "threads must be between 1 and 512"),  # would abort llama.cpp

@@ -78,9 +78,9 @@ def test_windows_fit_and_cover_every_character(tok, name, with_response):
             assert shared >= 8, (a, b)  # the boundary token and its neighbours are whole in b
     for w in windows:
         if w.prompt_only:
-            assert w.ids == tok.encode_exchange(text[w.start : w.end]) and w.votes == ("prompt_harmfulness",)
+            assert list(w.ids) == tok.encode_exchange(text[w.start : w.end]) and w.votes == ("prompt_harmfulness",)
         else:  # with the prompt's end, the same for every response window
-            assert w.ids == tok.encode_exchange(text[w.context :], text[w.start : w.end])
+            assert list(w.ids) == tok.encode_exchange(text[w.context :], text[w.start : w.end])
             assert w.votes == ("response_refusal", "response_harmfulness") and w.context == windows[-1].context
     if with_response:  # the prompt is as long as the reply: its end takes about half the room
         context = len(tok.encode_exchange(text[windows[-1].context :])) - len(tok.encode_exchange(""))

@@ -24,6 +24,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from .backends.base import check_interrupt
 from .errors import ClassificationCancelled
 from .protocols import ClassifierLike
 
@@ -87,6 +88,7 @@ async def aclassify(
     timeout: float | None = None,
 ) -> list[dict[str, Any]]:
     """`Classifier.classify` awaited; see `Classifier.aclassify`."""
+    check_interrupt(None, timeout)  # before anything is queued
     loop = asyncio.get_running_loop()
     failed: list[BaseException] = []
 

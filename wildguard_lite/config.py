@@ -17,7 +17,9 @@ from .defaults import (
     DEFAULT_MODE,
     DEFAULT_N_CTX,
     DEFAULT_OVER_CONTEXT,
+    DEFAULT_KV_TYPE,
     DEFAULT_SLOTS,
+    KV_TYPES,
     MAX_N_CTX,
     MAX_SLOTS,
     MAX_THREADS,
@@ -82,6 +84,8 @@ class RuntimeConfig:
     slots: int = DEFAULT_SLOTS
     # llama.cpp: KV cells the slots share (None: defaults.default_kv_tokens); at least n_ctx.
     kv_tokens: int | None = None
+    # llama.cpp: the KV cache's value type, "f16" or "q8_0" (half the memory; needs flash_attn).
+    kv_type: str = DEFAULT_KV_TYPE
     # Input longer than the context: "split" (judged in overlapping windows) or "error" (refused).
     over_context: str = DEFAULT_OVER_CONTEXT
 
@@ -89,6 +93,10 @@ class RuntimeConfig:
         object.__setattr__(self, "thresholds", validate_thresholds(self.thresholds))
         if self.mode not in MODES:
             raise InvalidInputError(f"unknown mode '{self.mode}'; choose one of {', '.join(MODES)}")
+        if self.kv_type not in KV_TYPES:
+            raise InvalidInputError(f"unknown kv_type '{self.kv_type}'; choose one of {', '.join(KV_TYPES)}")
+        if self.kv_type != "f16" and not self.flash_attn:
+            raise InvalidInputError(f"kv_type '{self.kv_type}' needs flash_attn=True (llama.cpp's quantized V cache)")
         if self.over_context not in OVER_CONTEXT_MODES:
             raise InvalidInputError(
                 f"unknown over_context '{self.over_context}'; choose one of {', '.join(OVER_CONTEXT_MODES)}"

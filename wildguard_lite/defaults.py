@@ -28,17 +28,38 @@ MAX_N_CTX = 2**31 - 1
 
 # Sequences one llama.cpp context holds at once (streams, concurrent calls; each keeps its own
 # KV cache, so a stream's next check evaluates only its new tokens). They share one KV pool of
-# default_kv_tokens() cells: at WildGuard's 7B shape a cell is 128 KiB (f16 K and V, 32 layers,
-# 8 KV heads of 128), so the default 2 x 4096 cells are 1 GiB.
-DEFAULT_SLOTS = 8
+# default_kv_tokens() cells. A cell holds K and V of one token in every layer:
+# 2 x layers x kv_heads x head_dim x bytes per value, at WildGuard's 7B shape (32 layers, 8 KV
+# heads of 128) 128 KiB in f16 and 68 KiB in q8_0 (docs/laptop.md).
+# The library's defaults are sized for one app on a desktop: 2 slots (a stream and a call)
+# sharing one context of cells, 0.5 GiB at 7B with n_ctx 4096 (f16).
+DEFAULT_SLOTS = 2
+DEFAULT_KV_CONTEXTS = 1
+# `serve`'s own: 8 slots sharing two contexts of cells (1 GiB at 7B, n_ctx 4096, f16).
+SERVE_SLOTS = 8
+SERVE_KV_CONTEXTS = 2
 MAX_SLOTS = 64
-# Pool size in contexts: slots beyond it share the cells (streams are rarely a full context long).
-DEFAULT_KV_CONTEXTS = 2
 
 
-def default_kv_tokens(n_ctx: int, slots: int) -> int:
-    """KV cells shared by the slots: room for min(slots, DEFAULT_KV_CONTEXTS) full contexts."""
-    return n_ctx * max(1, min(slots, DEFAULT_KV_CONTEXTS))
+def default_kv_tokens(n_ctx: int, slots: int, contexts: int | None = None) -> int:
+    """KV cells shared by the slots: room for min(slots, contexts) full contexts (slots beyond
+    it share the cells: streams are rarely a full context long). `contexts` by default: one for
+    an app's few slots (up to DEFAULT_SLOTS), serve's two for more."""
+    if contexts is None:
+        contexts = DEFAULT_KV_CONTEXTS if slots <= DEFAULT_SLOTS else SERVE_KV_CONTEXTS
+    return n_ctx * max(1, min(slots, contexts))
+
+
+# The KV cache's value type: f16, or q8_0 (34 bytes per 32 values: 0.53x the memory; llama.cpp
+# needs flash attention for a quantized V cache).
+KV_TYPES = ("f16", "q8_0")
+DEFAULT_KV_TYPE = "f16"
+KV_TYPE_BYTES = {"f16": 2.0, "q8_0": 34 / 32}
+
+
+def kv_cell_bytes(layers: int, kv_heads: int, head_dim: int, kv_type: str = DEFAULT_KV_TYPE) -> int:
+    """Bytes one KV cell (one token's K and V in every layer) takes."""
+    return int(2 * layers * kv_heads * head_dim * KV_TYPE_BYTES[kv_type])
 
 
 # llama.cpp's GGML_MAX_N_THREADS: 50000 threads aborted the process with std::bad_alloc.

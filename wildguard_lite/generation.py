@@ -4,13 +4,31 @@ with P(yes) read where the model answered each label (score mode is `Classifier.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from .backends.base import Engine, Interrupt
 from .contract import LABEL_KEYS, LABEL_VALUES, parse_output
 from .tokenization import WildGuardTokenizer
+
+
+# A long input reaches an engine running several calls at once this many tokens per round
+# (`fed`): a short request waits for about one such piece, not for the whole input.
+INTERLEAVE_TOKENS = 256
+
+
+def fed(engine: Engine, ids: Sequence[int], interrupt: Interrupt | None) -> list[int]:
+    """Fair share: an engine running several calls at once (llama.cpp) gets a long input
+    INTERLEAVE_TOKENS at a time, one engine round each (it keeps each piece in the call's
+    sequence and evaluates only the next), so other callers' requests join the next round
+    instead of waiting for the whole input. Returns `ids`, whose tail the caller's own call
+    evaluates."""
+    ids = list(ids)
+    if engine.slots > 1 and len(ids) > 2 * INTERLEAVE_TOKENS:
+        for end in range(INTERLEAVE_TOKENS, len(ids) - INTERLEAVE_TOKENS, INTERLEAVE_TOKENS):
+            engine.logits_at(ids[:end], [end - 1], interrupt)
+    return ids
 
 
 def p_yes(logits: np.ndarray, yes_id: int, no_id: int) -> float:

@@ -33,6 +33,7 @@ class GGUFInfo:
     template_version: str | None
     tokenizer: TokenizerSpec | None
     context_length: int | None
+    kv_bytes_per_token: int = 0  # an f16 K and V cache over every layer: what one cell costs
 
 
 def _field_str(reader, key: str) -> str | None:
@@ -83,6 +84,7 @@ def read_gguf_info(path: str | os.PathLike) -> GGUFInfo:
         template_version=_field_str(reader, KEY_TEMPLATE_VERSION),
         tokenizer=spec,
         context_length=hparams["context_length"],
+        kv_bytes_per_token=hparams["kv_bytes_per_token"],
     )
 
 
@@ -179,4 +181,6 @@ def check_hyperparameters(path: Path, reader, arch: str) -> dict:
             "a non-empty list of tokens",
         )
     integer("vocab_size", len(tokens), len(tokens), required=False)
-    return {"context_length": context_length, "block_count": n_layer}
+    layers = kv_heads if len(kv_heads) == n_layer else kv_heads[:1] * n_layer
+    kv_bytes = sum(2 * h * (head_dim["key_length"] + head_dim["value_length"]) for h in layers)
+    return {"context_length": context_length, "block_count": n_layer, "kv_bytes_per_token": kv_bytes}

@@ -60,6 +60,42 @@ def open_model(path: Path, config: RuntimeConfig, prefix_cache: Any = None, lega
     path = Path(path)
     if path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file()):
         return _load_onnx(path, config)
+    tokenizer = model_tokenizer(path, config, legacy)
+    from .backends.llama import LlamaCppBackend
+
+    backend = LlamaCppBackend(
+        path,
+        n_ctx=config.n_ctx,
+        threads=config.threads,
+        flash_attn=config.flash_attn,
+        use_mmap=config.use_mmap,
+        repack=config.repack,
+        slots=config.slots,
+        kv_tokens=config.kv_tokens,
+        kv_type=config.kv_type,
+        prefix_cache=prefix_cache,
+    )
+    if backend.n_vocab != tokenizer.vocab_size:
+        backend.close()
+        raise ModelFileError(
+            f"{path}: model vocabulary ({backend.n_vocab}) does not match its tokenizer ({tokenizer.vocab_size})"
+        )
+    return Classifier(backend, tokenizer, config)
+
+
+def model_tokenizer(path: Path, config: RuntimeConfig, legacy: bool | None = None) -> WildGuardTokenizer:
+    """A GGUF's tokenizer, read without opening the engine (n_ctx checked against the file's
+    trained context): `open_model` uses it, and so does a fleet's front, which plans without a
+    model (server/fleet.py). An ONNX variant's is read from the folder beside its model."""
+    if path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file()):
+        from .backends.onnx import resolve_model_path
+        from .tokenization import TokenizerSpec
+
+        model = resolve_model_path(path)
+        check_n_ctx(
+            config.n_ctx, trained_context(model.parent), f"{model.parent / 'config.json'}: max_position_embeddings"
+        )
+        return _tokenizer(TokenizerSpec.from_hf_folder(model.parent), model.parent)
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder; pass the .gguf file inside it (see its manifest.json)")
     from .gguf_meta import read_gguf_info
@@ -77,26 +113,7 @@ def open_model(path: Path, config: RuntimeConfig, prefix_cache: Any = None, lega
             "legacy= applies only to GGUFs without it"
         )
     check_n_ctx(config.n_ctx, info.context_length, f"{path}: llama.context_length")
-    tokenizer = _tokenizer(spec, path)
-    from .backends.llama import LlamaCppBackend
-
-    backend = LlamaCppBackend(
-        path,
-        n_ctx=config.n_ctx,
-        threads=config.threads,
-        flash_attn=config.flash_attn,
-        use_mmap=config.use_mmap,
-        repack=config.repack,
-        slots=config.slots,
-        kv_tokens=config.kv_tokens,
-        prefix_cache=prefix_cache,
-    )
-    if backend.n_vocab != tokenizer.vocab_size:
-        backend.close()
-        raise ModelFileError(
-            f"{path}: model vocabulary ({backend.n_vocab}) does not match its tokenizer ({tokenizer.vocab_size})"
-        )
-    return Classifier(backend, tokenizer, config)
+    return _tokenizer(spec, path)
 
 
 def _tokenizer(spec, where: Path) -> WildGuardTokenizer:

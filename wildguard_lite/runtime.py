@@ -13,7 +13,7 @@ from .backends.base import Backend, Engine, Interrupt, as_engine
 from .config import RuntimeConfig
 from .contract import LABEL_KEYS, LABEL_VALUES, validate_item
 from .errors import ClassifierClosedError, InputTooLongError
-from .generation import generate, p_yes, resolve_na
+from .generation import fed, generate, p_yes, resolve_na
 from .thresholds import apply_thresholds
 from .tokenization import WildGuardTokenizer
 from .windows import ContextTooSmall, Window, merge_results, plan_windows
@@ -24,11 +24,11 @@ class PlannedItem:
     """An item ready for the engine (`Classifier.plan`): its inputs (ids, prompt_only), one,
     or one per window for an item longer than the context judged in windows (`windows` set)."""
 
-    inputs: tuple[tuple[list[int], bool], ...]
+    inputs: tuple[tuple[Sequence[int], bool], ...]  # a window's ids: array('i') (windows.py)
     windows: tuple[Window, ...] | None = None
 
     @property
-    def ids(self) -> list[int]:
+    def ids(self) -> Sequence[int]:
         """The first input's ids: the key batch jobs order items by (shared prefixes)."""
         return self.inputs[0][0]
 
@@ -41,6 +41,9 @@ class PlannedItem:
 if TYPE_CHECKING:
     from .aio import AsyncResponseStream
     from .streaming import ResponseStream, StreamRule
+
+
+WHOLE_TEXT_CHARS_PER_TOKEN = 64  # no piece is this long: n_ctx times it goes to windows unencoded
 
 
 class Classifier:
@@ -100,8 +103,9 @@ class Classifier:
             `ClassificationCancelled` / `ClassificationTimeout`: `cancel` was set / `timeout`
             passed; the classifier stays usable.
         """
+        interrupt = Interrupt.make(cancel, timeout)  # checked before anything is planned or run
         with self._call():
-            return self._run(self.plan(items), on_result, Interrupt.make(cancel, timeout))
+            return self._run(self.plan(items), on_result, interrupt)
 
     def plan(self, items: Sequence[Mapping[str, Any]]) -> list[PlannedItem]:
         """Validate and tokenize items into what the engine runs (`PlannedItem`), without
@@ -119,17 +123,26 @@ class Classifier:
         `index` names the item in errors."""
         self._check_open()
         prompt, response = validate_item(item, index)
-        ids = self.tokenizer.encode_exchange(prompt, response)
-        budget = self._budget(bool(response))
-        if len(ids) + budget <= self.engine.n_ctx:
-            return PlannedItem(((ids, not response),))
-        exc = InputTooLongError(len(ids) + budget, self.engine.n_ctx, "" if index is None else f"item {index}")
-        if not (self.config.over_context == "split" if split is None else split):
+        split = self.config.over_context == "split" if split is None else split
+        where, chars = "" if index is None else f"item {index}", len(prompt) + len(response or "")
+        if split and chars > self.engine.n_ctx * WHOLE_TEXT_CHARS_PER_TOKEN:  # windows, not encoded whole
+            ids: list[int] = []
+            exc = InputTooLongError(chars // WHOLE_TEXT_CHARS_PER_TOKEN, self.engine.n_ctx, where)
+        else:
+            ids = self.tokenizer.encode_exchange(prompt, response)
+            budget = self._budget(bool(response))
+            if len(ids) + budget <= self.engine.n_ctx:
+                return PlannedItem(((ids, not response),))
+            exc = InputTooLongError(len(ids) + budget, self.engine.n_ctx, where)
+        if not split:
             raise exc
         n = self.engine.n_ctx
         try:
             windows = plan_windows(self.tokenizer, prompt, response, n - self._budget(False), n - self._budget(True))
         except ContextTooSmall:
+            if not ids:  # not encoded whole above: the exact count for the message
+                ids = self.tokenizer.encode_exchange(prompt, response)
+                exc = InputTooLongError(len(ids) + self._budget(bool(response)), n, where)
             raise exc from None
         return PlannedItem(tuple((w.ids, w.prompt_only) for w in windows), tuple(windows))
 
@@ -155,11 +168,13 @@ class Classifier:
     ) -> list[dict[str, Any]]:
         results = []
         for i, plan in enumerate(plans):
+            n, gen = self.config.max_new_tokens, self.config.mode == "generate"
+            fed_inputs = ((fed(self.engine, ids, interrupt), prompt_only) for ids, prompt_only in plan.inputs)  # lazy
             parts = [
-                generate(self.engine, self.tokenizer, ids, self.config.max_new_tokens, interrupt, prompt_only)
-                if self.config.mode == "generate"
+                generate(self.engine, self.tokenizer, ids, n, interrupt, prompt_only)
+                if gen
                 else self.score_ids(ids, prompt_only, interrupt=interrupt)[0]
-                for ids, prompt_only in plan.inputs
+                for ids, prompt_only in fed_inputs
             ]
             result = parts[0] if plan.windows is None else merge_results(plan.windows, parts)
             apply_thresholds(result, self.config.thresholds)
@@ -167,6 +182,9 @@ class Classifier:
             if on_result is not None:
                 on_result(i, result)
         return results
+
+    def plan_tokens(self, plans: Sequence[PlannedItem]) -> int:  # at most: inputs and answers (server/budget.py)
+        return sum(len(ids) + self._budget(not prompt_only) for plan in plans for ids, prompt_only in plan.inputs)
 
     def _budget(self, with_response: bool) -> int:
         """Context room the answer needs after the input."""
@@ -205,7 +223,8 @@ class Classifier:
     def encode(self, item: Mapping[str, Any], index: int | None = None) -> tuple[list[int], bool]:
         """Validate an item and return (ids, prompt_only), checking it fits one context
         (`plan_item` without windows)."""
-        return self.plan_item(item, index, split=False).inputs[0]
+        ids, prompt_only = self.plan_item(item, index, split=False).inputs[0]
+        return list(ids), prompt_only
 
     def stream(self, prompt: str, rule: "StreamRule | None" = None, interval: int | None = None) -> "ResponseStream":
         """Moderate a response while it streams: feed it text as it arrives.
@@ -222,6 +241,7 @@ class Classifier:
         """
         from .streaming import ResponseStream
 
+        self._check_open()
         return ResponseStream(self, prompt, rule=rule, interval=interval)
 
     def score_exchange(
@@ -242,7 +262,7 @@ class Classifier:
 
     def score_ids(
         self,
-        ids: list[int],
+        ids: Sequence[int],
         prompt_only: bool,
         guess: Sequence[Sequence[int]] | None = None,
         interrupt: Interrupt | None = None,

@@ -143,6 +143,7 @@ class ResponseStream:
         """
         if not isinstance(text, str):
             raise InvalidInputError(f"feed() takes response text (str), got {type(text).__name__}")
+        interrupt = Interrupt.make(cancel, timeout)  # checked before the text joins the response
         with self._guard("feed"):
             if not text:
                 return None
@@ -155,21 +156,25 @@ class ResponseStream:
             # token from its ids in context: fine for a cadence; the check re-tokenizes all.
             if len(self.classifier.tokenizer.encode_exchange("", self._pending)) - self._empty < self.interval:
                 return None
-            return self._check(Interrupt.make(cancel, timeout))
+            return self._check(interrupt)
 
     def close(self, *, cancel: threading.Event | None = None, timeout: float | None = None) -> dict[str, Any]:
         """The final verdict on the complete response (a last check if text is unchecked);
         calling it again returns the same verdict. `cancel` / `timeout` as in `feed` (an
         interrupted close leaves the stream open)."""
+        interrupt = Interrupt.make(cancel, timeout)
         with self._guard("close"):
             if not self._closed:
                 if self._unchecked or self.verdict is None:
-                    self._check(Interrupt.make(cancel, timeout))
+                    self._check(interrupt)
                 self._closed = True
             assert self.verdict is not None  # a check ran above
             return self.verdict
 
     def _guard(self, what: str):
+        check_open = getattr(self.classifier, "_check_open", None)
+        if check_open is not None:  # a closed classifier refuses every call, short feeds included
+            check_open()
         if self._closed and what == "feed":
             raise InvalidInputError("feed() after close(): start a new stream with clf.stream(prompt)")
         if not self._busy.acquire(blocking=False):

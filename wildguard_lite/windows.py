@@ -17,6 +17,7 @@ Pure functions over the tokenizer's public `encode_exchange`; no engine here.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,13 @@ MIN_WINDOW_TOKENS = 16
 SNAP_SHARE = 0.1
 # Characters read to estimate a text's characters per token (where to try the first cut).
 SAMPLE_CHARS = 16384
+# Tokens counted beyond the overlap: a piece's tokens alone and inside the window may differ at
+# its edges (a merge across the cut), and the guarantee is about the passage in the window.
+OVERLAP_MARGIN = 4
+# A window's start moves back at most this far to land on a word start.
+SNAP_BACK_CHARS = 64
+# Tokens of spare overlap tolerated before the start is moved forward again.
+WORD_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class Window:
     characters it covers (`part` is "prompt" or "response"; `start:end` in that text) and, for
     a response window, where the prompt it is paired with starts (`prompt[context:]`)."""
 
-    ids: list[int]
+    ids: Sequence[int]  # array('i'): 4 bytes a token (a list holds a 28-byte int object per token)
     prompt_only: bool
     votes: tuple[str, ...]
     part: str
@@ -73,7 +81,7 @@ def plan_windows(
     """
     enc = tokenizer.encode_exchange
     windows = [
-        Window(ids, True, PROMPT_LABELS, "prompt", s, e)
+        Window(array("i", ids), True, PROMPT_LABELS, "prompt", s, e)
         for s, e, ids in split_spans(prompt, enc, capacity_prompt_only, overlap)
     ]
     if not response:
@@ -84,7 +92,7 @@ def plan_windows(
     response_alone = min(length(response, lambda t: enc("", t), room), room // 2)
     cut = tail_start(prompt, enc, capacity_exchange - response_alone)
     for s, e, ids in split_spans(response, lambda t: enc(prompt[cut:], t), capacity_exchange, overlap):
-        windows.append(Window(ids, False, RESPONSE_LABELS, "response", s, e, cut))
+        windows.append(Window(array("i", ids), False, RESPONSE_LABELS, "response", s, e, cut))
     return windows
 
 
@@ -156,10 +164,37 @@ def split_spans(
         spans.append((start, end, ids))
         if end >= len(text):
             return spans
-        # Step back `overlap` tokens (at this window's density) to a word start: the next
-        # window starts after this one's start and before its end, so no character is skipped.
-        back = max(1, int(overlap * (end - start) / max(1, len(ids) - base)))
-        start = _snap_forward(text, max(start + 1, end - back), end)
+        # The next window starts `overlap` tokens before this one's end, counted (not estimated
+        # from characters: CJK or emoji before English would make that a few tokens), at a word
+        # start; always after this window's start and before its end, so no character is skipped.
+        start = step_back(text, start, end, encode, base, overlap)
+
+
+def step_back(text: str, start: int, end: int, encode: Callable[[str], list[int]], base: int, overlap: int) -> int:
+    """Where the window after `text[start:end]` starts: the latest word start (or, without one
+    near, character) whose text up to `end` is at least `overlap` + OVERLAP_MARGIN tokens,
+    counted by encoding it; `start + 1` when the window holds fewer."""
+    want = overlap + OVERLAP_MARGIN
+    lowest = start + 1
+
+    def tokens(at: int) -> int:
+        return len(encode(text[at:end])) - base
+
+    # A guess from the window's density, then measured: move back while short (in proportion
+    # to what is missing), so the count is exact wherever the script changes.
+    at = max(lowest, end - max(1, int(want * (end - start) / max(1, len(encode(text[start:end])) - base))))
+    have = tokens(at)
+    while have < want and at > lowest:
+        per_token = (end - at) / max(1, have)
+        at = max(lowest, at - max(1, int((want - have) * per_token * 1.25)))
+        have = tokens(at)
+    # Then forward while a word's worth of tokens is spare (the guess or a step went far back).
+    while have > want + WORD_TOKENS:
+        ahead = min(end - 1, at + max(1, int((have - want - WORD_TOKENS) * (end - at) / have)))
+        if tokens(ahead) < want or ahead <= at:
+            break
+        at, have = ahead, tokens(ahead)
+    return _snap_word_start(text, at, lowest)
 
 
 def tail_start(text: str, encode: Callable[[str], list[int]], capacity: int) -> int:
@@ -204,6 +239,15 @@ def _snap_back(text: str, start: int, end: int) -> int:
         if text[i - 1].isspace():
             return i
     return end
+
+
+def _snap_word_start(text: str, at: int, lowest: int) -> int:
+    """Move a window's start back (never forward: that would shrink the overlap) to a word
+    start, at most SNAP_BACK_CHARS and never below `lowest`; unmoved where no word starts."""
+    for i in range(at, max(lowest, at - SNAP_BACK_CHARS) - 1, -1):
+        if i == 0 or text[i - 1].isspace():
+            return i
+    return at
 
 
 def _snap_forward(text: str, start: int, limit: int) -> int:

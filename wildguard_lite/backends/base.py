@@ -10,15 +10,34 @@ interrupt before each engine step. `as_engine` gives the Engine of either.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ClassificationCancelled, ClassificationTimeout
+from ..errors import ClassificationCancelled, ClassificationTimeout, InvalidInputError
+
+
+def check_interrupt(cancel: Any, timeout: Any) -> None:
+    """A call's `cancel` must be a threading.Event and its `timeout` a finite number of seconds
+    from 0 (or None): anything else is refused before the call queues (NaN compared false to
+    every deadline and meant none; a non-Event failed later, on the scheduler's thread)."""
+    if cancel is not None and not isinstance(cancel, threading.Event):
+        raise TypeError(
+            f"cancel must be a threading.Event (set it from another thread to stop the call), got {type(cancel).__name__}"
+        )
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if not math.isfinite(timeout) or timeout < 0:
+        raise InvalidInputError(
+            f"timeout must be a finite number of seconds from 0 (None: no deadline), got {timeout!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -31,6 +50,8 @@ class Interrupt:
 
     @classmethod
     def make(cls, cancel: threading.Event | None = None, timeout: float | None = None) -> "Interrupt | None":
+        """The interrupt of a call's `cancel` and `timeout` arguments, checked (`check_interrupt`)."""
+        check_interrupt(cancel, timeout)
         if cancel is None and timeout is None:
             return None
         return cls(cancel, None if timeout is None else time.monotonic() + timeout)

@@ -26,9 +26,18 @@ from typing import Sequence
 
 import numpy as np
 
-from ..defaults import DEFAULT_OMP_WAIT_POLICY, DEFAULT_SLOTS, default_kv_tokens, default_threads
+from ..defaults import (
+    DEFAULT_KV_TYPE,
+    DEFAULT_OMP_WAIT_POLICY,
+    DEFAULT_SLOTS,
+    KV_TYPES,
+    default_kv_tokens,
+    default_threads,
+    kv_cell_bytes,
+)
 from ..errors import (
     EngineError,
+    InvalidInputError,
     ModelFileError,
     require,
 )
@@ -55,6 +64,22 @@ DEFAULT_EXTENSION_SLACK = 16
 # width one matrix product over a 512-token ubatch took ~0.2 s idle (up to 0.6 s on a loaded 2-core
 # machine) before a cancel took effect; 128 tokens keep it ~4x shorter at the same prefill rate.
 UBATCH = 128
+
+
+def check_kv_memory(kv_tokens: int, bytes_per_token: int, n_ctx: int) -> None:
+    """Refuse a KV cache larger than this machine's memory with the figures, before llama.cpp
+    tries to allocate it (it fails with std::bad_alloc, or the kernel kills the process)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on every platform
+        return
+    need = kv_tokens * bytes_per_token
+    if total > 0 and need > total:
+        raise InvalidInputError(
+            f"kv_tokens={kv_tokens} (n_ctx={n_ctx} and slots) needs a {need / 2**30:.1f} GiB KV cache "
+            f"({bytes_per_token} bytes per token, f16) but this machine has {total / 2**30:.1f} GiB of memory; "
+            "lower kv_tokens, n_ctx or slots"
+        )
 
 
 @dataclass(eq=False)
@@ -89,6 +114,7 @@ class LlamaCppBackend(Engine):
         n_batch: int = 512,
         slots: int = DEFAULT_SLOTS,
         kv_tokens: int | None = None,
+        kv_type: str = DEFAULT_KV_TYPE,
         prefix_cache: PrefixStateCache | None = None,
     ):
         # llama-cpp-python's wheels run the CPU threads with OpenMP: between graph nodes a thread
@@ -102,11 +128,17 @@ class LlamaCppBackend(Engine):
 
         # Every hyperparameter llama.cpp asserts on is checked first (it aborts the process
         # otherwise), also when a backend is made without load().
-        read_gguf_info(path)
+        info = read_gguf_info(path)
         check_threads(threads)
         check_slots(slots)
         check_kv_tokens(kv_tokens, n_ctx)
         kv_tokens = default_kv_tokens(n_ctx, slots) if kv_tokens is None else kv_tokens
+        check_kv_memory(kv_tokens, info.kv_bytes_per_token, n_ctx)
+        if kv_type not in KV_TYPES or (kv_type != "f16" and not flash_attn):
+            raise InvalidInputError(
+                f"kv_type must be one of {', '.join(KV_TYPES)} (q8_0 with flash_attn), got {kv_type!r}"
+            )
+        kv_ggml = getattr(llama_cpp, f"GGML_TYPE_{kv_type.upper()}")
         threads = threads or default_threads()
         # verbose=True only while loading, into a captured stderr: with verbose=False
         # llama-cpp-python sends llama.cpp's load log to /dev/null, and a failed load would say
@@ -117,7 +149,10 @@ class LlamaCppBackend(Engine):
             # copy of the weights to RSS (docs/decisions.md: 7.8 GB for a 4.4 GB file).
             with (
                 capture_stderr() as log,
-                llama_default_params({"use_extra_bufts": repack}, {"n_seq_max": slots, "kv_unified": True}),
+                llama_default_params(
+                    {"use_extra_bufts": repack},
+                    {"n_seq_max": slots, "kv_unified": True, "type_k": kv_ggml, "type_v": kv_ggml},
+                ),
             ):
                 try:
                     self._llm = llama_cpp.Llama(
@@ -145,6 +180,7 @@ class LlamaCppBackend(Engine):
         self.slots = slots
         self.extension_slack = DEFAULT_EXTENSION_SLACK
         self.kv_tokens = kv_tokens
+        self.kv_type = kv_type
         self.n_batch = min(n_batch, n_ctx)
         self.kv_bytes_per_token = self._kv_bytes_per_token()
         self._ctx = self._llm.ctx
@@ -172,11 +208,11 @@ class LlamaCppBackend(Engine):
         self.tokens_evaluated = 0  # a counter for benchmarks and metrics
 
     def _kv_bytes_per_token(self) -> int:
-        """f16 K and V per token over all layers (what one more token of context costs)."""
+        """K and V per token over all layers (what one more token of context costs)."""
         cpp, model = self._llama_cpp, self._llm._model.model
         n_head = max(1, cpp.llama_model_n_head(model))
         head_dim = cpp.llama_model_n_embd(model) // n_head
-        return cpp.llama_model_n_layer(model) * 2 * cpp.llama_model_n_head_kv(model) * head_dim * 2
+        return kv_cell_bytes(cpp.llama_model_n_layer(model), cpp.llama_model_n_head_kv(model), head_dim, self.kv_type)
 
     # -- the Engine API -----------------------------------------------------------------------
     def logits_at(

@@ -14,6 +14,7 @@ COMMANDS = {
     "demo": ("demo", "end to end on the toy: build, convert, classify, print a table"),
     "serve": ("serve", "moderation HTTP API (OpenAI-compatible /v1/moderations, /v1/classify)"),
     "bench": ("bench", "benchmarks: accuracy, speed, batch, streaming, serving (bench NAME)"),
+    "recommend": ("recommend", "pick a GGUF file for a RAM budget from a `bench ladder` report"),
 }
 
 

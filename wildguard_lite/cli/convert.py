@@ -19,8 +19,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--quant",
         default=None,
         help="comma-separated. GGUF: f32, bf16, f16, q8_0, q6_k, q5_k_m, q5_k_s, q5_0, q4_k_m, q4_k_s, "
-        "q4_0, q3_k_m, q2_k (default: f16,q8_0,q4_k_m). ONNX: fp32, fp16, int8, int4 "
-        "(default: fp32,int8,int4)",
+        "q4_0, iq4_nl, iq4_xs, q3_k_m, iq3_m, iq3_xxs, q2_k, iq2_m (default: f16,q8_0,q4_k_m; iq3_xxs and "
+        "iq2_m need --imatrix; docs/laptop.md). ONNX: fp32, fp16, int8, int4 (default: fp32,int8,int4)",
+    )
+    p.add_argument(
+        "--imatrix",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="FILE",
+        help="quantize with an importance matrix, computed with transformers over calibration exchanges in "
+        "WildGuard's format: the toy's (no FILE) or a JSONL file's ({prompt, response} a line); or a saved "
+        "imatrix .gguf. Written beside the GGUFs; quantized files get an -imat suffix",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--name", help="base name of the output files (default: from the source)")
@@ -90,6 +100,7 @@ def _convert(args) -> int:
         token=args.token,
         push_to_hub=args.push_to_hub,
         accuracy_report=args.accuracy_report,
+        imatrix=args.imatrix,
     )
     # A kill (SIGTERM, SIGINT, SIGHUP) removes the temp files and folders and ends optimum's child.
     with cleanup_on_signals():

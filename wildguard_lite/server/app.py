@@ -18,10 +18,11 @@ from typing import Any
 
 from ..contract import ITEM_FIELDS, check_fields
 from ..defaults import lower_priority
-from ..errors import InputTooLongError, InvalidInputError, WildGuardLiteError, require
-from .affinity import route_key
+from ..errors import InvalidInputError, WildGuardLiteError, require
+from .budget import calibrate, judge
+from .memory import tame_allocator
 from .errors import APIError, check_count, validated_item
-from .guardrail import GUARDRAIL_PATH, guardrail_reply, memory_for, parse_guardrail
+from .guardrail import BODY_COPIES, GUARDRAIL_PATH, Guardrail, prompt_tail
 from .metrics import CLIENT_CLOSED, ENDPOINTS, Metrics, MetricsMiddleware
 from .moderation import parse_moderation, to_moderation
 from .pool import ClassifierFactory, WorkerPool, default_factory, make_prefix_cache
@@ -32,12 +33,12 @@ from .. import __version__
 log = logging.getLogger("wildguard_lite.server")
 
 
-async def read_json(request, settings: ServeSettings) -> Any:
-    """The body as JSON: at most `max_body_bytes`, within `body_timeout_s`, refused clearly
+async def read_json(request, settings: ServeSettings, copies: int = 1) -> Any:
+    """The body as JSON: at most `max_body_bytes` (times `copies`), within `body_timeout_s`, refused clearly
     when it is not UTF-8 JSON, nests too deeply or holds an integer too long to convert."""
     from starlette.requests import ClientDisconnect
 
-    limit = settings.max_body_bytes
+    limit = settings.max_body_bytes * copies
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(
@@ -147,13 +148,17 @@ def create_app(
     settings: ServeSettings,
     classifier_factory: ClassifierFactory | None = None,
     prefix_cache=None,
+    tokens_per_second: float | None = None,
     pool_class=WorkerPool,
 ):
     """The ASGI app. The model loads when the app starts (lifespan), once: the workers are
     threads sharing it (with llama.cpp their calls run batched, each on its own KV sequence).
 
     `classifier_factory(worker_index, threads)` makes the Classifier (called once, index 0;
-    default: load `settings.model` with a prefix cache made here unless `prefix_cache` is given);
+    default: load `settings.model` with a prefix cache made here unless `prefix_cache` is given).
+    `tokens_per_second` seeds the engine's measured rate (server/budget.py); default: one short
+    call at start-up measures it when the model is loaded here, and a given factory's engine is
+    measured by its first requests.
     `pool_class` runs the workers (a fleet's sends each job to a replica: server/fleet.py).
     """
     fastapi = require("fastapi", "serve")
@@ -162,8 +167,16 @@ def create_app(
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     metrics = Metrics()
-    memory = memory_for(settings)
     state: dict[str, Any] = {"pool": None, "startup_error": None}
+
+    def turn_tail(text: str) -> str:
+        pool: WorkerPool | None = state["pool"]
+        if pool is None:
+            return text
+        classifier = pool.unique_classifiers()[0]
+        return prompt_tail(text, classifier.tokenizer, classifier.backend.n_ctx)
+
+    guardrail = Guardrail(settings, turn_tail)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -175,17 +188,22 @@ def create_app(
         # Loading is blocking work: keep the loop free.
         try:
             classifier = await asyncio.to_thread(factory, 0, threads)
+            seed, seed_seconds = tokens_per_second, 1.0
+            if seed is None and classifier_factory is None:
+                seed, seed_seconds = await asyncio.to_thread(calibrate, classifier)
         except WildGuardLiteError as exc:
             state["startup_error"] = exc
             raise
         classifiers = [classifier] * settings.workers
-        state["pool"] = pool_class(classifiers, settings.max_queue, cache)
+        limits = (settings.client_max_requests, settings.client_max_tokens)
+        state["pool"] = pool_class(classifiers, settings.max_queue, cache, seed, limits, seed_seconds)
         log.info(
-            "wildguard-lite serve: %d worker(s) sharing one model (%d engine threads), queue %d, model %s",
+            "wildguard-lite serve: %d worker(s) sharing one model (%d engine threads), queue %d, model %s, %s tokens/s",
             settings.workers,
             threads,
             settings.max_queue,
             settings.model_name,
+            "unmeasured" if seed is None else f"{seed:.0f}",
         )
         try:
             yield
@@ -247,10 +265,6 @@ def create_app(
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    async def until_disconnect(request) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
     async def run_items(request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pool: WorkerPool | None = state["pool"]
         if pool is None:
@@ -260,41 +274,7 @@ def create_app(
                 "unavailable",
                 headers={"Retry-After": "1"},
             )
-        job = pool.try_submit(items, route_key(request.headers, getattr(request.state, "json", None), items))
-        if job is None:
-            seconds = pool.retry_after()
-            raise APIError(
-                429,
-                f"all {pool.size} worker(s) busy and the queue ({settings.max_queue}) is full; retry after {seconds} s",
-                "rate_limit_exceeded",
-                headers={"Retry-After": str(seconds)},
-            )
-        # A client that leaves while its request waits frees its place in the queue.
-        watcher = asyncio.ensure_future(until_disconnect(request))
-        try:
-            done, _ = await asyncio.wait(
-                {job.future, watcher}, timeout=settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            watcher.cancel()
-        if job.future in done:
-            try:
-                return job.future.result()
-            except InputTooLongError as exc:
-                raise APIError(413, str(exc), "input_too_long", n_tokens=exc.n_tokens, limit=exc.limit) from None
-            except InvalidInputError as exc:
-                raise APIError(422, str(exc)) from None
-        # Nobody will read the answer: stop the work so the worker is free for the next request.
-        pool.abandon(job, "client_closed" if watcher in done else "timeout")
-        if watcher in done:
-            raise APIError(CLIENT_CLOSED, "the client closed the connection before the answer", "client_closed")
-        raise APIError(
-            504,
-            f"classification did not finish within {settings.request_timeout_s:g} s "
-            "(queue wait included); retry later, send fewer or shorter items, or start "
-            "serve with a larger --timeout",
-            "timeout",
-        )
+        return await judge(request, items, pool, settings)
 
     @app.post("/v1/moderations", openapi_extra=moderation_operation(settings))
     async def moderations(request: Request):
@@ -316,9 +296,9 @@ def create_app(
     @app.post(GUARDRAIL_PATH, openapi_extra=guardrail_operation(settings))
     async def litellm_guardrail(request: Request):
         authorize(request)
-        check = parse_guardrail(await read_json(request, settings), settings, memory)
-        results = await run_items(request, check.items) if check.items else []
-        return guardrail_reply(check, results, memory)
+        # LiteLLM sends a chat twice (texts and structured_messages): room for both copies.
+        body = await read_json(request, settings, copies=BODY_COPIES)
+        return await guardrail.handle(body, lambda items: run_items(request, items))
 
     @app.get("/health", openapi_extra=plain_operation("health"))
     async def health():
@@ -340,7 +320,8 @@ def create_app(
 
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.prompt_memory = memory
+    app.state.prompt_memory = guardrail.memory
+    app.state.guardrail = guardrail
     app.state.runtime = state
     return app
 
@@ -379,7 +360,7 @@ def check_address(host: str, port: int) -> None:
                 errno.EADDRINUSE: "the port is in use (another server?); pick another --port or stop the other",
                 errno.EADDRNOTAVAIL: "not an address of this machine; use 127.0.0.1, 0.0.0.0 or one of its addresses",
                 errno.EACCES: "permission denied (ports below 1024 need privileges); pick a port from 1024",
-            }.get(exc.errno, exc.strerror or str(exc))
+            }.get(exc.errno or 0, exc.strerror or str(exc))
             raise InvalidInputError(f"could not listen on {host}:{port}: {reason}") from None
 
 
@@ -388,6 +369,7 @@ def serve(settings: ServeSettings, app=None) -> None:
     A model that cannot load, or an address that cannot be listened on, is raised as its
     one-line error."""
     uvicorn = require("uvicorn", "serve")
+    tame_allocator()  # before any thread starts: each would keep its own heap (server/memory.py)
     check_address(settings.host, settings.port)  # before the model loads (seconds at 7B)
     lower_priority(settings.nice)  # before any thread starts: the engine's threads inherit it
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")

@@ -4,7 +4,10 @@ This process stays the HTTP front: the app of `server/app.py` (parsing, limits, 
 guardrail's prompt memory, metrics) with a `FleetPool` whose workers send each job through a
 Ray Serve handle, keyed by its affinity key (`server/affinity.py`), to the `ModelReplica` that
 `fleet_router.BoundedHashRouter` picks. Each replica loads the model once with its slots (and
-its own prefix cache); Ray places it on `--threads` CPUs. A replica that dies mid-request costs
+its own prefix cache); Ray places it on `--threads` CPUs. The front holds no model but the
+model file's tokenizer (`FrontClassifier`): it plans and counts each request's tokens before
+admission (server/budget.py), and the replica runs those plans (tokenized once). The front's
+rate estimate is the pool's own measure over the tokens the replicas report in their replies. A replica that dies mid-request costs
 nothing but time: the job is sent again and lands on another replica (a classification is
 idempotent). See docs/cluster.md.
 """
@@ -20,14 +23,17 @@ import threading
 import time
 from typing import Any
 
+from ..backends.base import Engine, Interrupt
 from ..errors import (
     ClassificationCancelled,
+    ClassificationTimeout,
     InputTooLongError,
     InvalidInputError,
     MissingDependencyError,
     WildGuardLiteError,
     require,
 )
+from ..runtime import Classifier, PlannedItem
 from .pool import Job, WorkerPool
 from .settings import ServeSettings
 
@@ -43,6 +49,7 @@ CONNECT_TIMEOUT_S = 5.0  # a head's port that does not answer within this is unr
 ERRORS = {
     "InvalidInputError": InvalidInputError,
     "ClassificationCancelled": ClassificationCancelled,
+    "ClassificationTimeout": ClassificationTimeout,
     "WildGuardLiteError": WildGuardLiteError,
 }
 
@@ -58,18 +65,19 @@ class ModelReplica:
         self.clf = default_factory(settings, make_prefix_cache(settings))(0, settings.engine_threads)
         self.replica = serve.get_replica_context().replica_id.unique_id
 
-    async def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+    async def __call__(self, plans: list[PlannedItem]) -> dict[str, Any]:
         cancel = threading.Event()
         try:
-            return await asyncio.to_thread(self.classify, items, cancel)
+            return await asyncio.to_thread(self.classify, plans, cancel)
         except asyncio.CancelledError:  # the front gave up on it: stop the engine's work
             cancel.set()
             raise
 
-    def classify(self, items: list[dict[str, Any]], cancel: threading.Event) -> dict[str, Any]:
+    def classify(self, plans: list[PlannedItem], cancel: threading.Event) -> dict[str, Any]:
+        """The front's plans (made with this model file's tokenizer and the same settings) run."""
         reply: dict[str, Any] = {"replica": self.replica}
         try:
-            reply["results"] = self.clf.classify(items, cancel=cancel)
+            reply["results"] = self.clf.classify_planned(plans, cancel=cancel)
         except InputTooLongError as exc:
             reply["error"] = ("InputTooLongError", str(exc), exc.n_tokens, exc.limit)
         except WildGuardLiteError as exc:
@@ -112,22 +120,54 @@ class FleetCounters:
             return sum(self.per_replica.values())
 
 
-class RemoteClassifier:
-    """A Classifier's `classify` over the deployment's handle: the front's workers share it."""
+class FleetEngine(Engine):
+    """The front's engine: the context size plans are made for and the replicas' token counts
+    (/metrics, the rate estimate); it evaluates nothing (the replicas do)."""
 
-    def __init__(self, handle):
+    def __init__(self, n_ctx: int, n_vocab: int):
+        self.n_ctx, self.n_vocab = n_ctx, n_vocab
+        self.counters = FleetCounters()
+
+    @property
+    def tokens_evaluated(self) -> int:  # type: ignore[override]  # read-only here: the replicas count
+        return self.counters.tokens_evaluated
+
+    def logits_at(self, ids, positions, interrupt: Interrupt | None = None):
+        raise WildGuardLiteError("a fleet's front holds no model: its plans run on the replicas")
+
+
+class FrontClassifier(Classifier):
+    """The model file's tokenizer over a `FleetEngine`: `plan`/`plan_tokens` run here (the
+    budget decides before admission), `classify`/`classify_planned` send the plans through the
+    deployment's handle to a replica; the front's workers share it."""
+
+    def __init__(self, handle, settings: ServeSettings):
+        from ..loading import model_tokenizer
+
+        assert settings.model is not None  # serve requires --model
+        tokenizer = model_tokenizer(settings.model, settings.runtime)
+        super().__init__(FleetEngine(settings.runtime.n_ctx, tokenizer.vocab_size), tokenizer, settings.runtime)
         self.handle = handle
-        self.backend = self.engine = FleetCounters()  # what /metrics reads of a classifier
         self.resent = 0  # jobs sent again because their replica died
 
-    def classify(self, items, cancel: threading.Event | None = None, key: str | None = None):
+    def classify(self, items, on_result=None, *, cancel=None, timeout=None, key: str | None = None):
+        return self.classify_planned(self.plan(items), on_result, cancel=cancel, timeout=timeout, key=key)
+
+    def classify_planned(self, plans, on_result=None, *, cancel=None, timeout=None, key: str | None = None):
+        results = self.send(list(plans), cancel, None if timeout is None else time.monotonic() + timeout, key)
+        for i, result in enumerate(results):
+            if on_result is not None:
+                on_result(i, result)
+        return results
+
+    def send(self, plans: list[PlannedItem], cancel, deadline: float | None, key: str | None):
         from ray.exceptions import RayActorError
 
         handle = self.handle.options(session_id=key) if key else self.handle
         for attempt in range(SEND_ATTEMPTS):
-            response = handle.remote(items)
+            response = handle.remote(plans)
             try:
-                reply = wait(response, cancel)
+                reply = wait(response, cancel, deadline)
             except RayActorError as exc:  # the replica died (or is unreachable): send it again
                 if attempt + 1 == SEND_ATTEMPTS:
                     raise WildGuardLiteError(f"every replica tried failed ({type(exc).__name__}: {exc})") from None
@@ -135,17 +175,14 @@ class RemoteClassifier:
                 log.warning("a replica failed (%s); sending the request again", type(exc).__name__)
                 time.sleep(0.05 * 2**attempt)
                 continue
-            self.backend.record(reply["replica"], reply["tokens_evaluated"])
+            self.engine.counters.record(reply["replica"], reply["tokens_evaluated"])  # type: ignore[attr-defined]
             if "error" in reply:
                 raise rebuilt_error(reply["error"])
             return reply["results"]
         raise AssertionError("unreachable")
 
-    def close(self) -> None:
-        """The replicas belong to the deployment: `run` removes it."""
 
-
-def wait(response, cancel: threading.Event | None):
+def wait(response, cancel: threading.Event | None, deadline: float | None = None):
     while True:
         try:
             return response.result(timeout_s=POLL_S)
@@ -153,17 +190,23 @@ def wait(response, cancel: threading.Event | None):
             if cancel is not None and cancel.is_set():
                 response.cancel()
                 raise ClassificationCancelled("cancelled while a replica classified it") from None
+            if deadline is not None and time.monotonic() > deadline:
+                response.cancel()
+                raise ClassificationTimeout("timed out while a replica classified it") from None
 
 
 class FleetPool(WorkerPool):
     """The worker pool of a fleet's front: its workers wait on replicas, each job routed by key."""
 
     def run(self, clf, job: Job) -> list[dict[str, Any]]:
-        return clf.classify(job.items, cancel=job.cancel, key=job.key)
+        record = job.partial.__setitem__
+        if job.plans is None:
+            return clf.classify(job.items, on_result=record, cancel=job.cancel, key=job.key)
+        return clf.classify_planned(job.plans, on_result=record, cancel=job.cancel, key=job.key)
 
     def extra_metrics(self) -> list[tuple[str, str, int]]:
         """/metrics lines of a fleet (server/metrics.py renders them)."""
-        resent = sum(c.resent for c in self.unique_classifiers())
+        resent = sum(c.resent for c in self.unique_classifiers() if isinstance(c, FrontClassifier))
         return [("wildguard_fleet_resent_total", "Requests sent again because their replica died.", resent)]
 
 
@@ -233,7 +276,8 @@ def deploy(settings: ServeSettings, name: str):
         max_ongoing_requests=settings.workers,
         ray_actor_options={"num_cpus": settings.engine_threads},
         request_router_config=RequestRouterConfig(
-            request_router_class=ROUTER, request_router_kwargs={"round_robin": settings.affinity == "off"}
+            request_router_class=ROUTER,  # type: ignore[arg-type]  # Ray takes an import path too
+            request_router_kwargs={"round_robin": settings.affinity == "off"},
         ),
     )
     try:
@@ -269,14 +313,19 @@ def start(settings: ServeSettings):
     if settings.threads is None:  # the cores split between the replicas, as batch jobs do
         from ..defaults import default_threads
 
-        settings = dataclasses.replace(settings, threads=default_threads(share=settings.replicas))
+        runtime = dataclasses.replace(settings.runtime, threads=default_threads(share=settings.replicas))
+        settings = dataclasses.replace(settings, runtime=runtime)
     started = connect(settings.ray or "local")
     try:
         handle = deploy(settings, app_name(settings))
     except BaseException:
         stop(settings, started)
         raise
-    remote = RemoteClassifier(handle)
+    try:  # after the deployment: a model the replicas cannot load fails with their report
+        remote = FrontClassifier(handle, settings)
+    except BaseException:
+        stop(settings, started)
+        raise
     front = dataclasses.replace(settings, workers=settings.workers * settings.replicas)
     app = create_app(front, classifier_factory=lambda index, threads: remote, pool_class=FleetPool)
     app.state.fleet = remote

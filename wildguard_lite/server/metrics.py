@@ -18,6 +18,16 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 CLIENT_CLOSED = 499
 
 
+def number(value: float) -> str:
+    """A sample's value as Prometheus reads it: an integer exactly (a counter past a million
+    keeps every digit), a float with all its digits (repr: shortest exact form)."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
 class Metrics:
     """Counters and latency histograms."""
 
@@ -48,7 +58,7 @@ class Metrics:
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]):
             out.append(f"# HELP {name} {help_}")
             out.append(f"# TYPE {name} {kind}")
-            out.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+            out.extend(f"{name}{labels} {number(value)}" for labels, value in samples)
 
         with self._lock:
             metric(
@@ -63,7 +73,7 @@ class Metrics:
                 "Error answers by type.",
                 [(f'{{type="{k}"}}', n) for k, n in sorted(self.errors.items())],
             )
-            hist = []
+            hist: list[tuple[str, float]] = []
             for endpoint, buckets in sorted(self.latency.items()):
                 for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], buckets):
                     hist.append((f'_bucket{{endpoint="{endpoint}",le="{bound}"}}', n))
@@ -71,7 +81,7 @@ class Metrics:
                 hist.append((f'_count{{endpoint="{endpoint}"}}', buckets[-1]))
             out.append("# HELP wildguard_request_duration_seconds Request latency, queueing included.")
             out.append("# TYPE wildguard_request_duration_seconds histogram")
-            out.extend(f"wildguard_request_duration_seconds{labels} {value:g}" for labels, value in hist)
+            out.extend(f"wildguard_request_duration_seconds{labels} {number(value)}" for labels, value in hist)
         if pool is not None:
             metric("wildguard_queue_depth", "gauge", "Requests admitted and waiting for a worker.", [("", pool.queued)])
             metric("wildguard_in_flight", "gauge", "Requests being classified now.", [("", pool.running)])
@@ -82,6 +92,13 @@ class Metrics:
                 "counter",
                 "Exchanges whose verdict could not be read (answered as flagged/blocked).",
                 [("", pool.parsing_errors)],
+            )
+            metric(
+                "wildguard_not_judged_total",
+                "counter",
+                "Exchanges answered fail-closed without a verdict because they could not be judged within "
+                "--timeout, by reason (too_long, queue_too_deep: decided up front; deadline: passed mid-way).",
+                [(f'{{reason="{r}"}}', pool.not_judged.get(r, 0)) for r in ("too_long", "queue_too_deep", "deadline")],
             )
             metric(
                 "wildguard_tokens_evaluated_total",

@@ -56,8 +56,9 @@ ERROR_STATUSES = {
     "413": "the body, the item count or an input's tokens are over the limits",
     "422": "the JSON is not a request of this endpoint (the message names the field)",
     "429": "all workers busy and the queue full (see Retry-After)",
-    "503": "starting or shutting down (see Retry-After)",
-    "504": "not classified within --timeout",
+    "503": "starting or shutting down; with --over-budget error, a queue too deep for --timeout (see Retry-After)",
+    "504": "with --over-budget error only: not classified within --timeout (by default such an input is "
+    "answered 200, flagged, with the reason in 'not_judged')",
 }
 
 
@@ -143,6 +144,8 @@ def guardrail_operation(settings: ServeSettings) -> dict[str, Any]:
         "properties": {
             "action": {"enum": ["BLOCKED", "NONE"]},
             "blocked_reason": TEXT,
+            # response checks: per text, the trailing characters LiteLLM must hold back
+            "stream_holdback_chars": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "wildguard": {"type": "array", "items": RESULT},
         },
     }

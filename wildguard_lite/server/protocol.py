@@ -39,7 +39,7 @@ def head_timeout_protocol(seconds: float) -> type[H11Protocol]:
     class HeadTimeoutProtocol(H11Protocol):
         _head_timer = None
 
-        def connection_made(self, transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._arm()
 

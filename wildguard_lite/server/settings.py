@@ -21,14 +21,26 @@ from typing import Any, Callable
 
 from ..errors import InvalidInputError
 from ..config import RUNTIME_FIELDS, RuntimeConfig, make_config
-from ..defaults import DEFAULT_NICE, MAX_NICE, default_threads
+from ..defaults import (
+    DEFAULT_NICE,
+    MAX_NICE,
+    MAX_SLOTS,
+    SERVE_KV_CONTEXTS,
+    SERVE_SLOTS,
+    default_kv_tokens,
+    default_threads,
+)
 from ..flags import NICE_HELP, RUNTIME_FLAGS, add_runtime_flags, runtime_config
 
 # How a harmful verdict shows in OpenAI's category names (see docs/serving.md).
 OPENAI_CATEGORY_MODES = ("all", "illicit", "none")
+# serve's runtime defaults: the library's but for the slots (8 streams or calls at once; their
+# KV pool holds two contexts: kv_pool_tokens).
+SERVE_RUNTIME = RuntimeConfig(slots=SERVE_SLOTS)
+# What an input that cannot be judged within --timeout gets (server/budget.py).
+OVER_BUDGET_MODES = ("flag", "error")
 # --affinity with --ray: "on" keeps a conversation on one replica, "off" round-robins (docs/cluster.md).
 AFFINITY_MODES = ("on", "off")
-_RUNTIME_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RuntimeConfig)}
 
 
 def read_api_key(path: str | os.PathLike) -> str:
@@ -45,6 +57,9 @@ def read_api_key(path: str | os.PathLike) -> str:
 
 MAX_SECONDS = 86_400.0  # a timeout beyond a day is a mistake (and inf overflows the event loop's clock)
 MAX_CACHE_MB = float(1 << 20)  # 1 TiB
+# Workers are threads waiting on one engine that runs at most MAX_SLOTS sequences at once: more
+# than a few times that only queue (and 100,000 failed with "can't start new thread").
+MAX_WORKERS = 4 * MAX_SLOTS
 
 
 def at_least(low: int) -> tuple[Callable[[Any], bool], str]:
@@ -108,13 +123,14 @@ class ServeSettings:
         8000, "--port", "port (0: any free port)", type=int, check=in_range(0, 65535, "0-65535 (0: any free port)")
     )
     workers: int = option(
-        _RUNTIME_DEFAULTS["slots"],
+        SERVE_SLOTS,
         "--workers",
         "requests classified at once, sharing the one loaded model (their engine calls run batched)",
         type=int,
-        check=at_least(1),
+        check=in_range(1, MAX_WORKERS, f"from 1 to {MAX_WORKERS} (each is a thread; the engine runs --slots at once)"),
     )
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"runtime": True})
+    # serve's own slots (the library's are sized for one app): SERVE_RUNTIME's.
+    runtime: RuntimeConfig = field(default_factory=lambda: SERVE_RUNTIME, metadata={"runtime": True})
     nice: int = option(
         DEFAULT_NICE,
         "--nice",
@@ -125,8 +141,37 @@ class ServeSettings:
     max_queue: int = option(
         16, "--max-queue", "requests waiting beyond the busy workers before answering 429", type=int, check=at_least(0)
     )
+    client_max_requests: int = option(
+        0,
+        "--client-max-requests",
+        "requests one client (its API key, else its address) may have admitted at once, 429 beyond; 0: no "
+        "limit (behind one gateway every user is one client, and a 429 is an error fail-open clients pass)",
+        type=int,
+        check=at_least(0),
+    )
+    client_max_tokens: int = option(
+        0,
+        "--client-max-tokens",
+        "tokens one client may have admitted at once, 429 beyond (its first request is admitted whatever its "
+        "size); 0: no limit",
+        type=int,
+        check=at_least(0),
+    )
     request_timeout_s: float = option(
-        60.0, "--timeout", "seconds a request may queue and run before 504", type=float, check=seconds()
+        60.0,
+        "--timeout",
+        "seconds a request may queue and run; what cannot be judged within it (known up front from its "
+        "tokens and the engine's measured rate, or found mid-way) is answered per --over-budget",
+        type=float,
+        check=seconds(),
+    )
+    over_budget: str = option(
+        "flag",
+        "--over-budget",
+        "an input that cannot be judged within --timeout (too long, queue too deep, deadline passed): "
+        "'flag' answers 200 with it flagged and the reason in 'not_judged' (fail closed: clients "
+        "that pass on errors cannot be bypassed so), 'error' answers 413/503/504 instead",
+        choices=OVER_BUDGET_MODES,
     )
     body_timeout_s: float = option(
         30.0,
@@ -147,9 +192,10 @@ class ServeSettings:
     )
     max_items: int = option(64, "--max-items", "items per request, 413 beyond", type=int, check=at_least(1))
     prefix_cache_mb: float = option(
-        256.0,
+        0.0,
         "--prefix-cache-mb",
-        "memory cap of the shared KV prefix cache for two-phase checks; 0 turns it off",
+        "memory cap of a KV prefix cache shared by the workers (0: off; the engine's slots already keep "
+        "recent prompts, and in LiteLLM's request-then-reply pattern the cache was never hit)",
         type=float,
         check=in_range(0, MAX_CACHE_MB, f"MB from 0 (off) to {MAX_CACHE_MB:.0f}"),
     )
@@ -196,7 +242,12 @@ class ServeSettings:
     def __init__(self, runtime: RuntimeConfig | None = None, **values: Any):
         # RuntimeConfig's fields given as keywords join `runtime` (checked there, once).
         object.__setattr__(
-            self, "runtime", make_config(runtime, **{k: values.pop(k) for k in RUNTIME_FIELDS if k in values})
+            self,
+            "runtime",
+            make_config(
+                SERVE_RUNTIME if runtime is None else runtime,
+                **{k: values.pop(k) for k in RUNTIME_FIELDS if k in values},
+            ),
         )
         for f in dataclasses.fields(self):
             if f.name == "runtime":
@@ -226,6 +277,10 @@ class ServeSettings:
                 raise InvalidInputError(f"{f.metadata['flag']} {check[1]}, got {value!r}")
         checks = [
             (
+                self.over_budget in OVER_BUDGET_MODES,
+                f"--over-budget must be one of {', '.join(OVER_BUDGET_MODES)}, got '{self.over_budget}'",
+            ),
+            (
                 self.openai_categories in OPENAI_CATEGORY_MODES,
                 f"--openai-categories must be one of {', '.join(OPENAI_CATEGORY_MODES)}, got '{self.openai_categories}'",
             ),
@@ -242,6 +297,11 @@ class ServeSettings:
                 raise InvalidInputError(message)
 
     @property
+    def kv_pool_tokens(self) -> int:
+        """--kv-tokens, or serve's default: two contexts of cells (the library's is one)."""
+        return self.runtime.kv_tokens or default_kv_tokens(self.runtime.n_ctx, self.runtime.slots, SERVE_KV_CONTEXTS)
+
+    @property
     def engine_threads(self) -> int:
         return self.runtime.threads or default_threads()
 
@@ -255,7 +315,7 @@ def add_arguments(parser: argparse.ArgumentParser, required: tuple[str, ...] = (
     for f in dataclasses.fields(ServeSettings):
         meta = f.metadata
         if "runtime" in meta:
-            add_runtime_flags(parser, *RUNTIME_FLAGS)
+            add_runtime_flags(parser, *RUNTIME_FLAGS, slots=SERVE_RUNTIME.slots)
             continue
         help_ = meta["help"] + (f" (default {f.default})" if meta["show_default"] else "")
         kwargs: dict[str, Any] = {"dest": f.name, "help": help_}
