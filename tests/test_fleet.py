@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import pickle
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import types
 import uuid
 
 import pytest
@@ -149,6 +151,51 @@ def test_a_model_the_replicas_cannot_load_fails_with_its_error(ray_cluster, sett
         fleet.start(dataclasses.replace(settings, model=bad, replicas=1))
     # Ray tries a failing replica 3 times, then gives up: minutes on a busy machine, never for ever.
     assert time.monotonic() - start < 900
+
+
+class InProcessReplica:
+    """A deployment handle whose replica is a classifier in this process: the plans go through
+    pickle as they go through Ray."""
+
+    def __init__(self, clf):
+        self.clf = clf
+
+    def options(self, **_):
+        return self
+
+    def remote(self, plans):
+        plans = pickle.loads(pickle.dumps(plans))
+        results = self.clf.classify_planned(plans)
+        reply = {"replica": "r0", "results": results, "tokens_evaluated": self.clf.backend.tokens_evaluated}
+        return types.SimpleNamespace(result=lambda timeout_s: reply)
+
+
+@pytest.mark.slow
+def test_the_front_plans_as_the_model_does_and_a_replica_runs_its_plans(toy_gguf):
+    """The front holds only the file's tokenizer: its plans (a long input's windows included)
+    and token counts are the loaded model's, and a replica running them gives classify's verdicts."""
+    long_text = "Tell me about the history of bread baking in northern Europe. " * 60
+    items = [
+        {"prompt": "How do I bake bread?"},
+        {"prompt": "How do I bake bread?", "response": "Mix flour, water, salt and yeast."},
+        {"prompt": long_text, "response": "It is a long story."},
+    ]
+    settings = ServeSettings(model=toy_gguf["q8_0"], n_ctx=512, threads=1)
+    with wildguard_lite.load(toy_gguf["q8_0"], settings.runtime) as clf:
+        expected = clf.classify(items)
+        plans = clf.plan(items)
+        assert plans[2].windows is not None  # the long one is judged in windows
+        with wildguard_lite.load(toy_gguf["q8_0"], settings.runtime) as replica:
+            front = fleet.FrontClassifier(InProcessReplica(replica), settings)
+            assert front.plan(items) == plans and front.plan_tokens(plans) == clf.plan_tokens(plans)
+            got: dict[int, dict] = {}
+            results = front.classify_planned(front.plan(items), on_result=got.__setitem__, key="session:x")
+            assert front.backend.tokens_evaluated == replica.backend.tokens_evaluated > 0
+    assert got == dict(enumerate(results))
+    for ours, theirs in zip(results, expected):
+        same_verdict(ours, theirs)
+    with pytest.raises(WildGuardLiteError, match="holds no model"):
+        front.engine.logits_at([1, 2], [1])
 
 
 def conversation(rounds: int, words: int = 30):
