@@ -11,7 +11,7 @@ from server_fakes import MarkerBackend, build_tokenizer, sections
 from wildguard_lite.config import RuntimeConfig
 from wildguard_lite.runtime import Classifier
 from wildguard_lite.server import ServeSettings, create_app
-from wildguard_lite.server.guardrail import GUARDRAIL_PATH
+from wildguard_lite.server.guardrail import GUARDRAIL_PATH, UNDECIDED_MAX_CHARS
 
 NA_YES = "NA-LEANS-YES"  # in the response: n/a at the harm cue, yes above no
 NA_NO = "NA-LEANS-NO"  # n/a, no above yes
@@ -49,14 +49,23 @@ def test_na_with_a_response_is_decided_on_every_endpoint(client, marker, harmful
     moderation = client.post("/v1/moderations", json={"input": [item]}).json()["results"][0]
     assert moderation["flagged"] is harmful and moderation["categories"]["harmful_response"] is harmful
     assert moderation["wildguard"]["na_resolved"] == ["response_harmfulness"]
-    guard = client.post(
-        GUARDRAIL_PATH,
-        json={
+
+    def guard(response: str) -> dict:
+        body = {
             "input_type": "response",
-            "texts": [item["response"]],
+            "texts": [response],
             "structured_messages": [{"role": "user", "content": item["prompt"]}],
-        },
-    )
-    assert guard.json()["action"] == ("BLOCKED" if harmful else "NONE")
+        }
+        return client.post(GUARDRAIL_PATH, json=body).json()
+
+    # Past UNDECIDED_MAX_CHARS the guardrail decides an n/a as a final verdict does.
+    long = guard("word " * (UNDECIDED_MAX_CHARS // 5 + 1) + item["response"])
+    assert long["action"] == ("BLOCKED" if harmful else "NONE")
     if harmful:
-        assert "the model answered n/a" in guard.json()["blocked_reason"]
+        assert "the model answered n/a" in long["blocked_reason"]
+    # A short reply (the start of a stream) the model cannot decide yet is held back whole,
+    # neither blocked nor released (docs/integrations.md).
+    short = guard(item["response"])
+    assert short["action"] == "NONE"
+    if harmful:
+        assert short["stream_holdback_chars"] == [len(item["response"])]
