@@ -1,6 +1,6 @@
 """`serve --ray` against one `serve` box (`wildguard-lite bench fleet`).
 
-    wildguard-lite bench fleet --model toy-q8_0.gguf --out fleet.json
+    wildguard-lite bench fleet --model toy-wildguard-q8_0.gguf --out fleet.json
 
 Starts a real Ray cluster here (`--cpus`, 2 by default), then `serve` child processes:
 - conversations: `--conversations` streamed conversations at once, half LiteLLM-shaped
@@ -28,13 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wildguard_lite.contract import LABEL_KEYS
+
 from .concurrent_streams import texts_for
 from .data import write_json
 from .http_streams import Server
 from .traffic import PROMPTS, percentile
 
 WAIT_S = 600.0  # Ray and the replicas start in a minute or two on a busy machine
-LABELS = ("prompt_harmfulness", "response_harmfulness", "response_refusal")
+LABELS = LABEL_KEYS
 
 
 def conversations(model: Path, n: int, tokens: int) -> list[tuple[str, list[str]]]:
