@@ -86,8 +86,17 @@ def throughput(server: Server, requests: int, seed: int) -> float:
     texts = [f"{PROMPTS[i % len(PROMPTS)]} (request {seed}-{i})" for i in range(requests)]
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda t: server.post("/v1/moderations", {"input": t}), texts))
-    return requests / (time.perf_counter() - start)
+        replies = list(pool.map(lambda t: server.post("/v1/moderations", {"input": t}), texts))
+    seconds = time.perf_counter() - start
+    judged(replies)
+    return requests / seconds
+
+
+def judged(replies: list[dict[str, Any]]) -> None:
+    """A figure counts judged answers only: one flagged unjudged (server/budget.py) is refused."""
+    unjudged = [r for reply in replies for r in reply["results"] if "not_judged" in r.get("wildguard", {})]
+    if unjudged:
+        raise SystemExit(f"{len(unjudged)} answers were not judged ({unjudged[0]['wildguard']['not_judged']})")
 
 
 def latencies(server: Server, calls: int) -> list[float]:
@@ -96,8 +105,9 @@ def latencies(server: Server, calls: int) -> list[float]:
     out = []
     for _ in range(calls):
         start = time.perf_counter()
-        server.post("/v1/moderations", body)
+        reply = server.post("/v1/moderations", body)
         out.append(time.perf_counter() - start)
+        judged([reply])
     return out
 
 
