@@ -34,7 +34,7 @@ from .traffic import threads_args
 class Server:
     """`wildguard-lite serve` in a child process on a free port."""
 
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], wait_s: float = 120.0):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -46,7 +46,7 @@ class Server:
             stderr=subprocess.PIPE,
             env=dict(os.environ),
         )
-        for _ in range(1200):
+        for _ in range(int(wait_s * 10)):
             try:
                 self.get("/health")
                 return
@@ -54,7 +54,7 @@ class Server:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"serve exited: {self.proc.stderr.read().decode()[-800:]}") from None
                 time.sleep(0.1)
-        raise RuntimeError("serve did not become healthy in 120 s")
+        raise RuntimeError(f"serve did not become healthy in {wait_s:g} s")
 
     def get(self, path: str) -> str:
         with urllib.request.urlopen(self.base + path, timeout=30) as r:

@@ -60,24 +60,7 @@ def open_model(path: Path, config: RuntimeConfig, prefix_cache: Any = None, lega
     path = Path(path)
     if path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file()):
         return _load_onnx(path, config)
-    if path.is_dir():
-        raise ModelFileError(f"{path}: is a folder; pass the .gguf file inside it (see its manifest.json)")
-    from .gguf_meta import read_gguf_info
-
-    info = read_gguf_info(path)
-    spec = info.tokenizer
-    if spec is None:
-        # A GGUF from llama.cpp's converter: rebuild the reference from its tokenizer.ggml.* vocabulary.
-        from .gguf_vocab import spec_from_gguf_file
-
-        spec = spec_from_gguf_file(path, legacy)
-    elif legacy is not None and legacy != spec.legacy:
-        raise InvalidInputError(
-            f"{path}: carries its checkpoint's tokenizer (legacy={spec.legacy}); "
-            "legacy= applies only to GGUFs without it"
-        )
-    check_n_ctx(config.n_ctx, info.context_length, f"{path}: llama.context_length")
-    tokenizer = _tokenizer(spec, path)
+    tokenizer = model_tokenizer(path, config, legacy)
     from .backends.llama import LlamaCppBackend
 
     backend = LlamaCppBackend(
@@ -98,6 +81,39 @@ def open_model(path: Path, config: RuntimeConfig, prefix_cache: Any = None, lega
             f"{path}: model vocabulary ({backend.n_vocab}) does not match its tokenizer ({tokenizer.vocab_size})"
         )
     return Classifier(backend, tokenizer, config)
+
+
+def model_tokenizer(path: Path, config: RuntimeConfig, legacy: bool | None = None) -> WildGuardTokenizer:
+    """A GGUF's tokenizer, read without opening the engine (n_ctx checked against the file's
+    trained context): `open_model` uses it, and so does a fleet's front, which plans without a
+    model (server/fleet.py). An ONNX variant's is read from the folder beside its model."""
+    if path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file()):
+        from .backends.onnx import resolve_model_path
+        from .tokenization import TokenizerSpec
+
+        model = resolve_model_path(path)
+        check_n_ctx(
+            config.n_ctx, trained_context(model.parent), f"{model.parent / 'config.json'}: max_position_embeddings"
+        )
+        return _tokenizer(TokenizerSpec.from_hf_folder(model.parent), model.parent)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder; pass the .gguf file inside it (see its manifest.json)")
+    from .gguf_meta import read_gguf_info
+
+    info = read_gguf_info(path)
+    spec = info.tokenizer
+    if spec is None:
+        # A GGUF from llama.cpp's converter: rebuild the reference from its tokenizer.ggml.* vocabulary.
+        from .gguf_vocab import spec_from_gguf_file
+
+        spec = spec_from_gguf_file(path, legacy)
+    elif legacy is not None and legacy != spec.legacy:
+        raise InvalidInputError(
+            f"{path}: carries its checkpoint's tokenizer (legacy={spec.legacy}); "
+            "legacy= applies only to GGUFs without it"
+        )
+    check_n_ctx(config.n_ctx, info.context_length, f"{path}: llama.context_length")
+    return _tokenizer(spec, path)
 
 
 def _tokenizer(spec, where: Path) -> WildGuardTokenizer:

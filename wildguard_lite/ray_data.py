@@ -139,19 +139,20 @@ def actor_threads(actors: int, threads: int | None) -> int:
     return threads if threads is not None else default_threads(share=actors)
 
 
-def check_cpus(actors: int, threads: int, cpus: float, node_cpus: float, where: str) -> None:
+def check_cpus(actors: int, threads: int, cpus: float, node_cpus: float, where: str, unit: str = "--actors") -> None:
     """Ray places an actor only where `threads` CPUs are free and waits, silently and for ever,
-    for the actors it cannot place: refuse that up front, with numbers that fit."""
+    for the actors it cannot place: refuse that up front, with numbers that fit (`unit`: the
+    flag that counts the actors, e.g. serve's --replicas)."""
     if actors * threads <= cpus and threads <= node_cpus:
         return
     cpus, node_cpus = int(cpus), int(node_cpus)
     fit_actors = max(1, min(actors, cpus))
     fit_threads = max(1, min(node_cpus, cpus // fit_actors))
     raise InvalidInputError(
-        f"--actors {actors} x --threads {threads} needs {actors * threads} CPUs"
+        f"{unit} {actors} x --threads {threads} needs {actors * threads} CPUs"
         + (f" ({threads} on one node)" if threads > node_cpus else "")
         + f", but {where} has {cpus} (at most {node_cpus} on one node); Ray would wait for ever for the rest. "
-        f"Use --actors {fit_actors} --threads {fit_threads}, or add nodes to the cluster"
+        f"Use {unit} {fit_actors} --threads {fit_threads}, or add nodes to the cluster"
     )
 
 

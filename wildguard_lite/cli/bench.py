@@ -31,6 +31,7 @@ BENCHMARKS = {
     "onnx-toy": ("onnx_toy", "ONNX variants against the reference and the GGUF files on the toy"),
     "ladder": ("ladder", "the quant ladder on this CPU: size, RSS, prefill tok/s, |dP| against f16, per file"),
     "soak": ("soak", "mixed traffic against 'serve' for N minutes: RSS, descriptors, threads, latency per minute"),
+    "fleet": ("fleet", "serve --ray: tokens per call with and without affinity, throughput, a killed replica"),
     "contention": ("contention", "per-item time by thread count while a CPU-bound process holds one core"),
 }
 

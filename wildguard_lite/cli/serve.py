@@ -2,7 +2,8 @@
 
 A moderation HTTP API: POST /v1/moderations (OpenAI shape), POST /v1/classify (native),
 POST /beta/litellm_basic_guardrail_api (LiteLLM's Generic Guardrail API), GET /health,
-GET /metrics (Prometheus). Binds 127.0.0.1 unless told otherwise. See docs/serving.md.
+GET /metrics (Prometheus). Binds 127.0.0.1 unless told otherwise. See docs/serving.md;
+--ray serves the same API with model replicas on a Ray cluster (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ def _serve(args) -> int:
 
     if not args.model.exists():
         raise ModelFileError(f"{args.model}: no such model file; make one with 'wildguard-lite convert'")
-    serve(from_args(args))
+    settings = from_args(args)
+    if settings.ray is not None:  # model replicas on a Ray cluster, this process the front
+        from ..server.fleet import run as run_fleet
+
+        run_fleet(settings)
+    else:
+        serve(settings)
     return 0
 
 

@@ -75,7 +75,8 @@ async def read_json(request, settings: ServeSettings, copies: int = 1) -> Any:
     if not raw.strip():
         raise APIError(400, "request body is empty; send a JSON object", "invalid_json")
     try:
-        return json.loads(raw)
+        request.state.json = json.loads(raw)  # server/affinity.py reads LiteLLM's ids from it
+        return request.state.json
     except UnicodeDecodeError:
         raise APIError(400, "request body is not UTF-8 text; send UTF-8 JSON", "invalid_json") from None
     except json.JSONDecodeError as exc:
@@ -148,6 +149,7 @@ def create_app(
     classifier_factory: ClassifierFactory | None = None,
     prefix_cache=None,
     tokens_per_second: float | None = None,
+    pool_class=WorkerPool,
 ):
     """The ASGI app. The model loads when the app starts (lifespan), once: the workers are
     threads sharing it (with llama.cpp their calls run batched, each on its own KV sequence).
@@ -157,6 +159,7 @@ def create_app(
     `tokens_per_second` seeds the engine's measured rate (server/budget.py); default: one short
     call at start-up measures it when the model is loaded here, and a given factory's engine is
     measured by its first requests.
+    `pool_class` runs the workers (a fleet's sends each job to a replica: server/fleet.py).
     """
     fastapi = require("fastapi", "serve")
     from fastapi import Request
@@ -193,7 +196,7 @@ def create_app(
             raise
         classifiers = [classifier] * settings.workers
         limits = (settings.client_max_requests, settings.client_max_tokens)
-        state["pool"] = WorkerPool(classifiers, settings.max_queue, cache, seed, limits, seed_seconds)
+        state["pool"] = pool_class(classifiers, settings.max_queue, cache, seed, limits, seed_seconds)
         log.info(
             "wildguard-lite serve: %d worker(s) sharing one model (%d engine threads), queue %d, model %s, %s tokens/s",
             settings.workers,
@@ -361,7 +364,7 @@ def check_address(host: str, port: int) -> None:
             raise InvalidInputError(f"could not listen on {host}:{port}: {reason}") from None
 
 
-def serve(settings: ServeSettings) -> None:
+def serve(settings: ServeSettings, app=None) -> None:
     """Run the app with uvicorn until SIGINT/SIGTERM; requests in flight are finished first.
     A model that cannot load, or an address that cannot be listened on, is raised as its
     one-line error."""
@@ -370,7 +373,7 @@ def serve(settings: ServeSettings) -> None:
     check_address(settings.host, settings.port)  # before the model loads (seconds at 7B)
     lower_priority(settings.nice)  # before any thread starts: the engine's threads inherit it
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    app = create_app(settings)
+    app = create_app(settings) if app is None else app  # a fleet's front brings its own (server/fleet.py)
     server = uvicorn.Server(uvicorn_config(app, settings))
     try:
         server.run()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contract import LABEL_KEYS
 from ..errors import InputTooLongError, InvalidInputError
+from .affinity import route_key
 from .errors import APIError
 from .memory import trim_soon
 from .metrics import CLIENT_CLOSED
@@ -133,7 +134,9 @@ async def _judge(request, items, pool: "WorkerPool", settings: "ServeSettings", 
             f"past the {settings.request_timeout_s:g} s deadline (--timeout); flagged to fail closed "
             "without judging (retry later)",
         )
-    job = pool.try_submit(items, plans, tokens, client_key(request))
+    # The affinity key: a fleet's pool (serve --ray) sends a conversation's calls to one replica.
+    key = route_key(request.headers, getattr(request.state, "json", None), items)
+    job = pool.try_submit(items, plans, tokens, client_key(request), key)
     if isinstance(job, str):
         seconds = pool.retry_after()
         raise APIError(

@@ -106,6 +106,8 @@ class Metrics:
                 "Tokens the model evaluated.",
                 [("", pool.tokens_evaluated())],
             )
+            for name, help_, value in getattr(pool, "extra_metrics", list)():  # a fleet's (server/fleet.py)
+                metric(name, "counter", help_, [("", value)])
             # Every reason/stage pair from the start, so a rate() sees the first abort.
             metric(
                 "wildguard_aborted_total",

@@ -72,6 +72,7 @@ class Job:
     client: str | None = None  # who sent it (an API key's hash or an address), for per-client limits
     abandoned: bool = False  # the request timed out or its client left: skip or stop its work
     reason: str | None = None  # why it was abandoned (ABORT_REASONS)
+    key: str | None = None  # the affinity key (server/affinity.py); a fleet routes by it
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -143,12 +144,18 @@ class WorkerPool:
         return max(1, min(60, math.ceil(self._job_seconds * backlog / self.size)))
 
     def try_submit(
-        self, items: list[dict[str, Any]], plans: list | None = None, tokens: int = 0, client: str | None = None
+        self,
+        items: list[dict[str, Any]],
+        plans: list | None = None,
+        tokens: int = 0,
+        client: str | None = None,
+        key: str | None = None,
     ) -> Job | str:
         """Queue a request (with its plans and token count when known), or say why not (the
-        caller answers 429): the pool and queue are full, or `client` is over its limits."""
+        caller answers 429): the pool and queue are full, or `client` is over its limits.
+        `key`: its affinity key, which a fleet's pool routes by (one box ignores it)."""
         loop = asyncio.get_running_loop()
-        job = Job(items, loop.create_future(), loop, plans, tokens, client=client)
+        job = Job(items, loop.create_future(), loop, plans, tokens, client=client, key=key)
         with self._lock:
             if self.queued + self.running >= self.capacity:
                 return f"all {self.size} worker(s) busy and the queue ({self.capacity - self.size}) is full"
@@ -242,12 +249,7 @@ class WorkerPool:
                 job.started = time.monotonic()
             start = time.perf_counter()
             try:
-                record = job.partial.__setitem__
-                if job.plans is None:
-                    results = clf.classify(job.items, on_result=record, cancel=job.cancel)
-                else:  # planned (and counted) before admission: not tokenized twice
-                    results = clf.classify_planned(job.plans, on_result=record, cancel=job.cancel)
-                outcome: tuple[bool, Any] = (True, results)
+                outcome: tuple[bool, Any] = (True, self.run(clf, job))
             except BaseException as exc:  # handed to the request; the worker lives on
                 outcome = (False, exc)
             seconds = time.perf_counter() - start
@@ -264,6 +266,14 @@ class WorkerPool:
                     self.items_done += len(job.items)
                     self.parsing_errors += sum(bool(r.get("is_parsing_error")) for r in outcome[1])
             job.loop.call_soon_threadsafe(settle, job.future, outcome)
+
+    def run(self, clf: Classifier, job: Job) -> list[dict[str, Any]]:
+        """One job's classification (a fleet's pool sends it to a replica by its key)."""
+        record = job.partial.__setitem__
+        if job.plans is None:
+            return clf.classify(job.items, on_result=record, cancel=job.cancel)
+        # planned (and counted) before admission: not tokenized twice
+        return clf.classify_planned(job.plans, on_result=record, cancel=job.cancel)
 
     def _sample_rate(self) -> None:
         """At a job's end or a decision (lock held): the busy time and tokens since the last mark

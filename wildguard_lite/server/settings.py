@@ -39,6 +39,8 @@ OPENAI_CATEGORY_MODES = ("all", "illicit", "none")
 SERVE_RUNTIME = RuntimeConfig(slots=SERVE_SLOTS)
 # What an input that cannot be judged within --timeout gets (server/budget.py).
 OVER_BUDGET_MODES = ("flag", "error")
+# --affinity with --ray: "on" keeps a conversation on one replica, "off" round-robins (docs/cluster.md).
+AFFINITY_MODES = ("on", "off")
 
 
 def read_api_key(path: str | os.PathLike) -> str:
@@ -214,6 +216,28 @@ class ServeSettings:
         show_default=False,
         repr=False,
     )
+    ray: str | None = option(
+        None,
+        "--ray",
+        "serve with model replicas on a Ray cluster (pip install 'wildguard-lite[fleet]'): its address "
+        "(HOST:PORT of its head), 'auto' (the cluster this machine joined with 'ray start') or 'local' "
+        "(start one in this process); this process stays the HTTP front (docs/cluster.md)",
+        show_default=False,
+    )
+    replicas: int = option(
+        1,
+        "--replicas",
+        "with --ray: model replicas, each loading the model with --threads engine threads and --slots slots",
+        type=int,
+        check=in_range(1, 4096, "from 1 to 4096"),
+    )
+    affinity: str = option(
+        "on",
+        "--affinity",
+        "with --ray: 'on' sends every call of a conversation to the replica holding its KV "
+        "(bounded-load consistent hashing), 'off' spreads calls round-robin",
+        choices=AFFINITY_MODES,
+    )
 
     def __init__(self, runtime: RuntimeConfig | None = None, **values: Any):
         # RuntimeConfig's fields given as keywords join `runtime` (checked there, once).
@@ -260,6 +284,9 @@ class ServeSettings:
                 self.openai_categories in OPENAI_CATEGORY_MODES,
                 f"--openai-categories must be one of {', '.join(OPENAI_CATEGORY_MODES)}, got '{self.openai_categories}'",
             ),
+            (self.ray is None or self.ray.strip() != "", "--ray needs an address, 'auto' or 'local'"),
+            (self.ray is not None or self.replicas == 1, "--replicas needs --ray (one serve process is one replica)"),
+            (self.affinity in AFFINITY_MODES, f"--affinity must be one of {', '.join(AFFINITY_MODES)}"),
             (
                 self.api_key is None or len(self.api_key) >= 16,
                 "the API key must be at least 16 characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
