@@ -7,121 +7,27 @@ shutdown lets the requests in flight finish before the workers stop.
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations at run time.
 import asyncio
 import errno
-import hmac
-import json
 import logging
 import socket
-import sys
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ..contract import ITEM_FIELDS, check_fields
 from ..defaults import lower_priority
 from ..errors import InvalidInputError, WildGuardLiteError, require
 from .budget import calibrate, judge
 from .memory import tame_allocator
-from .errors import APIError, check_count, validated_item
+from .errors import APIError
 from .guardrail import BODY_COPIES, GUARDRAIL_PATH, Guardrail, prompt_tail
-from .metrics import CLIENT_CLOSED, ENDPOINTS, Metrics, MetricsMiddleware
+from .metrics import ENDPOINTS, Metrics, MetricsMiddleware
 from .moderation import parse_moderation, to_moderation
+from .parsing import authorize, parse_classify, read_json
 from .pool import ClassifierFactory, WorkerPool, default_factory, make_prefix_cache
 from .openapi import classify_operation, guardrail_operation, moderation_operation, plain_operation
 from .settings import ServeSettings
 from .. import __version__
 
 log = logging.getLogger("wildguard_lite.server")
-
-
-async def read_json(request, settings: ServeSettings, copies: int = 1) -> Any:
-    """The body as JSON: at most `max_body_bytes` (times `copies`), within `body_timeout_s`, refused clearly
-    when it is not UTF-8 JSON, nests too deeply or holds an integer too long to convert."""
-    from starlette.requests import ClientDisconnect
-
-    limit = settings.max_body_bytes * copies
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(
-            413,
-            f"request body is {declared} bytes; the limit is {limit} (split the input into several requests)",
-            "request_too_large",
-        )
-
-    async def collect() -> bytes:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise APIError(
-                    413,
-                    f"request body exceeds the limit of {limit} bytes (split the input into several requests)",
-                    "request_too_large",
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    try:
-        raw = await asyncio.wait_for(collect(), settings.body_timeout_s)
-    except asyncio.TimeoutError:
-        raise APIError(
-            408,
-            f"the request body did not arrive within {settings.body_timeout_s:g} s; send it "
-            "whole (or start serve with a larger --body-timeout)",
-            "request_timeout",
-            headers={"Connection": "close"},
-        ) from None
-    except ClientDisconnect:
-        raise APIError(CLIENT_CLOSED, "the client closed the connection while sending", "client_closed") from None
-    if not raw.strip():
-        raise APIError(400, "request body is empty; send a JSON object", "invalid_json")
-    try:
-        request.state.json = json.loads(raw)  # server/affinity.py reads LiteLLM's ids from it
-        return request.state.json
-    except UnicodeDecodeError:
-        raise APIError(400, "request body is not UTF-8 text; send UTF-8 JSON", "invalid_json") from None
-    except json.JSONDecodeError as exc:
-        raise APIError(
-            400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", "invalid_json"
-        ) from None
-    except RecursionError:
-        raise APIError(
-            400, "request body nests arrays/objects too deeply; send a flat JSON object", "invalid_json"
-        ) from None
-    except ValueError as exc:
-        if "digits" in str(exc):  # Python converts integers of at most sys.get_int_max_str_digits()
-            raise APIError(
-                400,
-                f"request body holds an integer of more than {sys.get_int_max_str_digits()} "
-                "digits; send long numbers as strings",
-                "invalid_json",
-            ) from None
-        raise APIError(400, f"request body is not usable JSON: {exc}", "invalid_json") from None
-
-
-def parse_classify(body: Any, settings: ServeSettings) -> list[dict[str, Any]]:
-    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-        got = type(body.get("items")).__name__ if isinstance(body, dict) and "items" in body else "no 'items'"
-        raise APIError(
-            422,
-            'request body must be {"items": [{"prompt": ..., "response": ...}, ...]}, '
-            f"got {got if isinstance(body, dict) else type(body).__name__}",
-            param="items",
-        )
-    fields(body, ("items",), "request body: ")
-    check_count(len(body["items"]), "items", settings)
-    items = []
-    for i, item in enumerate(body["items"]):
-        if isinstance(item, dict):  # a misspelled "respones" would be judged without its response
-            fields(item, ITEM_FIELDS, f"items[{i}]: ")
-        items.append(validated_item(item, f"items[{i}]"))
-    return items
-
-
-def fields(body: dict, allowed: tuple[str, ...], where: str) -> None:
-    try:
-        check_fields(body, allowed, where)
-    except InvalidInputError as exc:
-        raise APIError(422, str(exc), param=where.rstrip(": ") or None) from None
 
 
 class StartupErrors:
@@ -144,39 +50,11 @@ class StartupErrors:
         return await self.app(scope, receive, send_clean)
 
 
-def create_app(
-    settings: ServeSettings,
-    classifier_factory: ClassifierFactory | None = None,
-    prefix_cache=None,
-    tokens_per_second: float | None = None,
-    pool_class=WorkerPool,
+def make_lifespan(
+    settings: ServeSettings, state: dict, classifier_factory, prefix_cache, tokens_per_second, pool_class
 ):
-    """The ASGI app. The model loads when the app starts (lifespan), once: the workers are
-    threads sharing it (with llama.cpp their calls run batched, each on its own KV sequence).
-
-    `classifier_factory(worker_index, threads)` makes the Classifier (called once, index 0;
-    default: load `settings.model` with a prefix cache made here unless `prefix_cache` is given).
-    `tokens_per_second` seeds the engine's measured rate (server/budget.py); default: one short
-    call at start-up measures it when the model is loaded here, and a given factory's engine is
-    measured by its first requests.
-    `pool_class` runs the workers (a fleet's sends each job to a replica: server/fleet.py).
-    """
-    fastapi = require("fastapi", "serve")
-    from fastapi import Request
-    from fastapi.responses import JSONResponse, PlainTextResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    metrics = Metrics()
-    state: dict[str, Any] = {"pool": None, "startup_error": None}
-
-    def turn_tail(text: str) -> str:
-        pool: WorkerPool | None = state["pool"]
-        if pool is None:
-            return text
-        classifier = pool.unique_classifiers()[0]
-        return prompt_tail(text, classifier.tokenizer, classifier.backend.n_ctx)
-
-    guardrail = Guardrail(settings, turn_tail)
+    """The app's lifespan: load the model once (off the event loop), measure its rate, start the
+    pool in `state["pool"]`; at shutdown close the pool after the requests in flight."""
 
     @asynccontextmanager
     async def lifespan(app):
@@ -211,17 +89,14 @@ def create_app(
             pool, state["pool"] = state["pool"], None
             await asyncio.to_thread(pool.close)
 
-    # /openapi.json: the schema users and API fuzzers read (no docs pages: they load scripts from a CDN).
-    app = fastapi.FastAPI(
-        title="wildguard-lite",
-        version=__version__,
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url="/openapi.json",
-    )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(StartupErrors, state=state)
+    return lifespan
+
+
+def add_error_handlers(app, metrics: Metrics) -> None:
+    """Every error as the API's JSON error body (its status, kind and fix), counted in /metrics;
+    an unexpected one logged with its traceback and answered 500 without it."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     def error_response(exc: APIError):
         metrics.error(exc.kind)
@@ -246,24 +121,53 @@ def create_app(
         log.exception("internal error on %s", request.url.path)
         return error_response(APIError(500, "internal server error (logged on the server)", "server_error"))
 
-    def authorize(request) -> None:
-        """`Authorization: Bearer <key>` (OpenAI clients) or `x-api-key: <key>` (LiteLLM's
-        generic guardrail sends its api_key so)."""
-        if settings.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        bearer = token.strip() if scheme.lower() == "bearer" else ""
-        expected = settings.api_key.encode()
-        if not any(
-            hmac.compare_digest(candidate.encode(), expected)
-            for candidate in (bearer, request.headers.get("x-api-key", "").strip())
-        ):
-            raise APIError(
-                401,
-                "missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
-                "authentication_error",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+
+def create_app(
+    settings: ServeSettings,
+    classifier_factory: ClassifierFactory | None = None,
+    prefix_cache=None,
+    tokens_per_second: float | None = None,
+    pool_class=WorkerPool,
+):
+    """The ASGI app. The model loads when the app starts (lifespan), once: the workers are
+    threads sharing it (with llama.cpp their calls run batched, each on its own KV sequence).
+
+    `classifier_factory(worker_index, threads)` makes the Classifier (called once, index 0;
+    default: load `settings.model` with a prefix cache made here unless `prefix_cache` is given).
+    `tokens_per_second` seeds the engine's measured rate (server/budget.py); default: one short
+    call at start-up measures it when the model is loaded here, and a given factory's engine is
+    measured by its first requests.
+    `pool_class` runs the workers (a fleet's sends each job to a replica: server/fleet.py).
+    """
+    fastapi = require("fastapi", "serve")
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    metrics = Metrics()
+    state: dict[str, Any] = {"pool": None, "startup_error": None}
+
+    def turn_tail(text: str) -> str:
+        pool: WorkerPool | None = state["pool"]
+        if pool is None:
+            return text
+        classifier = pool.unique_classifiers()[0]
+        return prompt_tail(text, classifier.tokenizer, classifier.backend.n_ctx)
+
+    guardrail = Guardrail(settings, turn_tail)
+    lifespan = make_lifespan(settings, state, classifier_factory, prefix_cache, tokens_per_second, pool_class)
+
+    # /openapi.json: the schema users and API fuzzers read (no docs pages: they load scripts from a CDN).
+    app = fastapi.FastAPI(
+        title="wildguard-lite",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(StartupErrors, state=state)
+    add_error_handlers(app, metrics)
 
     async def run_items(request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pool: WorkerPool | None = state["pool"]
@@ -278,7 +182,7 @@ def create_app(
 
     @app.post("/v1/moderations", openapi_extra=moderation_operation(settings))
     async def moderations(request: Request):
-        authorize(request)
+        authorize(request, settings)
         items = parse_moderation(await read_json(request, settings), settings)
         results = await run_items(request, items)
         return {
@@ -289,13 +193,13 @@ def create_app(
 
     @app.post("/v1/classify", openapi_extra=classify_operation(settings))
     async def classify(request: Request):
-        authorize(request)
+        authorize(request, settings)
         items = parse_classify(await read_json(request, settings), settings)
         return {"model": settings.model_name, "results": await run_items(request, items)}
 
     @app.post(GUARDRAIL_PATH, openapi_extra=guardrail_operation(settings))
     async def litellm_guardrail(request: Request):
-        authorize(request)
+        authorize(request, settings)
         # LiteLLM sends a chat twice (texts and structured_messages): room for both copies.
         body = await read_json(request, settings, copies=BODY_COPIES)
         return await guardrail.handle(body, lambda items: run_items(request, items))
@@ -315,7 +219,7 @@ def create_app(
 
     @app.get("/metrics", openapi_extra=plain_operation("metrics", settings))
     async def prometheus(request: Request):
-        authorize(request)
+        authorize(request, settings)
         return PlainTextResponse(metrics.render(state["pool"]), media_type="text/plain; version=0.0.4")
 
     app.state.settings = settings
