@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -234,7 +235,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 def _record(out_dir: Path, folder: Path, quant: str, config: OnnxQuantConfig, seconds: float) -> dict:
-    files = {
+    files: dict[str, dict[str, Any]] = {
         p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(folder.iterdir())
         if p.name not in TOKENIZER_FILES

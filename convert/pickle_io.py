@@ -34,17 +34,17 @@ class ShardCache:
 
     def __init__(self):
         self.path: Path | None = None
-        self.tensors: dict | None = None
+        self.tensors: dict = {}
 
     def get(self, path: Path) -> dict:
         if self.path != path:
-            self.tensors = None  # drop the previous shard's mapping first
+            self.tensors = {}  # drop the previous shard's mapping first
             self.tensors = load_state_dict(path)
             self.path = path
         return self.tensors
 
     def close(self) -> None:
-        self.path, self.tensors = None, None
+        self.path, self.tensors = None, {}
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def _alive(pid: int) -> bool:
 def remove_stale_temps(folder: Path) -> list[str]:
     """Remove temporaries left in `folder` by killed runs: only names of our scheme whose
     process is gone. Returns the names removed."""
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(Path(folder).iterdir())
     except OSError:
