@@ -133,7 +133,7 @@ def test_a_queue_too_deep_for_the_deadline_is_decided_up_front(tokenizer, mode, 
     gate = threading.Event()
     app, backend = app_with(tokenizer, rate=1000, gate=gate, request_timeout_s=3, workers=1, over_budget=mode)
     with running(app) as base:
-        classifier = app.state.runtime["pool"].classifiers[0]
+        classifier = app.state.runtime["pool"].classifier
         first, second = sized(classifier, 2600), sized(classifier, 600)
         holder = threading.Thread(
             target=httpx.post, args=(f"{base}/v1/classify",), kwargs={"json": {"items": [{"prompt": first}]}}
@@ -231,7 +231,7 @@ def test_per_client_limits_answer_429_to_that_client_only(tokenizer, limits, fir
     gate = threading.Event()
     app, _ = app_with(tokenizer, gate=gate, workers=4, **limits)
     with running(app) as base:
-        classifier = app.state.runtime["pool"].classifiers[0]
+        classifier = app.state.runtime["pool"].classifier
         holder = threading.Thread(
             target=httpx.post,
             args=(f"{base}/v1/classify",),

@@ -356,8 +356,8 @@ def test_client_that_leaves_is_not_a_500(tokenizer, caplog):
         head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
         raw_request(port, head, b'{"items": [').close()
         # 2. leaves while its request waits for the (held) worker
-        original = pool_of().classifiers[0].classify_planned  # the server plans before queuing
-        pool_of().classifiers[0].classify_planned = lambda plans, **kw: (gate.wait(10), original(plans, **kw))[1]
+        original = pool_of().classifier.classify_planned  # the server plans before queuing
+        pool_of().classifier.classify_planned = lambda plans, **kw: (gate.wait(10), original(plans, **kw))[1]
         body = json.dumps({"items": [{"prompt": "hi"}]}).encode()
         head = (
             f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

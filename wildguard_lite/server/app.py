@@ -72,9 +72,8 @@ def make_lifespan(
         except WildGuardLiteError as exc:
             state["startup_error"] = exc
             raise
-        classifiers = [classifier] * settings.workers
         limits = (settings.client_max_requests, settings.client_max_tokens)
-        state["pool"] = pool_class(classifiers, settings.max_queue, cache, seed, limits, seed_seconds)
+        state["pool"] = pool_class(classifier, settings.workers, settings.max_queue, cache, seed, limits, seed_seconds)
         log.info(
             "wildguard-lite serve: %d worker(s) sharing one model (%d engine threads), queue %d, model %s, %s tokens/s",
             settings.workers,
@@ -150,7 +149,7 @@ def create_app(
         pool: WorkerPool | None = state["pool"]
         if pool is None:
             return text
-        classifier = pool.unique_classifiers()[0]
+        classifier = pool.classifier
         return prompt_tail(text, classifier.tokenizer, classifier.backend.n_ctx)
 
     guardrail = Guardrail(settings, turn_tail)

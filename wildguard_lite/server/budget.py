@@ -104,12 +104,12 @@ async def judge(request, items: list[dict[str, Any]], pool: "WorkerPool", settin
 
 async def _judge(request, items, pool: "WorkerPool", settings: "ServeSettings", deadline: float) -> list[dict]:
     try:
-        plans = await asyncio.to_thread(pool.classifiers[0].plan, items)
+        plans = await asyncio.to_thread(pool.classifier.plan, items)
     except InputTooLongError as exc:
         raise APIError(413, str(exc), "input_too_long", n_tokens=exc.n_tokens, limit=exc.limit) from None
     except InvalidInputError as exc:
         raise APIError(422, str(exc)) from None
-    tokens = pool.classifiers[0].plan_tokens(plans)
+    tokens = pool.classifier.plan_tokens(plans)
 
     def refuse(reason: str, message: str) -> list[dict[str, Any]]:
         pool.count_not_judged(reason, len(items))

@@ -206,7 +206,7 @@ class FleetPool(WorkerPool):
 
     def extra_metrics(self) -> list[tuple[str, str, int]]:
         """/metrics lines of a fleet (server/metrics.py renders them)."""
-        resent = sum(c.resent for c in self.unique_classifiers() if isinstance(c, FrontClassifier))
+        resent = self.classifier.resent if isinstance(self.classifier, FrontClassifier) else 0
         return [("wildguard_fleet_resent_total", "Requests sent again because their replica died.", resent)]
 
 

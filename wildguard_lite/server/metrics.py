@@ -120,7 +120,8 @@ class Metrics:
                     for s in ("queued", "running")
                 ],
             )
-            rounds = [c.engine.stats.aborted for c in pool.unique_classifiers() if c.engine.stats is not None]
+            stats = pool.classifier.engine.stats
+            rounds = [stats.aborted] if stats is not None else []
             if rounds:
                 metric(
                     "wildguard_engine_aborted_rounds_total",

@@ -1,6 +1,6 @@
 """The worker pool: N threads sharing one Classifier (llama.cpp: each call on its own KV
 sequence, concurrent calls batched into one engine call), one FIFO, and a bounded admission
-count. A list of distinct classifiers also works (one per worker).
+count.
 
 Abandoned work stops: when a request's client leaves or its time runs out, `abandon` sets the
 job's cancel event, so a queued job is skipped and a running one stops inside the engine
@@ -81,19 +81,21 @@ ABORT_REASONS = ("client_closed", "timeout")
 
 
 class WorkerPool:
-    """N model workers behind one FIFO; admits at most `size + max_queue` requests at a time."""
+    """`workers` threads sharing `classifier` behind one FIFO; admits at most `size + max_queue`
+    requests at a time."""
 
     def __init__(
         self,
-        classifiers: list[Classifier],
+        classifier: Classifier,
+        workers: int,
         max_queue: int,
         prefix_cache=None,
         tokens_per_second: float | None = None,
         client_limits: tuple[int, int] = (0, 0),
         seed_seconds: float = 1.0,
     ):
-        self.classifiers = classifiers
-        self.size = len(classifiers)
+        self.classifier = classifier
+        self.size = workers
         self.capacity = self.size + max_queue
         self.prefix_cache = prefix_cache
         self.queued = 0
@@ -115,7 +117,7 @@ class WorkerPool:
         self._admitted: set[Job] = set()
         # A running request shares the engine with the others in rounds of one input (at most a
         # context) per caller: a new request waits for at most about this many of each one's tokens.
-        self.share_tokens = 2 * classifiers[0].backend.n_ctx
+        self.share_tokens = 2 * classifier.backend.n_ctx
         self.not_judged: dict[str, int] = {}  # reason -> items answered fail-closed unjudged
         # Per client (0: no limit): requests admitted at once, and tokens admitted at once (a
         # client's first request is admitted whatever its size: the deadline rule judges it).
@@ -124,8 +126,8 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._threads = [
-            threading.Thread(target=self._work, args=(clf,), name=f"wildguard-worker-{i}", daemon=True)
-            for i, clf in enumerate(classifiers)
+            threading.Thread(target=self._work, args=(classifier,), name=f"wildguard-worker-{i}", daemon=True)
+            for i in range(workers)
         ]
         try:
             for thread in self._threads:
@@ -226,11 +228,8 @@ class WorkerPool:
         if self.abort_abandoned:
             job.cancel.set()
 
-    def unique_classifiers(self) -> list[Classifier]:
-        return list({id(c): c for c in self.classifiers}.values())
-
     def tokens_evaluated(self) -> int:
-        return sum(c.backend.tokens_evaluated for c in self.unique_classifiers())
+        return self.classifier.backend.tokens_evaluated
 
     def _work(self, clf: Classifier) -> None:
         while True:
@@ -294,13 +293,12 @@ class WorkerPool:
         self.aborted[key] = self.aborted.get(key, 0) + 1
 
     def close(self) -> None:
-        """Finish every admitted job, then stop the workers and free the models."""
+        """Finish every admitted job, then stop the workers and free the model."""
         for _ in self._threads:
             self._jobs.put(None)
         for thread in self._threads:
             thread.join()
-        for clf in self.unique_classifiers():
-            clf.close()
+        self.classifier.close()
 
 
 def settle(future: asyncio.Future, outcome: tuple[bool, Any]) -> None:
