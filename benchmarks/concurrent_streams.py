@@ -55,8 +55,8 @@ class ForcedAnswers:
             return
         logits_at = backend.logits_at
 
-        def forced(ids, positions, **kw):
-            out = logits_at(ids, positions, **kw)
+        def forced(ids, positions, *args, **kw):  # the engine's signature (interrupt included)
+            out = logits_at(ids, positions, *args, **kw)
             for row in out:
                 row[answer_id] += 1e4
             return out

@@ -338,3 +338,21 @@ def test_bench_contention_bad_options(tmp_path, capsys, args, message):
     model.write_bytes(b"GGUF")
     assert main(["bench", "contention", "--model", str(model), "--report", str(tmp_path / "r.json"), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_forced_answers_keep_the_engines_signature():
+    """`bench concurrent-streams --force-answer` wraps logits_at; the engine passes its interrupt
+    positionally (a wrapper without it failed on the first check)."""
+    import numpy as np
+
+    from wildguard_lite.benchmarks.concurrent_streams import ForcedAnswers
+
+    class Engine:
+        def logits_at(self, ids, positions, interrupt=None):
+            self.interrupt = interrupt
+            return [np.zeros(4) for _ in positions]
+
+    engine = Engine()
+    ForcedAnswers(engine, 2)
+    rows = engine.logits_at([1, 2, 3], [1, 2], "stop")
+    assert engine.interrupt == "stop" and [int(np.argmax(r)) for r in rows] == [2, 2]
