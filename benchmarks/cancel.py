@@ -52,8 +52,8 @@ class YesNoOnly:
         backend, tok = clf.backend, clf.tokenizer
         logits_at = backend.logits_at
 
-        def biased(ids, positions, **kw):
-            out = logits_at(ids, positions, **kw)
+        def biased(ids, positions, *args, **kw):  # the engine's signature (interrupt included)
+            out = logits_at(ids, positions, *args, **kw)
             for row in out:
                 row[tok.yes_id] += 1e4
                 row[tok.no_id] += 1e4

@@ -58,14 +58,15 @@ class Counted:
                 logits[force_id] += 1e4
             return logits
 
-        def counted_next(ids, **kw):
+        # The engine's signatures (interrupt passed positionally too).
+        def counted_next(ids, *args, **kw):
             self.calls += 1
-            return force(next_logits(ids, **kw))
+            return force(next_logits(ids, *args, **kw))
 
-        def counted_at(ids, positions, **kw):
+        def counted_at(ids, positions, *args, **kw):
             self.calls += 1
             before = backend.tokens_evaluated
-            logits = logits_at(ids, positions, **kw)
+            logits = logits_at(ids, positions, *args, **kw)
             # Single-threaded here: what this call evaluated is what follows the kept prefix.
             self.last_batch = (list(ids), len(ids) - (backend.tokens_evaluated - before))
             return [force(x) for x in logits]

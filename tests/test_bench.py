@@ -356,3 +356,12 @@ def test_forced_answers_keep_the_engines_signature():
     ForcedAnswers(engine, 2)
     rows = engine.logits_at([1, 2, 3], [1, 2], "stop")
     assert engine.interrupt == "stop" and [int(np.argmax(r)) for r in rows] == [2, 2]
+
+    from types import SimpleNamespace
+
+    from wildguard_lite.benchmarks.cancel import YesNoOnly
+
+    engine = Engine()
+    YesNoOnly(SimpleNamespace(backend=engine, tokenizer=SimpleNamespace(yes_id=1, no_id=3)))
+    rows = engine.logits_at([1, 2, 3], [2], "stop")
+    assert engine.interrupt == "stop" and rows[0][1] == rows[0][3] == 1e4
