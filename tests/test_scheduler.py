@@ -116,3 +116,47 @@ def test_close_waits_for_the_running_round_and_refuses_new_calls():
     assert out["r"] == 4
     with pytest.raises(ClassifierClosedError):
         engine.scheduler.submit(Request([1], [0]))
+
+
+class RecordingEngine(FakeEngine):
+    """Records each round's requests (pieces as 'p', calls as 'c')."""
+
+    def __init__(self, seconds: float):
+        super().__init__(seconds=seconds)
+        self.kinds: list[str] = []
+
+    def run_round(self, batch):
+        self.kinds.append("".join("p" if r.piece else "c" for r in batch))
+        super().run_round(batch)
+
+
+def test_waiting_calls_go_before_a_long_inputs_next_piece_but_pieces_never_wait_twice():
+    """A long input fed in pieces: a call that arrives while a piece runs gets the next round
+    to itself; a piece that gave way runs in the round after, whoever else waits."""
+    engine = RecordingEngine(seconds=0.03)
+    started, stop = threading.Event(), threading.Event()
+
+    def long_input():
+        while not stop.is_set():
+            started.set()
+            engine.scheduler.submit(Request([1] * 8, [7], piece=True))
+
+    feeder = threading.Thread(target=long_input)
+    feeder.start()
+    started.wait()
+    time.sleep(0.01)  # inside a piece's round
+    callers = [threading.Thread(target=engine.scheduler.submit, args=(Request([2], [0]),)) for _ in range(3)]
+    callers[0].start()
+    callers[0].join()
+    for c in callers[1:]:  # arrive together: they share the next round
+        c.start()
+    for c in callers[1:]:
+        c.join()
+    stop.set()
+    feeder.join()
+    calls = [k for k in engine.kinds if "c" in k]
+    assert calls[0] == "c", engine.kinds  # the first call ran without the next piece
+    assert all(set(k) == {"c"} or "p" in k for k in engine.kinds)
+    # a piece never gave way twice in a row: between two call-only rounds a piece ran
+    only_calls = [i for i, k in enumerate(engine.kinds) if k and "p" not in k]
+    assert all(b - a > 1 for a, b in zip(only_calls, only_calls[1:])), engine.kinds

@@ -27,7 +27,7 @@ def fed(engine: Engine, ids: Sequence[int], interrupt: Interrupt | None) -> list
     ids = list(ids)
     if engine.slots > 1 and len(ids) > 2 * INTERLEAVE_TOKENS:
         for end in range(INTERLEAVE_TOKENS, len(ids) - INTERLEAVE_TOKENS, INTERLEAVE_TOKENS):
-            engine.logits_at(ids[:end], [end - 1], interrupt)
+            engine.feed_piece(ids[:end], interrupt)
     return ids
 
 

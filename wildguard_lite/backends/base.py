@@ -122,6 +122,11 @@ class Engine(ABC):
         predict the token after `ids[: i + 1]`. Raises ClassificationCancelled /
         ClassificationTimeout when `interrupt` stops the call."""
 
+    def feed_piece(self, ids: Sequence[int], interrupt: Interrupt | None = None) -> None:
+        """Evaluate `ids` into the call's sequence ahead of its real call (a piece of a long
+        input: generation.fed); an engine running rounds may let waiting calls go first."""
+        self.logits_at(ids, [len(ids) - 1], interrupt)
+
     def next_logits(self, ids: Sequence[int], interrupt: Interrupt | None = None) -> np.ndarray:
         """Logits for the token that follows `ids`."""
         ids = [int(i) for i in ids]

@@ -226,6 +226,13 @@ class LlamaCppBackend(Engine):
             raise ValueError(f"{len(ids)} tokens exceed the context of {self.n_ctx}")
         return self._scheduler.submit(LlamaRequest(ids, positions, interrupt))
 
+    def feed_piece(self, ids: Sequence[int], interrupt: Interrupt | None = None) -> None:
+        """A piece of a long input: the scheduler runs waiting calls first (scheduler.py)."""
+        ids = [int(i) for i in ids]
+        if len(ids) > self.n_ctx:
+            raise ValueError(f"{len(ids)} tokens exceed the context of {self.n_ctx}")
+        self._scheduler.submit(LlamaRequest(ids, [len(ids) - 1], interrupt, piece=True))
+
     def reset(self) -> None:
         """Drop every sequence's KV cache: the next calls evaluate from their first token
         (benchmarks compare against re-scoring from scratch this way)."""

@@ -6,6 +6,11 @@ one engine call, hands each its result and wakes the others; requests queued mea
 the next round. Under load rounds therefore fill up by themselves (continuous batching), and a
 lone caller pays no hand-off to another thread.
 
+Pieces of a long input (`piece`) give way: a round takes the waiting calls without the pending
+pieces, unless the round before already did (so a long input still advances every other round):
+a short call waits for the round in progress, then runs on its own instead of beside a piece
+that attends over thousands of cached tokens.
+
 Cancellation: a request carries an `Interrupt` (a cancel event and/or a deadline). A waiting
 caller whose request is interrupted gets control back at once (its result, if computed, is
 dropped). A running round is stopped inside the engine (`abort`) only when every request in
@@ -42,6 +47,7 @@ class Request:
     result: Any = None
     error: BaseException | None = None
     done: bool = False
+    piece: bool = False  # a piece of a long input, evaluated ahead of its call: may wait a round
 
 
 R = TypeVar("R", bound=Request)
@@ -67,6 +73,7 @@ class RoundScheduler(Generic[R]):
         self.rounds = 0  # engine rounds run (a round is one batched engine call)
         self.requests = 0
         self._last_round = 1
+        self._pieces_waited = False  # the last round left the pending pieces for other calls
 
     def submit(self, request: R) -> Any:
         """Queue `request`, wait for (or run) its round, and return its result."""
@@ -94,8 +101,7 @@ class RoundScheduler(Generic[R]):
         if self._last_round > 1 and len(self._pending) < self.max_round:
             self._running = True  # others queue meanwhile instead of leading
             self._cv.wait(LINGER_S)
-        batch = self._pending[: self.max_round]
-        del self._pending[: len(batch)]
+        batch = self._take()
         self._running, self._current = True, batch
         self._last_round = len(batch)
         self.rounds += 1
@@ -119,6 +125,20 @@ class RoundScheduler(Generic[R]):
                 r.done = True
             self._running, self._current = False, []
             self._cv.notify_all()
+
+    def _take(self) -> list[R]:
+        """The next round's requests (condition held): the calls without the pieces when both
+        wait, but pieces never wait two rounds in a row."""
+        others = [r for r in self._pending if not r.piece]
+        if others and len(others) < len(self._pending) and not self._pieces_waited:
+            batch = others[: self.max_round]
+            self._pieces_waited = True
+        else:
+            batch = self._pending[: self.max_round]
+            self._pieces_waited = False
+        taken = set(map(id, batch))
+        self._pending = [r for r in self._pending if id(r) not in taken]
+        return batch
 
     def _watch(self, batch: list[R], finished: threading.Event) -> None:
         while not finished.wait(POLL_S):
