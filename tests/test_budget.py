@@ -65,6 +65,21 @@ def sized(classifier, tokens: int) -> str:
     return words(n)
 
 
+def hold_a_worker(base: str, pool, text: str, headers: dict | None = None) -> threading.Thread:
+    """A /v1/classify call of `text` in a thread, returned once a worker runs it."""
+    holder = threading.Thread(
+        target=httpx.post,
+        args=(f"{base}/v1/classify",),
+        kwargs={"json": {"items": [{"prompt": text}]}, "headers": headers or {}},
+    )
+    holder.start()
+    deadline = time.monotonic() + 5
+    while pool.running == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return holder
+
+
 def post(client, endpoint: str, text: str):
     if endpoint == "/v1/moderations":
         return client.post(endpoint, json={"input": text})
@@ -135,15 +150,7 @@ def test_a_queue_too_deep_for_the_deadline_is_decided_up_front(tokenizer, mode, 
     with running(app) as base:
         classifier = app.state.runtime["pool"].classifier
         first, second = sized(classifier, 2600), sized(classifier, 600)
-        holder = threading.Thread(
-            target=httpx.post, args=(f"{base}/v1/classify",), kwargs={"json": {"items": [{"prompt": first}]}}
-        )
-        holder.start()
-        pool = app.state.runtime["pool"]
-        deadline = time.monotonic() + 5
-        while pool.running == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        holder = hold_a_worker(base, app.state.runtime["pool"], first)
         behind = httpx.post(f"{base}/v1/moderations", json={"input": second}, timeout=10)
         calls = backend.calls
         gate.set()
@@ -232,17 +239,8 @@ def test_per_client_limits_answer_429_to_that_client_only(tokenizer, limits, fir
     app, _ = app_with(tokenizer, gate=gate, workers=4, **limits)
     with running(app) as base:
         classifier = app.state.runtime["pool"].classifier
-        holder = threading.Thread(
-            target=httpx.post,
-            args=(f"{base}/v1/classify",),
-            kwargs={"json": {"items": [{"prompt": sized(classifier, first_tokens)}]}, "headers": {"x-api-key": "a"}},
-        )
-        holder.start()
         pool = app.state.runtime["pool"]
-        deadline = time.monotonic() + 5
-        while pool.running == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        holder = hold_a_worker(base, pool, sized(classifier, first_tokens), {"x-api-key": "a"})
         same = httpx.post(f"{base}/v1/moderations", json={"input": "hi"}, headers={"x-api-key": "a"}, timeout=10)
         other = threading.Thread(
             target=lambda: results.append(
