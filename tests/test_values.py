@@ -118,7 +118,7 @@ def test_kv_cache_larger_than_memory_is_refused_with_the_figures(monkeypatch, kv
     pages = {"SC_PHYS_PAGES": memory // 4096, "SC_PAGE_SIZE": 4096}
     monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
     if refused:
-        with pytest.raises(InvalidInputError, match=r"needs a [\d.]+ GiB KV cache \(131072 bytes per token"):
+        with pytest.raises(InvalidInputError, match=r"needs a [\d.]+ GiB KV cache \(131072 bytes per token, f16"):
             check_kv_memory(kv_tokens, per_token, 4096)
     else:
         check_kv_memory(kv_tokens, per_token, 4096)

@@ -30,6 +30,7 @@ from ..defaults import (
     DEFAULT_KV_TYPE,
     DEFAULT_OMP_WAIT_POLICY,
     DEFAULT_SLOTS,
+    KV_TYPE_BYTES,
     KV_TYPES,
     default_kv_tokens,
     default_threads,
@@ -66,7 +67,7 @@ DEFAULT_EXTENSION_SLACK = 16
 UBATCH = 128
 
 
-def check_kv_memory(kv_tokens: int, bytes_per_token: int, n_ctx: int) -> None:
+def check_kv_memory(kv_tokens: int, bytes_per_token: int, n_ctx: int, kv_type: str = DEFAULT_KV_TYPE) -> None:
     """Refuse a KV cache larger than this machine's memory with the figures, before llama.cpp
     tries to allocate it (it fails with std::bad_alloc, or the kernel kills the process)."""
     try:
@@ -77,7 +78,7 @@ def check_kv_memory(kv_tokens: int, bytes_per_token: int, n_ctx: int) -> None:
     if total > 0 and need > total:
         raise InvalidInputError(
             f"kv_tokens={kv_tokens} (n_ctx={n_ctx} and slots) needs a {need / 2**30:.1f} GiB KV cache "
-            f"({bytes_per_token} bytes per token, f16) but this machine has {total / 2**30:.1f} GiB of memory; "
+            f"({bytes_per_token} bytes per token, {kv_type}) but this machine has {total / 2**30:.1f} GiB of memory; "
             "lower kv_tokens, n_ctx or slots"
         )
 
@@ -133,11 +134,13 @@ class LlamaCppBackend(Engine):
         check_slots(slots)
         check_kv_tokens(kv_tokens, n_ctx)
         kv_tokens = default_kv_tokens(n_ctx, slots) if kv_tokens is None else kv_tokens
-        check_kv_memory(kv_tokens, info.kv_bytes_per_token, n_ctx)
         if kv_type not in KV_TYPES or (kv_type != "f16" and not flash_attn):
             raise InvalidInputError(
                 f"kv_type must be one of {', '.join(KV_TYPES)} (q8_0 with flash_attn), got {kv_type!r}"
             )
+        # the GGUF's figure is f16's (gguf_meta): a q8_0 cache needs 34/64 of it
+        per_token = int(info.kv_bytes_per_token * KV_TYPE_BYTES[kv_type] / KV_TYPE_BYTES["f16"])
+        check_kv_memory(kv_tokens, per_token, n_ctx, kv_type)
         kv_ggml = getattr(llama_cpp, f"GGML_TYPE_{kv_type.upper()}")
         threads = threads or default_threads()
         # verbose=True only while loading, into a captured stderr: with verbose=False

@@ -130,11 +130,12 @@ class RoundScheduler(Generic[R]):
         """The next round's requests (condition held): the calls without the pieces when both
         wait, but pieces never wait two rounds in a row."""
         others = [r for r in self._pending if not r.piece]
-        if others and len(others) < len(self._pending) and not self._pieces_waited:
+        pieces = [r for r in self._pending if r.piece]
+        if others and pieces and not self._pieces_waited:
             batch = others[: self.max_round]
             self._pieces_waited = True
-        else:
-            batch = self._pending[: self.max_round]
+        else:  # the pieces first: one that gave way runs now, even behind a full round of calls
+            batch = (pieces + others)[: self.max_round]
             self._pieces_waited = False
         taken = set(map(id, batch))
         self._pending = [r for r in self._pending if id(r) not in taken]

@@ -104,8 +104,6 @@ class FleetCounters:
     """What the front's /metrics reads as its engine: tokens evaluated over every replica that
     ever answered (each reply carries its replica's running count)."""
 
-    stats = None  # no engine rounds here: each replica has its own
-
     def __init__(self):
         self._lock = threading.Lock()
         self.per_replica: dict[str, int] = {}

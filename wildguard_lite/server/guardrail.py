@@ -264,7 +264,8 @@ def guardrail_reply(
         )
         if result.get("not_judged"):  # too long or too late to judge within --timeout (server/budget.py)
             reasons.append(f"{where}: not judged: {result['not_judged']['message']}")
-        elif result.get("is_parsing_error"):
+            continue  # no verdict: never recorded as cleared or judged harmless
+        if result.get("is_parsing_error"):
             reasons.append(f"{where}: the WildGuard verdict could not be read; blocked to fail closed")
             continue
         if with_prompt:
